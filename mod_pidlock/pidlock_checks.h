@@ -1,0 +1,46 @@
+// Startup checks: a pure function from what the MPM says about itself and how
+// the module is configured to the findings that refuse or warn. The glue logs
+// them in check_config, so `apache2 -t` runs them and a bad graceful restart
+// leaves the running server alone.
+#ifndef PIDLOCK_CHECKS_H
+#define PIDLOCK_CHECKS_H
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pidlock {
+
+struct MpmFacts {
+    std::string name;       // "prefork", "worker", "event", ...
+    bool forked = true;     // runs child processes
+    int server_limit = 1;   // ServerLimit (hard limit of processes)
+    int thread_limit = 1;   // ThreadLimit (hard limit of threads per process)
+    int max_daemons = 1;    // most processes at once (MaxRequestWorkers / ThreadsPerChild)
+    int max_threads = 1;    // ThreadsPerChild
+};
+
+struct ModuleFacts {
+    uint64_t table_size = 0;  // 0: auto
+    bool thread_backend = false;
+    std::string mutex_mech;   // "default", "pthread", "fcntl", "posixsem", "none", ...
+    uint32_t key_cap = 1024;  // largest PidLockMaxKeyLength of any server
+};
+
+struct Finding {
+    bool refuse;
+    std::string message;  // starts with its message id
+};
+
+// The scoreboard's size: every request old- and new-generation children can
+// have in flight, which is what `PidLockTableSize auto` gives.
+uint64_t auto_table_size(const MpmFacts &m);
+// Most requests the MPM serves at once (MaxRequestWorkers).
+uint64_t max_concurrent_requests(const MpmFacts &m);
+uint64_t effective_table_size(const MpmFacts &m, const ModuleFacts &f);
+
+std::vector<Finding> check_startup(const MpmFacts &m, const ModuleFacts &f);
+
+}  // namespace pidlock
+
+#endif

@@ -1,0 +1,54 @@
+// Key canonicalization for mod_pidlock: turns what a request says about its PID
+// into the bytes the lock table is keyed by. Pure functions, no httpd includes.
+// Callers rely on: two spellings of one PID give one key; malformed input is
+// reported, never guessed at.
+#ifndef PIDLOCK_KEY_H
+#define PIDLOCK_KEY_H
+
+#include <cstddef>
+#include <string>
+
+namespace pidlock {
+
+enum class KeySource { Path, Query, Header };
+
+enum class KeyStatus {
+    Ok,          // key decoded into `out`
+    Absent,      // this source yields nothing; try the next one
+    Empty,       // source present but empty: 400
+    Malformed,   // bad percent escape: 400
+    Nul,         // decoded NUL byte: 400
+    TooLong,     // longer than the limit: 414 (path, query) or 400 (header)
+};
+
+// HTTP status for a key status that refuses the request (0 for Ok/Absent).
+int key_status_http(KeyStatus st, KeySource src);
+const char *key_status_text(KeyStatus st);
+
+// A path key from the first capture of the path regex, taken from r->uri, which
+// httpd has already decoded except for %2F/%2f (AllowEncodedSlashes NoDecode):
+// those, and only those, are decoded here.
+KeyStatus key_from_path_capture(const char *cap, size_t len, size_t max_len,
+                                std::string &out);
+
+// Percent-decodes once; `plus_is_space` for query values. Rejects malformed
+// escapes and NUL, applies the length limit to the decoded bytes.
+KeyStatus key_decode_component(const char *s, size_t len, bool plus_is_space,
+                               size_t max_len, std::string &out);
+
+// The first argument named `name` (compared after decoding) in a raw query
+// string (r->args, may be null). `?pid` without `=` counts as present+empty.
+KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
+                         std::string &out);
+
+// A request header's value (null if absent).
+KeyStatus key_from_header(const char *value, size_t max_len, std::string &out);
+
+// The literal text every match of an anchored regex must start with ("^/mn/v2/"
+// for "^/mn/v2/(?:object|meta)/(.+)$"), or "" when none can be told. Lets the
+// glue skip the regex for requests that cannot match.
+std::string regex_literal_prefix(const char *regex);
+
+}  // namespace pidlock
+
+#endif

@@ -1,0 +1,42 @@
+// Rendering of table snapshots and busy reports: pure functions of their
+// input, so every byte a client sees can be unit-tested without a server.
+// Callers rely on: JSON output is valid JSON whatever bytes a key holds
+// (invalid UTF-8 becomes U+FFFD, with the raw bytes in `key_hex`); HTML output
+// escapes every value that came from a request.
+#ifndef PIDLOCK_RENDER_H
+#define PIDLOCK_RENDER_H
+
+#include <string>
+
+#include "pidlock_table.h"
+
+namespace pidlock {
+
+struct ServerFacts {
+    std::string version;  // module version
+    std::string backend;  // "shared" or "thread"
+    std::string mutex;    // mutex mechanism name
+    std::string mpm;      // MPM name
+};
+
+// Appends `s` as a JSON string literal (with quotes). True if `s` was valid
+// UTF-8 (false: invalid bytes were replaced by U+FFFD).
+bool json_string(std::string &out, const std::string &s);
+void html_escape(std::string &out, const std::string &s);
+std::string hex_bytes(const std::string &s);
+// RFC 3339 UTC with milliseconds: 2026-11-22T01:02:03.456Z
+std::string iso8601_utc(int64_t us);
+
+std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
+                               int64_t now_us);
+std::string render_status_html(const TableSnapshot &snap, const ServerFacts &facts,
+                               int64_t now_us);
+std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts);
+
+// The body of a busy answer: never another client's address or user name.
+std::string render_busy_json(const BusyReport &rep, double timeout_s);
+std::string render_busy_text(const BusyReport &rep, double timeout_s);
+
+}  // namespace pidlock
+
+#endif

@@ -1,0 +1,703 @@
+#include "pidlock_table.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <ctime>
+#include <new>
+
+#include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+namespace pidlock {
+
+namespace {
+
+constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
+constexpr uint32_t kLayoutVersion = 1;
+
+enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
+
+int64_t mono_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+// Regions need not be aligned (apr_shm's base is 8 past a page): the table
+// starts at the first 64-byte boundary inside it.
+constexpr size_t kRegionSlack = 64;
+void *align_base(void *base) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(base);
+    return reinterpret_cast<void *>(align_up(v, 64));
+}
+
+uint32_t next_pow2(uint32_t v) {
+    uint32_t p = 1;
+    while (p < v && p < (1u << 30)) p <<= 1;
+    return p;
+}
+
+void copy_cut(char *dst, size_t cap, const char *src) {
+    size_t n = 0;
+    if (src) {
+        while (n + 1 < cap && src[n]) ++n;
+        std::memcpy(dst, src, n);
+    }
+    dst[n] = '\0';
+}
+
+// The futex word is shared between processes when the region is (no
+// FUTEX_PRIVATE_FLAG). Elsewhere waiting degrades to short sleeps.
+void futex_wait(std::atomic<uint32_t> *word, uint32_t seen, int64_t timeout_ns) {
+#ifdef __linux__
+    timespec ts;
+    ts.tv_sec = static_cast<time_t>(timeout_ns / 1000000000);
+    ts.tv_nsec = static_cast<long>(timeout_ns % 1000000000);
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT, seen,
+            timeout_ns >= 0 ? &ts : nullptr, nullptr, 0);
+#else
+    (void)word;
+    (void)seen;
+    timespec ts{0, 200000};
+    if (timeout_ns >= 0 && timeout_ns < 200000) ts.tv_nsec = timeout_ns;
+    nanosleep(&ts, nullptr);
+#endif
+}
+
+void futex_wake_all(std::atomic<uint32_t> *word) {
+#ifdef __linux__
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE, INT_MAX,
+            nullptr, nullptr, 0);
+#else
+    (void)word;
+#endif
+}
+
+}  // namespace
+
+const char *mode_name(Mode m) {
+    switch (m) {
+    case Mode::Read: return "read";
+    case Mode::Write: return "write";
+    case Mode::None: break;
+    }
+    return "none";
+}
+
+uint64_t key_hash(const char *key, size_t len) {
+    // FNV-1a, then a final mix so the low bits (bucket) and the stripe bits
+    // are well spread even for keys that differ only in their last byte.
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; ++i) {
+        h ^= static_cast<unsigned char>(key[i]);
+        h *= 1099511628211ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+int64_t wall_clock_us() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+struct LockTable::Header {
+    uint32_t magic;
+    uint32_t layout_version;
+    uint32_t capacity, key_cap, stripes, nbuckets;
+    uint64_t buckets_off, entries_off, records_off, keys_off, total_size;
+    std::atomic<uint32_t> generation;
+    std::atomic<uint32_t> used;
+    std::atomic<uint32_t> high_water;
+    std::atomic<uint64_t> next_token;
+    alignas(64) std::atomic<uint64_t> entry_free;
+    alignas(64) std::atomic<uint64_t> record_free;
+    alignas(64) std::atomic<uint64_t> c_acquired_read, c_acquired_write, c_waited,
+        c_timeouts, c_bad_keys, c_reaped, c_broken, c_full;
+};
+
+// One key with holders or waiters. Guarded by its bucket's stripe mutex,
+// except `seq` (the futex word) and `free_next` (the lock-free free list).
+struct alignas(64) LockTable::Entry {
+    std::atomic<uint32_t> seq;
+    std::atomic<uint32_t> free_next;
+    uint32_t chain;  // next entry in the bucket, index + 1
+    uint32_t key_len;
+    uint64_t hash;
+    uint32_t readers;  // holding read
+    uint32_t writer;   // 1 while a writer holds
+    uint32_t waiting_read, waiting_write;
+    uint32_t first, last;  // records, arrival order, index + 1
+};
+
+// One request's claim on an entry: holding or waiting.
+struct LockTable::Record {
+    std::atomic<uint32_t> free_next;
+    std::atomic<uint64_t> token;  // changes on every allocation
+    uint32_t entry;               // index + 1
+    uint32_t prev, next;          // in the entry's list
+    uint8_t state;
+    Mode mode;
+    int32_t pid;
+    uint64_t thread;
+    int64_t since_us;
+    uint8_t has_user;
+    char method[kMethodCap];
+    char client[kClientCap];
+    char user[kUserCap];
+    char uri[kUriCap];
+};
+
+size_t LockTable::region_size(const TableParams &p) {
+    if (p.capacity == 0 || p.capacity > (1u << 24) || p.key_cap == 0 ||
+        p.key_cap > (1u << 20) || p.stripes == 0 ||
+        (p.stripes & (p.stripes - 1)) != 0 || p.stripes > 4096)
+        return 0;
+    const uint32_t nb = std::max(next_pow2(p.capacity * 2), p.stripes);
+    size_t off = align_up(sizeof(Header), 64);
+    off += align_up(sizeof(uint32_t) * nb, 64);
+    off += sizeof(Entry) * p.capacity;
+    off += align_up(sizeof(Record) * p.capacity, 64);
+    off += align_up(static_cast<size_t>(p.key_cap) * p.capacity, 64);
+    return off + kRegionSlack;
+}
+
+bool LockTable::format(void *base, size_t size, const TableParams &p) {
+    const size_t need = region_size(p);
+    if (need == 0 || size < need || base == nullptr) return false;
+    base = align_base(base);
+    std::memset(base, 0, need - kRegionSlack);
+    Header *h = new (base) Header;
+    h->capacity = p.capacity;
+    h->key_cap = p.key_cap;
+    h->stripes = p.stripes;
+    h->nbuckets = std::max(next_pow2(p.capacity * 2), p.stripes);
+    size_t off = align_up(sizeof(Header), 64);
+    h->buckets_off = off;
+    off += align_up(sizeof(uint32_t) * h->nbuckets, 64);
+    h->entries_off = off;
+    off += sizeof(Entry) * p.capacity;
+    h->records_off = off;
+    off += align_up(sizeof(Record) * p.capacity, 64);
+    h->keys_off = off;
+    h->total_size = need;
+    char *b = static_cast<char *>(base);
+    Entry *entries = reinterpret_cast<Entry *>(b + h->entries_off);
+    Record *records = reinterpret_cast<Record *>(b + h->records_off);
+    for (uint32_t i = 0; i < p.capacity; ++i) {
+        new (&entries[i]) Entry();
+        new (&records[i]) Record();
+        // Free lists hold index + 1, 0 ends them; tag 0.
+        entries[i].free_next.store(i + 1 < p.capacity ? i + 2 : 0,
+                                   std::memory_order_relaxed);
+        records[i].free_next.store(i + 1 < p.capacity ? i + 2 : 0,
+                                   std::memory_order_relaxed);
+    }
+    h->entry_free.store(1, std::memory_order_relaxed);
+    h->record_free.store(1, std::memory_order_relaxed);
+    h->next_token.store(1, std::memory_order_relaxed);
+    h->layout_version = kLayoutVersion;
+    std::atomic_thread_fence(std::memory_order_release);
+    h->magic = kMagic;
+    return true;
+}
+
+LockTable::LockTable(void *base, StripeLocks *locks) : locks_(locks) {
+    Header *h = base ? static_cast<Header *>(align_base(base)) : nullptr;
+    if (!h || h->magic != kMagic || h->layout_version != kLayoutVersion) return;
+    hdr_ = h;
+    base_ = reinterpret_cast<char *>(h);
+    params_.capacity = h->capacity;
+    params_.key_cap = h->key_cap;
+    params_.stripes = h->stripes;
+}
+
+LockTable::Entry *LockTable::entry(uint32_t idx1) const {
+    return reinterpret_cast<Entry *>(base_ + hdr_->entries_off) + (idx1 - 1);
+}
+LockTable::Record *LockTable::record(uint32_t idx1) const {
+    return reinterpret_cast<Record *>(base_ + hdr_->records_off) + (idx1 - 1);
+}
+char *LockTable::key_of(uint32_t idx1) const {
+    return base_ + hdr_->keys_off + static_cast<size_t>(idx1 - 1) * hdr_->key_cap;
+}
+
+// Tagged Treiber stack: the high 32 bits count pops so a node popped and
+// pushed back between our load and our CAS (ABA) makes the CAS fail.
+uint32_t LockTable::pop_free(std::atomic<uint64_t> &head, bool entries) {
+    uint64_t h = head.load(std::memory_order_acquire);
+    for (;;) {
+        const uint32_t idx1 = static_cast<uint32_t>(h);
+        if (idx1 == 0) return 0;
+        const uint32_t next = entries
+                                  ? entry(idx1)->free_next.load(std::memory_order_relaxed)
+                                  : record(idx1)->free_next.load(std::memory_order_relaxed);
+        const uint64_t nh = (((h >> 32) + 1) << 32) | next;
+        if (head.compare_exchange_weak(h, nh, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
+            return idx1;
+    }
+}
+
+void LockTable::push_free(std::atomic<uint64_t> &head, bool entries, uint32_t idx1) {
+    uint64_t h = head.load(std::memory_order_relaxed);
+    for (;;) {
+        const uint32_t top = static_cast<uint32_t>(h);
+        if (entries)
+            entry(idx1)->free_next.store(top, std::memory_order_relaxed);
+        else
+            record(idx1)->free_next.store(top, std::memory_order_relaxed);
+        const uint64_t nh = (((h >> 32) + 1) << 32) | idx1;
+        if (head.compare_exchange_weak(h, nh, std::memory_order_release,
+                                       std::memory_order_relaxed))
+            return;
+    }
+}
+
+uint32_t LockTable::find(uint32_t bucket, uint64_t hash, const char *key,
+                         size_t len) const {
+    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    for (uint32_t e1 = buckets[bucket]; e1 != 0; e1 = entry(e1)->chain) {
+        const Entry *e = entry(e1);
+        if (e->hash == hash && e->key_len == len && std::memcmp(key_of(e1), key, len) == 0)
+            return e1;
+    }
+    return 0;
+}
+
+void LockTable::unlink_record(Entry *e, uint32_t r1) {
+    Record *r = record(r1);
+    if (r->prev) record(r->prev)->next = r->next; else e->first = r->next;
+    if (r->next) record(r->next)->prev = r->prev; else e->last = r->prev;
+    r->prev = r->next = 0;
+    r->entry = 0;
+    r->state = kFree;
+}
+
+void LockTable::free_entry_if_idle(uint32_t bucket, uint32_t e1) {
+    Entry *e = entry(e1);
+    if (e->first != 0) return;
+    uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
+    uint32_t *link = &buckets[bucket];
+    while (*link != e1) link = &entry(*link)->chain;
+    *link = e->chain;
+    e->chain = 0;
+    e->key_len = 0;
+    hdr_->used.fetch_sub(1, std::memory_order_relaxed);
+    push_free(hdr_->entry_free, true, e1);
+}
+
+// Grants what the entry's state allows, in arrival order. `prefer_readers`
+// after a writer's release: every waiting reader enters before the next
+// writer, so neither side starves. True if anyone was granted.
+bool LockTable::dispatch(Entry *e, bool prefer_readers) {
+    if (e->writer) return false;
+    if (e->waiting_read > 0 && (e->waiting_write == 0 || prefer_readers)) {
+        for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
+            Record *r = record(r1);
+            if (r->state == kWaiting && r->mode == Mode::Read) {
+                r->state = kHolding;
+                r->since_us = wall_clock_us();
+                ++e->readers;
+                hdr_->c_acquired_read.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+        e->waiting_read = 0;
+        return true;
+    }
+    if (e->readers == 0 && e->waiting_write > 0) {
+        for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
+            Record *r = record(r1);
+            if (r->state == kWaiting && r->mode == Mode::Write) {
+                r->state = kHolding;
+                r->since_us = wall_clock_us();
+                e->writer = 1;
+                --e->waiting_write;
+                hdr_->c_acquired_write.fetch_add(1, std::memory_order_relaxed);
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+void LockTable::wake(Entry *e) { futex_wake_all(&e->seq); }
+
+void LockTable::fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const {
+    rep.key.assign(key_of(e1), e->key_len);
+    rep.held_mode = e->writer ? Mode::Write : (e->readers ? Mode::Read : Mode::None);
+    rep.holders = e->writer + e->readers;
+    rep.waiting_read = e->waiting_read;
+    rep.waiting_write = e->waiting_write;
+    int64_t oldest = 0;
+    for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
+        const Record *r = record(r1);
+        if (r->state == kHolding && (oldest == 0 || r->since_us < oldest)) oldest = r->since_us;
+    }
+    rep.held_us = oldest ? std::max<int64_t>(0, wall_clock_us() - oldest) : 0;
+}
+
+AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
+                                 int64_t timeout_ns, const HolderInfo &info,
+                                 LockHandle &h, BusyReport *report, int *err) {
+    h = LockHandle();
+    if (!hdr_ || len == 0 || len > hdr_->key_cap || mode == Mode::None) {
+        if (err) *err = EINVAL;
+        return AcquireResult::Error;
+    }
+    const uint64_t hash = key_hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
+    const uint32_t stripe = bucket & (hdr_->stripes - 1);
+
+    // The record is ours alone until linked: fill it outside the mutex.
+    const uint32_t r1 = pop_free(hdr_->record_free, false);
+    if (r1 == 0) {
+        hdr_->c_full.fetch_add(1, std::memory_order_relaxed);
+        return AcquireResult::Full;
+    }
+    Record *r = record(r1);
+    const uint64_t token = hdr_->next_token.fetch_add(1, std::memory_order_relaxed);
+    r->token.store(token, std::memory_order_relaxed);
+    r->mode = mode;
+    r->pid = static_cast<int32_t>(getpid());
+    r->thread = info.thread;
+    r->has_user = info.user != nullptr;
+    copy_cut(r->method, sizeof r->method, info.method);
+    copy_cut(r->uri, sizeof r->uri, info.uri);
+    copy_cut(r->client, sizeof r->client, info.client);
+    copy_cut(r->user, sizeof r->user, info.user);
+
+    const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
+    int rc = locks_->lock(stripe);
+    if (rc != 0) {
+        push_free(hdr_->record_free, false, r1);
+        if (err) *err = rc;
+        return AcquireResult::Error;
+    }
+    uint32_t e1 = find(bucket, hash, key, len);
+    if (e1 == 0) {
+        e1 = pop_free(hdr_->entry_free, true);
+        if (e1 == 0) {
+            locks_->unlock(stripe);
+            push_free(hdr_->record_free, false, r1);
+            hdr_->c_full.fetch_add(1, std::memory_order_relaxed);
+            return AcquireResult::Full;
+        }
+        Entry *ne = entry(e1);
+        ne->hash = hash;
+        ne->key_len = static_cast<uint32_t>(len);
+        std::memcpy(key_of(e1), key, len);
+        ne->readers = ne->writer = ne->waiting_read = ne->waiting_write = 0;
+        ne->first = ne->last = 0;
+        uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
+        ne->chain = buckets[bucket];
+        buckets[bucket] = e1;
+        const uint32_t used = hdr_->used.fetch_add(1, std::memory_order_relaxed) + 1;
+        uint32_t hw = hdr_->high_water.load(std::memory_order_relaxed);
+        while (used > hw && !hdr_->high_water.compare_exchange_weak(hw, used, std::memory_order_relaxed)) {}
+    }
+    Entry *e = entry(e1);
+    // Link at the tail: the list is in arrival order, which dispatch() honours.
+    r->entry = e1;
+    r->prev = e->last;
+    r->next = 0;
+    if (e->last) record(e->last)->next = r1; else e->first = r1;
+    e->last = r1;
+
+    const bool free_now = mode == Mode::Read
+                              ? (!e->writer && e->waiting_write == 0)
+                              : (!e->writer && e->readers == 0 && e->waiting_write == 0 &&
+                                 e->waiting_read == 0);
+    if (free_now) {
+        r->state = kHolding;
+        r->since_us = wall_clock_us();
+        if (mode == Mode::Read) {
+            ++e->readers;
+            hdr_->c_acquired_read.fetch_add(1, std::memory_order_relaxed);
+        } else {
+            e->writer = 1;
+            hdr_->c_acquired_write.fetch_add(1, std::memory_order_relaxed);
+        }
+        locks_->unlock(stripe);
+        h.record = r1;
+        h.stripe = stripe;
+        h.token = token;
+        h.mode = mode;
+        return AcquireResult::Acquired;
+    }
+
+    r->state = kWaiting;
+    r->since_us = wall_clock_us();  // waiting since; replaced when granted
+    if (mode == Mode::Read) ++e->waiting_read; else ++e->waiting_write;
+    bool counted_wait = false;
+    for (;;) {
+        int64_t remaining = -1;
+        if (timeout_ns >= 0) remaining = timeout_ns > 0 ? start + timeout_ns - mono_ns() : 0;
+        if (remaining == 0 || (timeout_ns >= 0 && remaining < 0)) break;
+        if (!counted_wait) {
+            hdr_->c_waited.fetch_add(1, std::memory_order_relaxed);
+            counted_wait = true;
+        }
+        const uint32_t seen = e->seq.load(std::memory_order_acquire);
+        locks_->unlock(stripe);
+        futex_wait(&e->seq, seen, remaining);
+        rc = locks_->lock(stripe);
+        if (rc != 0) {
+            // Without the mutex the record cannot be unlinked safely; leave it
+            // for the repair pass rather than corrupt the list.
+            if (err) *err = rc;
+            return AcquireResult::Error;
+        }
+        if (r->state == kHolding) {
+            locks_->unlock(stripe);
+            h.record = r1;
+            h.stripe = stripe;
+            h.token = token;
+            h.mode = mode;
+            return AcquireResult::Acquired;
+        }
+    }
+    // Not had in time: a grant could have raced the deadline, so look once
+    // more under the mutex.
+    if (r->state == kHolding) {
+        locks_->unlock(stripe);
+        h.record = r1;
+        h.stripe = stripe;
+        h.token = token;
+        h.mode = mode;
+        return AcquireResult::Acquired;
+    }
+    if (mode == Mode::Read) --e->waiting_read; else --e->waiting_write;
+    unlink_record(e, r1);
+    if (report) fill_report(e, e1, *report);
+    // A writer that gives up may have been all that held readers back.
+    const bool granted = dispatch(e, false);
+    if (granted) e->seq.fetch_add(1, std::memory_order_release);
+    free_entry_if_idle(bucket, e1);
+    locks_->unlock(stripe);
+    if (granted) wake(e);
+    r->token.store(0, std::memory_order_relaxed);
+    push_free(hdr_->record_free, false, r1);
+    hdr_->c_timeouts.fetch_add(1, std::memory_order_relaxed);
+    if (report && report->key.empty()) report->key.assign(key, len);
+    return AcquireResult::Busy;
+}
+
+int LockTable::release(LockHandle &h) {
+    if (!h.held() || !hdr_) {
+        h = LockHandle();
+        return 0;
+    }
+    const LockHandle mine = h;
+    h = LockHandle();
+    Record *r = record(mine.record);
+    // Tokens are unique per allocation: a mismatch means the lock was broken
+    // (and the record perhaps reused); then there is nothing of ours to free.
+    if (r->token.load(std::memory_order_relaxed) != mine.token) return 0;
+    int rc = locks_->lock(mine.stripe);
+    if (rc != 0) return rc;
+    if (r->token.load(std::memory_order_relaxed) != mine.token || r->state != kHolding) {
+        locks_->unlock(mine.stripe);
+        return 0;
+    }
+    const uint32_t e1 = r->entry;
+    Entry *e = entry(e1);
+    const uint32_t bucket = static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1);
+    unlink_record(e, mine.record);
+    bool granted;
+    if (r->mode == Mode::Write) {
+        e->writer = 0;
+        granted = dispatch(e, true);
+    } else {
+        --e->readers;
+        granted = dispatch(e, false);
+    }
+    if (granted) e->seq.fetch_add(1, std::memory_order_release);
+    free_entry_if_idle(bucket, e1);
+    r->token.store(0, std::memory_order_relaxed);
+    locks_->unlock(mine.stripe);
+    if (granted) wake(e);
+    push_free(hdr_->record_free, false, mine.record);
+    return 0;
+}
+
+int LockTable::break_key(const char *key, size_t len) {
+    if (!hdr_ || len == 0 || len > hdr_->key_cap) return 0;
+    const uint64_t hash = key_hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
+    const uint32_t stripe = bucket & (hdr_->stripes - 1);
+    if (locks_->lock(stripe) != 0) return -1;
+    const uint32_t e1 = find(bucket, hash, key, len);
+    if (e1 == 0) {
+        locks_->unlock(stripe);
+        return 0;
+    }
+    Entry *e = entry(e1);
+    uint32_t freed[64];
+    int n = 0, total = 0;
+    for (uint32_t r1 = e->first; r1;) {
+        Record *r = record(r1);
+        const uint32_t next = r->next;
+        if (r->state == kHolding) {
+            if (r->mode == Mode::Write) e->writer = 0; else --e->readers;
+            unlink_record(e, r1);
+            r->token.store(0, std::memory_order_relaxed);
+            ++total;
+            if (n < 64) freed[n++] = r1;
+            else push_free(hdr_->record_free, false, r1);
+        }
+        r1 = next;
+    }
+    const bool granted = dispatch(e, true);
+    if (granted) e->seq.fetch_add(1, std::memory_order_release);
+    free_entry_if_idle(bucket, e1);
+    locks_->unlock(stripe);
+    if (granted) wake(e);
+    for (int i = 0; i < n; ++i) push_free(hdr_->record_free, false, freed[i]);
+    hdr_->c_broken.fetch_add(static_cast<uint64_t>(total), std::memory_order_relaxed);
+    return total;
+}
+
+void LockTable::count(Counter c) {
+    if (!hdr_) return;
+    switch (c) {
+    case Counter::BadKeys: hdr_->c_bad_keys.fetch_add(1, std::memory_order_relaxed); break;
+    case Counter::Full: hdr_->c_full.fetch_add(1, std::memory_order_relaxed); break;
+    }
+}
+
+void LockTable::set_generation(uint32_t g) {
+    if (hdr_) hdr_->generation.store(g, std::memory_order_relaxed);
+}
+
+bool LockTable::snapshot(TableSnapshot &out, int *err) {
+    out = TableSnapshot();
+    if (!hdr_) return false;
+    out.capacity = hdr_->capacity;
+    out.key_cap = hdr_->key_cap;
+    out.stripes = hdr_->stripes;
+    out.generation = hdr_->generation.load(std::memory_order_relaxed);
+    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    uint32_t used = 0;
+    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+        int rc = locks_->lock(s);
+        if (rc != 0) {
+            if (err) *err = rc;
+            return false;
+        }
+        for (uint32_t b = s; b < hdr_->nbuckets; b += hdr_->stripes) {
+            for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
+                const Entry *e = entry(e1);
+                ++used;
+                LockView v;
+                v.key.assign(key_of(e1), e->key_len);
+                v.mode = e->writer ? Mode::Write : (e->readers ? Mode::Read : Mode::None);
+                v.waiting_read = e->waiting_read;
+                v.waiting_write = e->waiting_write;
+                for (int pass = 0; pass < 2; ++pass) {
+                    for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
+                        const Record *r = record(r1);
+                        if ((pass == 0) != (r->state == kHolding)) continue;
+                        HolderView hv;
+                        hv.pid = r->pid;
+                        hv.thread = r->thread;
+                        hv.mode = r->mode;
+                        hv.waiting = r->state == kWaiting;
+                        hv.method = r->method;
+                        hv.uri = r->uri;
+                        hv.client = r->client;
+                        hv.has_user = r->has_user != 0;
+                        hv.user = r->user;
+                        hv.since_us = r->since_us;
+                        if (!hv.waiting && (v.oldest_us == 0 || hv.since_us < v.oldest_us))
+                            v.oldest_us = hv.since_us;
+                        v.holders.push_back(std::move(hv));
+                    }
+                }
+                out.locks.push_back(std::move(v));
+            }
+        }
+        locks_->unlock(s);
+    }
+    out.used = used;
+    out.high_water = hdr_->high_water.load(std::memory_order_relaxed);
+    Counters &c = out.counters;
+    c.acquired_read = hdr_->c_acquired_read.load(std::memory_order_relaxed);
+    c.acquired_write = hdr_->c_acquired_write.load(std::memory_order_relaxed);
+    c.waited = hdr_->c_waited.load(std::memory_order_relaxed);
+    c.timeouts = hdr_->c_timeouts.load(std::memory_order_relaxed);
+    c.bad_keys = hdr_->c_bad_keys.load(std::memory_order_relaxed);
+    c.reaped = hdr_->c_reaped.load(std::memory_order_relaxed);
+    c.broken = hdr_->c_broken.load(std::memory_order_relaxed);
+    c.full = hdr_->c_full.load(std::memory_order_relaxed);
+    std::stable_sort(out.locks.begin(), out.locks.end(),
+                     [](const LockView &a, const LockView &b) {
+                         const int64_t ka = a.oldest_us ? a.oldest_us : INT64_MAX;
+                         const int64_t kb = b.oldest_us ? b.oldest_us : INT64_MAX;
+                         return ka < kb;
+                     });
+    return true;
+}
+
+std::string LockTable::check_consistency() {
+    if (!hdr_) return "not a table";
+    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    std::vector<uint8_t> entry_seen(hdr_->capacity + 1, 0), rec_seen(hdr_->capacity + 1, 0);
+    uint32_t used = 0;
+    for (uint32_t b = 0; b < hdr_->nbuckets; ++b) {
+        for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
+            if (e1 > hdr_->capacity || entry_seen[e1]) return "bad or repeated entry in chain";
+            entry_seen[e1] = 1;
+            ++used;
+            const Entry *e = entry(e1);
+            if ((static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1)) != b) return "entry in wrong bucket";
+            if (e->key_len == 0 || e->key_len > hdr_->key_cap) return "bad key length";
+            if (key_hash(key_of(e1), e->key_len) != e->hash) return "key does not match hash";
+            uint32_t hr = 0, hw = 0, wr = 0, ww = 0, prev = 0;
+            for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
+                if (r1 > hdr_->capacity || rec_seen[r1]) return "bad or repeated record";
+                rec_seen[r1] = 1;
+                const Record *r = record(r1);
+                if (r->entry != e1 || r->prev != prev) return "record links broken";
+                prev = r1;
+                if (r->state == kHolding) (r->mode == Mode::Write ? hw : hr)++;
+                else if (r->state == kWaiting) (r->mode == Mode::Write ? ww : wr)++;
+                else return "free record linked to an entry";
+            }
+            if (e->last != prev) return "entry tail wrong";
+            if (e->first == 0) return "idle entry left in table";
+            if (hr != e->readers || hw != e->writer || wr != e->waiting_read || ww != e->waiting_write)
+                return "entry counts do not match its records";
+            if (hw > 1 || (hw && hr)) return "a writer is not alone";
+        }
+    }
+    if (used != hdr_->used.load()) return "used counter wrong";
+    uint32_t free_entries = 0, free_recs = 0;
+    for (uint32_t i = static_cast<uint32_t>(hdr_->entry_free.load()); i; i = entry(i)->free_next.load()) {
+        if (i > hdr_->capacity || entry_seen[i]) return "entry free list broken";
+        entry_seen[i] = 1;
+        if (++free_entries > hdr_->capacity) return "entry free list loops";
+    }
+    for (uint32_t i = static_cast<uint32_t>(hdr_->record_free.load()); i; i = record(i)->free_next.load()) {
+        if (i > hdr_->capacity || rec_seen[i]) return "record free list broken";
+        rec_seen[i] = 1;
+        if (++free_recs > hdr_->capacity) return "record free list loops";
+    }
+    for (uint32_t i = 1; i <= hdr_->capacity; ++i) {
+        if (!entry_seen[i]) return "entry leaked";
+        if (!rec_seen[i]) return "record leaked";
+    }
+    return "";
+}
+
+}  // namespace pidlock

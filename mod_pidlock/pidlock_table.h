@@ -1,0 +1,175 @@
+// The lock table: per-key reader/writer locks in one memory region that may be
+// shared by many processes. The region holds only offsets (never pointers), so
+// every process may map it at a different address. Buckets are guarded by a
+// small set of stripe mutexes supplied by the caller (APR global mutexes in
+// httpd, anything in tests); waiting sleeps on a futex word per entry.
+//
+// Callers rely on: readers share, a writer is alone; grants are phase-fair
+// (a waiting writer blocks later readers; a writer's release admits every
+// waiting reader before the next writer); release is idempotent and a handle
+// whose lock was broken releases nothing; capacity is fixed, and a full table
+// is an answer (Full), never an overflow. No allocation after format().
+#ifndef PIDLOCK_TABLE_H
+#define PIDLOCK_TABLE_H
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pidlock {
+
+class StripeLocks {
+  public:
+    virtual ~StripeLocks() = default;
+    // 0 on success, else an error code (errno or apr_status_t) for the log.
+    virtual int lock(unsigned stripe) = 0;
+    virtual int unlock(unsigned stripe) = 0;
+};
+
+enum class Mode : uint8_t { None = 0, Read = 1, Write = 2 };
+const char *mode_name(Mode m);
+
+enum class AcquireResult { Acquired, Busy, Full, Error };
+
+struct TableParams {
+    uint32_t capacity = 0;  // distinct keys and in-flight requests
+    uint32_t key_cap = 0;   // longest key in bytes
+    uint32_t stripes = 0;   // number of stripe mutexes, a power of two
+};
+
+// Field sizes of a holder record; longer values are cut.
+constexpr size_t kMethodCap = 16;
+constexpr size_t kUriCap = 256;
+constexpr size_t kClientCap = 48;
+constexpr size_t kUserCap = 64;
+
+struct HolderInfo {
+    const char *method = "";
+    const char *uri = "";
+    const char *client = "";
+    const char *user = nullptr;  // null: anonymous
+    uint64_t thread = 0;
+};
+
+struct LockHandle {
+    uint32_t record = 0;  // index + 1; 0: holds nothing
+    uint32_t stripe = 0;
+    uint64_t token = 0;
+    Mode mode = Mode::None;
+    bool held() const { return record != 0; }
+};
+
+// What a refused request may be told about the lock it waited for.
+struct BusyReport {
+    std::string key;
+    Mode held_mode = Mode::None;
+    uint32_t holders = 0;
+    uint32_t waiting_read = 0;
+    uint32_t waiting_write = 0;
+    int64_t held_us = 0;  // since the oldest holder took it
+};
+
+struct HolderView {
+    int32_t pid = 0;
+    uint64_t thread = 0;
+    Mode mode = Mode::None;
+    bool waiting = false;
+    std::string method, uri, client, user;
+    bool has_user = false;
+    int64_t since_us = 0;  // wall clock, microseconds since the epoch
+};
+
+struct LockView {
+    std::string key;
+    Mode mode = Mode::None;  // mode held; None while only waiters are there
+    uint32_t waiting_read = 0, waiting_write = 0;
+    std::vector<HolderView> holders;  // holding records first, then waiting
+    int64_t oldest_us = 0;
+};
+
+struct Counters {
+    uint64_t acquired_read = 0, acquired_write = 0, waited = 0, timeouts = 0,
+             bad_keys = 0, reaped = 0, broken = 0, full = 0;
+};
+
+struct TableSnapshot {
+    uint32_t capacity = 0, used = 0, high_water = 0, key_cap = 0, stripes = 0;
+    uint32_t generation = 0;
+    Counters counters;
+    std::vector<LockView> locks;  // oldest first
+};
+
+enum class Counter { BadKeys, Full };
+
+class LockTable {
+  public:
+    static constexpr uint32_t kDefaultStripes = 32;
+    // Bytes the region needs for these parameters (0 if they are invalid).
+    static size_t region_size(const TableParams &p);
+    // Lays out an empty table in `base` (zeroed by this call). False if the
+    // size is too small or the parameters invalid.
+    static bool format(void *base, size_t size, const TableParams &p);
+
+    // Attaches to a formatted region. `locks` must guard p.stripes stripes and
+    // outlive this object. valid() is false if the region is not a table.
+    LockTable(void *base, StripeLocks *locks);
+    bool valid() const { return hdr_ != nullptr; }
+    const TableParams &params() const { return params_; }
+
+    // Takes `key` in `mode`, waiting at most timeout_ns (0: do not wait, <0:
+    // forever). On Busy, `report` (if given) describes the lock. On Error,
+    // `*err` holds the stripe mutex's error code.
+    AcquireResult acquire(const char *key, size_t len, Mode mode,
+                          int64_t timeout_ns, const HolderInfo &info,
+                          LockHandle &h, BusyReport *report = nullptr,
+                          int *err = nullptr);
+    // Releases what `h` holds and clears it. Idempotent; a no-op for a handle
+    // whose lock was broken. Returns 0 or the mutex error code.
+    int release(LockHandle &h);
+
+    // Releases every holder of `key` (their own release then does nothing)
+    // and lets waiters in. Returns the number of holders released, -1 on a
+    // mutex error.
+    int break_key(const char *key, size_t len);
+
+    void count(Counter c);
+    void set_generation(uint32_t g);
+
+    // A consistent picture, each stripe copied under its mutex.
+    bool snapshot(TableSnapshot &out, int *err = nullptr);
+
+    // For tests: verifies every invariant of a quiescent table; "" if sound.
+    std::string check_consistency();
+
+  private:
+    struct Header;
+    struct Entry;
+    struct Record;
+
+    Entry *entry(uint32_t idx1) const;
+    Record *record(uint32_t idx1) const;
+    char *key_of(uint32_t idx1) const;
+    uint32_t pop_free(std::atomic<uint64_t> &head, bool entries);
+    void push_free(std::atomic<uint64_t> &head, bool entries, uint32_t idx1);
+    uint32_t find(uint32_t bucket, uint64_t hash, const char *key,
+                  size_t len) const;
+    void unlink_record(Entry *e, uint32_t r1);
+    void free_entry_if_idle(uint32_t bucket, uint32_t e1);
+    bool dispatch(Entry *e, bool prefer_readers);
+    void fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const;
+    void wake(Entry *e);
+
+    Header *hdr_ = nullptr;
+    char *base_ = nullptr;
+    StripeLocks *locks_ = nullptr;
+    TableParams params_;
+};
+
+uint64_t key_hash(const char *key, size_t len);
+int64_t wall_clock_us();
+
+}  // namespace pidlock
+
+#endif
