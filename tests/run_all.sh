@@ -1,0 +1,53 @@
+#!/bin/sh
+# Runs every test suite and ends with one line "N passed, M failed".
+# Unit tests run twice: plain, and under AddressSanitizer + UBSan.
+BUILD=${1:-build}
+passed=0
+failed=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# CppUTest closes with "OK (N tests, ...)" or "Errors (F failures, N tests, ...)".
+run_cpputest() {
+    name=$1; shift
+    echo "== $name"
+    "$@" >"$log" 2>&1
+    rc=$?
+    tail -n 40 "$log"
+    line=$(grep -E '^(OK|Errors) \(' "$log" | tail -n 1)
+    total=$(echo "$line" | sed -n 's/.* \([0-9][0-9]*\) tests.*/\1/p')
+    fails=$(echo "$line" | sed -n 's/^Errors (\([0-9][0-9]*\) failure.*/\1/p')
+    [ -n "$fails" ] || fails=0
+    if [ -z "$total" ]; then
+        echo "$name: no result line (exit $rc)"
+        failed=$((failed + 1))
+        return
+    fi
+    # A sanitizer report or a crash after the summary still fails the suite.
+    if [ "$rc" -ne 0 ] && [ "$fails" -eq 0 ]; then fails=1; fi
+    passed=$((passed + total - fails))
+    failed=$((failed + fails))
+}
+
+run_cpputest "unit tests" "$BUILD/unit_tests"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
+
+echo "== integration tests (real httpd: prefork, worker, event)"
+PIDLOCK_BUILD="$BUILD" python3 tests/integration/run.py >"$log" 2>&1
+rc=$?
+cat "$log"
+line=$(grep -E '^integration: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+if [ -n "$line" ]; then
+    p=$(echo "$line" | sed -n 's/^integration: \([0-9]*\) passed.*/\1/p')
+    f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
+else
+    echo "integration: no result line (exit $rc)"
+    failed=$((failed + 1))
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,105 @@
+#include <string>
+
+#include "pidlock_key.h"
+
+#include "CppUTest/TestHarness.h"
+
+using namespace pidlock;
+
+TEST_GROUP(Key) {
+    std::string out;
+};
+
+TEST(Key, PathDecodesOnlyEncodedSlashes) {
+    CHECK(key_from_path_capture("doi:10.5063%2FF1", 16, 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("doi:10.5063/F1", out.c_str());
+    CHECK(key_from_path_capture("doi:10.5063%2fF1", 16, 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("doi:10.5063/F1", out.c_str());
+    // httpd already decoded everything else: a literal % stays.
+    CHECK(key_from_path_capture("100%", 4, 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("100%", out.c_str());
+    CHECK(key_from_path_capture("a%41b", 5, 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("a%41b", out.c_str());
+    CHECK(key_from_path_capture("x%2", 3, 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("x%2", out.c_str());
+}
+
+TEST(Key, PathEmptyAndTooLong) {
+    CHECK(key_from_path_capture("", 0, 1024, out) == KeyStatus::Empty);
+    CHECK(key_from_path_capture("abcdef", 6, 5, out) == KeyStatus::TooLong);
+    // The limit applies to the decoded key: 7 raw bytes, 5 decoded.
+    CHECK(key_from_path_capture("ab%2Fcd", 7, 5, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("ab/cd", out.c_str());
+    CHECK(key_status_http(KeyStatus::TooLong, KeySource::Path) == 414);
+    CHECK(key_status_http(KeyStatus::TooLong, KeySource::Query) == 414);
+    CHECK(key_status_http(KeyStatus::TooLong, KeySource::Header) == 400);
+    CHECK(key_status_http(KeyStatus::Empty, KeySource::Path) == 400);
+}
+
+TEST(Key, QueryDecodesOnceWithPlus) {
+    CHECK(key_from_query("pid=doi%3A10.5063%2FF1", "pid", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("doi:10.5063/F1", out.c_str());
+    CHECK(key_from_query("a=1&pid=a+b&pid=zzz", "pid", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("a b", out.c_str());
+    // Decoded once only: %2541 is "%41", not "A".
+    CHECK(key_from_query("pid=%2541", "pid", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("%41", out.c_str());
+    CHECK(key_from_query("p%69d=x", "pid", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("x", out.c_str());
+    CHECK(key_from_query("pidx=1&xpid=2", "pid", 1024, out) == KeyStatus::Absent);
+    CHECK(key_from_query(nullptr, "pid", 1024, out) == KeyStatus::Absent);
+    CHECK(key_from_query("", "pid", 1024, out) == KeyStatus::Absent);
+}
+
+TEST(Key, QueryRefusals) {
+    CHECK(key_from_query("pid=", "pid", 1024, out) == KeyStatus::Empty);
+    CHECK(key_from_query("pid", "pid", 1024, out) == KeyStatus::Empty);
+    CHECK(key_from_query("x=1&pid&y=2", "pid", 1024, out) == KeyStatus::Empty);
+    CHECK(key_from_query("pid=%4", "pid", 1024, out) == KeyStatus::Malformed);
+    CHECK(key_from_query("pid=%", "pid", 1024, out) == KeyStatus::Malformed);
+    CHECK(key_from_query("pid=%zz", "pid", 1024, out) == KeyStatus::Malformed);
+    CHECK(key_from_query("pid=a%4&x=1", "pid", 1024, out) == KeyStatus::Malformed);
+    CHECK(key_from_query("pid=a%00b", "pid", 1024, out) == KeyStatus::Nul);
+    CHECK(key_from_query("pid=abcdef", "pid", 5, out) == KeyStatus::TooLong);
+    CHECK(key_from_query("pid=%41%42%43%44%45", "pid", 5, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("ABCDE", out.c_str());
+}
+
+TEST(Key, HeaderDecodesOnceWithoutPlus) {
+    CHECK(key_from_header("doi:10.5063%2FF1", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("doi:10.5063/F1", out.c_str());
+    CHECK(key_from_header("a+b", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("a+b", out.c_str());
+    CHECK(key_from_header(nullptr, 1024, out) == KeyStatus::Absent);
+    CHECK(key_from_header("", 1024, out) == KeyStatus::Empty);
+    CHECK(key_from_header("%zz", 1024, out) == KeyStatus::Malformed);
+    CHECK(key_from_header("%00", 1024, out) == KeyStatus::Nul);
+}
+
+TEST(Key, SpellingsOfOnePidAgree) {
+    std::string a, b, c;
+    CHECK(key_from_query("pid=doi%3A10.5063%2FF1", "pid", 1024, a) == KeyStatus::Ok);
+    CHECK(key_from_header("doi:10.5063%2fF1", 1024, b) == KeyStatus::Ok);
+    CHECK(key_from_path_capture("doi:10.5063%2FF1", 16, 1024, c) == KeyStatus::Ok);
+    STRCMP_EQUAL(a.c_str(), b.c_str());
+    STRCMP_EQUAL(a.c_str(), c.c_str());
+}
+
+TEST(Key, KeysAreBytes) {
+    CHECK(key_from_query("pid=%C3%A9%FF", "pid", 1024, out) == KeyStatus::Ok);
+    CHECK(out == std::string("\xC3\xA9\xFF"));
+}
+
+TEST(Key, RegexLiteralPrefix) {
+    STRCMP_EQUAL("/mn/v2/", regex_literal_prefix("^/mn/v2/(?:object|meta)/(.+)$").c_str());
+    STRCMP_EQUAL("/files/", regex_literal_prefix("^/files/(.*)").c_str());
+    STRCMP_EQUAL("", regex_literal_prefix("/mn/(.+)").c_str());      // not anchored
+    STRCMP_EQUAL("/a", regex_literal_prefix("^/ab?(.+)").c_str());   // b optional
+    STRCMP_EQUAL("/a", regex_literal_prefix("^/ab*(.+)").c_str());
+    STRCMP_EQUAL("/a.b/", regex_literal_prefix("^/a\\.b/(.+)").c_str());
+    STRCMP_EQUAL("/x", regex_literal_prefix("^/x\\d(.+)").c_str());
+    STRCMP_EQUAL("", regex_literal_prefix("^/a/(.+)|^/b/(.+)").c_str());  // alternation
+    STRCMP_EQUAL("/a/", regex_literal_prefix("^/a/(x|y)/(.+)").c_str());
+    // A '(' inside a class opens no group: the '|' is still top-level.
+    STRCMP_EQUAL("", regex_literal_prefix("^/[(]|(.+)").c_str());
+}

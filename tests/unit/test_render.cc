@@ -1,0 +1,223 @@
+#include <string>
+
+#include "pidlock_render.h"
+
+#include "CppUTest/TestHarness.h"
+
+using namespace pidlock;
+
+namespace {
+
+// A small strict JSON checker: enough to prove the renderers emit valid
+// JSON whatever bytes the keys hold.
+struct JsonCheck {
+    const std::string &s;
+    size_t i = 0;
+    explicit JsonCheck(const std::string &str) : s(str) {}
+    void ws() { while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' || s[i] == '\r')) ++i; }
+    bool lit(const char *w) {
+        const size_t n = std::string(w).size();
+        if (s.compare(i, n, w) != 0) return false;
+        i += n;
+        return true;
+    }
+    bool str() {
+        if (s[i] != '"') return false;
+        for (++i; i < s.size(); ++i) {
+            const unsigned char c = static_cast<unsigned char>(s[i]);
+            if (c == '"') { ++i; return true; }
+            if (c < 0x20) return false;
+            if (c == '\\') {
+                ++i;
+                if (i >= s.size()) return false;
+                if (s[i] == 'u') {
+                    for (int k = 0; k < 4; ++k)
+                        if (++i >= s.size() || !isxdigit(static_cast<unsigned char>(s[i]))) return false;
+                } else if (std::string("\"\\/bfnrt").find(s[i]) == std::string::npos) {
+                    return false;
+                }
+            } else if (c >= 0x80) {
+                // must be valid UTF-8
+                int n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : -1;
+                if (n < 0) return false;
+                for (int k = 0; k < n; ++k)
+                    if (++i >= s.size() || (static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) return false;
+            }
+        }
+        return false;
+    }
+    bool num() {
+        const size_t st = i;
+        if (s[i] == '-') ++i;
+        while (i < s.size() && (isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+        return i > st;
+    }
+    bool value() {
+        ws();
+        if (i >= s.size()) return false;
+        bool ok;
+        switch (s[i]) {
+        case '{': ok = obj(); break;
+        case '[': ok = arr(); break;
+        case '"': ok = str(); break;
+        case 't': ok = lit("true"); break;
+        case 'f': ok = lit("false"); break;
+        case 'n': ok = lit("null"); break;
+        default: ok = num();
+        }
+        ws();
+        return ok;
+    }
+    bool obj() {
+        ++i;
+        ws();
+        if (s[i] == '}') { ++i; return true; }
+        for (;;) {
+            ws();
+            if (!str()) return false;
+            ws();
+            if (s[i++] != ':') return false;
+            if (!value()) return false;
+            if (s[i] == ',') { ++i; continue; }
+            if (s[i] == '}') { ++i; return true; }
+            return false;
+        }
+    }
+    bool arr() {
+        ++i;
+        ws();
+        if (s[i] == ']') { ++i; return true; }
+        for (;;) {
+            if (!value()) return false;
+            if (s[i] == ',') { ++i; continue; }
+            if (s[i] == ']') { ++i; return true; }
+            return false;
+        }
+    }
+    bool valid() { return value() && i == s.size(); }
+};
+
+bool valid_json(const std::string &s) { return JsonCheck(s).valid(); }
+
+TableSnapshot sample(const std::string &key) {
+    TableSnapshot s;
+    s.capacity = 400;
+    s.used = 1;
+    s.high_water = 17;
+    s.counters.acquired_write = 3;
+    LockView l;
+    l.key = key;
+    l.mode = Mode::Write;
+    l.waiting_write = 1;
+    HolderView h;
+    h.pid = 4242;
+    h.mode = Mode::Write;
+    h.method = "PUT";
+    h.uri = "/mn/v2/object/" + key;
+    h.client = "127.0.0.1";
+    h.since_us = 1795309323456000;  // 2026-11-22T01:02:03.456Z
+    l.holders.push_back(h);
+    s.locks.push_back(l);
+    return s;
+}
+
+ServerFacts facts() {
+    ServerFacts f;
+    f.version = "0.1.0";
+    f.backend = "shared";
+    f.mutex = "pthread";
+    f.mpm = "event";
+    return f;
+}
+
+}  // namespace
+
+TEST_GROUP(Render) {};
+
+TEST(Render, JsonStringEscapes) {
+    std::string o;
+    CHECK_TRUE(json_string(o, std::string("a\"b\\c\n\x01<", 8)));
+    STRCMP_EQUAL("\"a\\\"b\\\\c\\n\\u0001\\u003c\"", o.c_str());
+    o.clear();
+    CHECK_FALSE(json_string(o, "ok\xFF"));
+    STRCMP_EQUAL("\"ok\xEF\xBF\xBD\"", o.c_str());
+    o.clear();
+    CHECK_TRUE(json_string(o, "caf\xC3\xA9"));
+    o.clear();
+    CHECK_FALSE(json_string(o, "\xED\xA0\x80"));  // a surrogate is not UTF-8
+    o.clear();
+    CHECK_FALSE(json_string(o, "\xC0\xAF"));  // overlong '/'
+}
+
+TEST(Render, StatusJsonHasContractFields) {
+    const std::string j = render_status_json(sample("doi:10.5063/F1"), facts(), 1795309324690000);
+    CHECK_TRUE(valid_json(j));
+    const char *must[] = {"\"version\": \"0.1.0\"", "\"backend\": \"shared\"", "\"mutex\": \"pthread\"",
+                          "\"mpm\": \"event\"", "\"generation\": 0", "\"capacity\": 400", "\"used\": 1",
+                          "\"high_water\": 17", "\"acquired_read\": 0", "\"acquired_write\": 3",
+                          "\"waited\": 0", "\"timeouts\": 0", "\"bad_keys\": 0", "\"reaped\": 0",
+                          "\"broken\": 0", "\"key\": \"doi:10.5063/F1\"", "\"mode\": \"write\"",
+                          "\"waiting_read\": 0", "\"waiting_write\": 1", "\"pid\": 4242",
+                          "\"method\": \"PUT\"", "\"client\": \"127.0.0.1\"", "\"user\": null",
+                          "\"since\": \"2026-11-22T01:02:03.456Z\"", "\"held_ms\": 1234"};
+    for (const char *m : must)
+        if (j.find(m) == std::string::npos) FAIL((std::string("missing ") + m + " in " + j).c_str());
+    CHECK(j.find("key_hex") == std::string::npos);
+}
+
+TEST(Render, StatusJsonOddKeysStayValid) {
+    const std::string odd[] = {"quo\"te", "back\\slash", std::string("ctl\x01\x1f\x7f", 6),
+                               "bad\xFF\xFEutf8", "<script>alert(1)</script>", std::string("nul\0x", 5)};
+    for (const std::string &k : odd) {
+        const std::string j = render_status_json(sample(k), facts(), 0);
+        if (!valid_json(j)) FAIL(("invalid JSON for key: " + j).c_str());
+    }
+    const std::string j = render_status_json(sample("bad\xFF"), facts(), 0);
+    CHECK(j.find("\"key_hex\": \"626164ff\"") != std::string::npos);
+}
+
+TEST(Render, HtmlEscapesRequestValues) {
+    TableSnapshot s = sample("<script>alert('x')</script>&");
+    s.locks[0].holders[0].user = "<b>eve</b>";
+    s.locks[0].holders[0].has_user = true;
+    const std::string h = render_status_html(s, facts(), 0);
+    CHECK(h.find("<script>") == std::string::npos);
+    CHECK(h.find("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;") != std::string::npos);
+    CHECK(h.find("&lt;b&gt;eve&lt;/b&gt;") != std::string::npos);
+    CHECK(h.rfind("<!DOCTYPE html>", 0) == 0);
+}
+
+TEST(Render, AutoLines) {
+    const std::string a = render_status_auto(sample("k"), facts());
+    CHECK(a.find("TableCapacity: 400\n") != std::string::npos);
+    CHECK(a.find("TableUsed: 1\n") != std::string::npos);
+    CHECK(a.find("Holders: 1\n") != std::string::npos);
+    CHECK(a.find("WaitingWrite: 1\n") != std::string::npos);
+    CHECK(a.find("Backend: shared\n") != std::string::npos);
+}
+
+TEST(Render, BusyReportNeverShowsClientsOrUsers) {
+    BusyReport r;
+    r.key = "doi:10/\"x\"";
+    r.held_mode = Mode::Write;
+    r.holders = 1;
+    r.waiting_write = 2;
+    r.held_us = 1500000;
+    const std::string j = render_busy_json(r, 0.25);
+    CHECK_TRUE(valid_json(j));
+    CHECK(j.find("\"key\": \"doi:10/\\\"x\\\"\"") != std::string::npos);
+    CHECK(j.find("\"mode_held\": \"write\"") != std::string::npos);
+    CHECK(j.find("\"held_ms\": 1500") != std::string::npos);
+    const std::string t = render_busy_text(r, 0.25);
+    CHECK(t.find("key: doi:10/\"x\"") != std::string::npos);
+    CHECK(t.find("holders: 1") != std::string::npos);
+    CHECK(t.find("127.0.0.1") == std::string::npos);
+    BusyReport c;
+    c.key = std::string("a\x1b[2Jb", 6);
+    CHECK(render_busy_text(c, 1).find("\x1b") == std::string::npos);
+}
+
+TEST(Render, Iso8601) {
+    STRCMP_EQUAL("1970-01-01T00:00:00.000Z", iso8601_utc(0).c_str());
+    STRCMP_EQUAL("2026-11-22T01:02:03.456Z", iso8601_utc(1795309323456789).c_str());
+}

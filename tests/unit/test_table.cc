@@ -1,0 +1,576 @@
+// The lock table over threads and over fork()ed processes sharing one region.
+// Every concurrency test has a twin that runs the same checker with locking
+// off and must see violations, so a silent checker cannot pass for a sound
+// table.
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <apr_global_mutex.h>
+#include <apr_pools.h>
+
+#include "pidlock_locks.h"
+#include "pidlock_table.h"
+
+#include "CppUTest/TestHarness.h"
+
+using namespace pidlock;
+
+namespace {
+
+// Independent witness: per key, who is inside right now.
+constexpr int kKeys = 4;
+struct Witness {
+    std::atomic<int> readers[kKeys];
+    std::atomic<int> writers[kKeys];
+    std::atomic<int> violations;
+    std::atomic<long> ops;
+    std::atomic<long> busy;
+};
+
+void witness_enter(Witness *w, int k, Mode m) {
+    if (m == Mode::Write) {
+        const int n = ++w->writers[k];
+        if (n > 1 || w->readers[k].load() > 0) ++w->violations;
+    } else {
+        ++w->readers[k];
+        if (w->writers[k].load() > 0) ++w->violations;
+    }
+}
+
+void witness_leave(Witness *w, int k, Mode m) {
+    if (m == Mode::Write) {
+        if (w->writers[k].load() != 1 || w->readers[k].load() != 0) ++w->violations;
+        --w->writers[k];
+    } else {
+        if (w->writers[k].load() > 0) ++w->violations;
+        --w->readers[k];
+    }
+}
+
+void hold_briefly(std::mt19937 &rng) {
+    const int spins = static_cast<int>(rng() % 200);
+    for (volatile int i = 0; i < spins; ++i) {}
+    if (rng() % 4 == 0) sched_yield();
+}
+
+// One worker's randomized loop. `locking` false: the same loop unlocked.
+void worker(LockTable *t, Witness *w, unsigned seed, int ops, bool locking) {
+    std::mt19937 rng(seed);
+    char key[16];
+    for (int i = 0; i < ops; ++i) {
+        const int k = static_cast<int>(rng() % kKeys);
+        const Mode m = rng() % 3 == 0 ? Mode::Write : Mode::Read;
+        std::snprintf(key, sizeof key, "key-%d", k);
+        LockHandle h;
+        if (locking) {
+            HolderInfo info;
+            info.method = m == Mode::Write ? "PUT" : "GET";
+            const AcquireResult r = t->acquire(key, std::strlen(key), m, -1, info, h);
+            if (r != AcquireResult::Acquired) {
+                ++w->busy;
+                continue;
+            }
+        }
+        witness_enter(w, k, m);
+        hold_briefly(rng);
+        witness_leave(w, k, m);
+        if (locking) t->release(h);
+        ++w->ops;
+    }
+}
+
+void *map_shared(size_t n) {
+    void *p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+}
+
+struct SharedTable {
+    size_t size = 0;
+    void *mem = nullptr;
+    void *locks_mem = nullptr;
+    Witness *witness = nullptr;
+    PthreadStripeLocks *locks = nullptr;
+    LockTable *table = nullptr;
+
+    SharedTable(uint32_t capacity, uint32_t stripes = 8) {
+        TableParams p;
+        p.capacity = capacity;
+        p.key_cap = 64;
+        p.stripes = stripes;
+        size = LockTable::region_size(p);
+        mem = map_shared(size);
+        locks_mem = map_shared(PthreadStripeLocks::region_size(stripes) + sizeof(Witness));
+        PthreadStripeLocks::init(locks_mem, stripes, true);
+        witness = reinterpret_cast<Witness *>(static_cast<char *>(locks_mem) +
+                                              PthreadStripeLocks::region_size(stripes));
+        locks = new PthreadStripeLocks(locks_mem, stripes);
+        LockTable::format(mem, size, p);
+        table = new LockTable(mem, locks);
+    }
+    ~SharedTable() {
+        delete table;
+        delete locks;
+        munmap(mem, size);
+        munmap(locks_mem, PthreadStripeLocks::region_size(8) + sizeof(Witness));
+    }
+};
+
+int run_forked(LockTable *t, Witness *w, int procs, int ops, bool locking) {
+    std::vector<pid_t> kids;
+    for (int i = 0; i < procs; ++i) {
+        const pid_t pid = fork();
+        if (pid == 0) {
+            worker(t, w, 1000u + static_cast<unsigned>(i), ops, locking);
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    int failed = 0;
+    for (pid_t k : kids) {
+        int st = 0;
+        waitpid(k, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ++failed;
+    }
+    return failed;
+}
+
+void run_threads(LockTable *t, Witness *w, int threads, int ops, bool locking) {
+    std::vector<std::thread> ts;
+    for (int i = 0; i < threads; ++i)
+        ts.emplace_back(worker, t, w, 7u + static_cast<unsigned>(i), ops, locking);
+    for (auto &th : ts) th.join();
+}
+
+// Waits (bounded) until the table's view of `key` satisfies `pred`.
+template <typename Pred>
+bool wait_for(LockTable &t, Pred pred, int ms = 5000) {
+    for (int i = 0; i < ms; ++i) {
+        TableSnapshot s;
+        t.snapshot(s);
+        if (pred(s)) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+}
+
+const LockView *find_lock(const TableSnapshot &s, const char *key) {
+    for (const LockView &l : s.locks)
+        if (l.key == key) return &l;
+    return nullptr;
+}
+
+unsigned holding(const LockView *l) {
+    unsigned n = 0;
+    if (l)
+        for (const HolderView &h : l->holders) n += h.waiting ? 0 : 1;
+    return n;
+}
+
+}  // namespace
+
+TEST_GROUP(Table) {
+    SharedTable *st = nullptr;
+    void setup() override { st = new SharedTable(64); }
+    void teardown() override { delete st; }
+    AcquireResult take(const char *key, Mode m, int64_t timeout_ns, LockHandle &h,
+                       BusyReport *rep = nullptr) {
+        HolderInfo info;
+        info.method = m == Mode::Write ? "PUT" : "GET";
+        info.uri = "/x";
+        info.client = "127.0.0.1";
+        return st->table->acquire(key, std::strlen(key), m, timeout_ns, info, h, rep);
+    }
+};
+
+TEST(Table, FormatRejectsBadParams) {
+    TableParams p;
+    p.capacity = 10;
+    p.key_cap = 10;
+    p.stripes = 3;  // not a power of two
+    CHECK_EQUAL(0u, LockTable::region_size(p));
+    p.stripes = 4;
+    const size_t need = LockTable::region_size(p);
+    CHECK(need > 0);
+    std::vector<char> buf(need);
+    CHECK_FALSE(LockTable::format(buf.data(), need - 1, p));
+    CHECK_TRUE(LockTable::format(buf.data(), need, p));
+    char junk[256] = {};
+    LockTable notatable(junk, nullptr);
+    CHECK_FALSE(notatable.valid());
+}
+
+TEST(Table, ReadersShareWriterAlone) {
+    LockHandle r1, r2, w;
+    CHECK(take("k", Mode::Read, 0, r1) == AcquireResult::Acquired);
+    CHECK(take("k", Mode::Read, 0, r2) == AcquireResult::Acquired);
+    BusyReport rep;
+    CHECK(take("k", Mode::Write, 0, w, &rep) == AcquireResult::Busy);
+    STRCMP_EQUAL("k", rep.key.c_str());
+    CHECK(rep.held_mode == Mode::Read);
+    CHECK_EQUAL(2u, rep.holders);
+    st->table->release(r1);
+    st->table->release(r2);
+    CHECK(take("k", Mode::Write, 0, w) == AcquireResult::Acquired);
+    LockHandle r3;
+    CHECK(take("k", Mode::Read, 0, r3) == AcquireResult::Busy);
+    CHECK(take("other", Mode::Write, 0, r3) == AcquireResult::Acquired);
+    st->table->release(w);
+    st->table->release(r3);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(0u, s.used);
+    CHECK_EQUAL(2u, s.counters.acquired_read);
+    CHECK_EQUAL(2u, s.counters.acquired_write);
+    CHECK_EQUAL(2u, s.counters.timeouts);
+}
+
+TEST(Table, ReleaseIsIdempotent) {
+    LockHandle h;
+    CHECK(take("k", Mode::Write, 0, h) == AcquireResult::Acquired);
+    LockHandle copy = h;
+    CHECK_EQUAL(0, st->table->release(h));
+    CHECK_FALSE(h.held());
+    CHECK_EQUAL(0, st->table->release(h));
+    // A stale copy of the handle must not free someone else's lock.
+    LockHandle other;
+    CHECK(take("k", Mode::Write, 0, other) == AcquireResult::Acquired);
+    CHECK_EQUAL(0, st->table->release(copy));
+    LockHandle probe;
+    CHECK(take("k", Mode::Read, 0, probe) == AcquireResult::Busy);
+    st->table->release(other);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, TimeoutWaitsThenReports) {
+    LockHandle w, r;
+    CHECK(take("slow", Mode::Write, 0, w) == AcquireResult::Acquired);
+    BusyReport rep;
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(take("slow", Mode::Read, 100 * 1000000LL, r, &rep) == AcquireResult::Busy);
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    // Semantics, not speed: it did wait out its timeout before answering.
+    CHECK(waited >= std::chrono::milliseconds(95));
+    CHECK(rep.held_mode == Mode::Write);
+    CHECK_EQUAL(1u, rep.holders);
+    CHECK_FALSE(r.held());
+    st->table->release(w);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, ReleaseWakesWaiter) {
+    LockHandle w;
+    CHECK(take("k", Mode::Write, 0, w) == AcquireResult::Acquired);
+    std::atomic<int> got{0};
+    std::thread t([&] {
+        LockHandle h;
+        if (take("k", Mode::Write, 10 * 1000000000LL, h) == AcquireResult::Acquired) {
+            got = 1;
+            st->table->release(h);
+        } else {
+            got = 2;
+        }
+    });
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->waiting_write == 1;
+    }));
+    CHECK_EQUAL(0, got.load());
+    st->table->release(w);
+    t.join();
+    CHECK_EQUAL(1, got.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+// Once a writer waits, a reader arriving later queues behind it even though
+// readers hold the lock: a stream of readers cannot starve a writer.
+TEST(Table, WaitingWriterBlocksLaterReaders) {
+    LockHandle r1;
+    CHECK(take("k", Mode::Read, 0, r1) == AcquireResult::Acquired);
+    std::atomic<int> writer_state{0};
+    std::thread wt([&] {
+        LockHandle h;
+        writer_state = take("k", Mode::Write, 10 * 1000000000LL, h) == AcquireResult::Acquired ? 1 : 2;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        st->table->release(h);
+    });
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->waiting_write == 1;
+    }));
+    LockHandle late;
+    CHECK(take("k", Mode::Read, 0, late) == AcquireResult::Busy);
+    st->table->release(r1);
+    wt.join();
+    CHECK_EQUAL(1, writer_state.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+// When a writer releases, every reader that queued meanwhile enters together,
+// before the writer that queued meanwhile: writers cannot starve readers.
+TEST(Table, WriterReleaseAdmitsQueuedReadersBeforeNextWriter) {
+    LockHandle w1;
+    CHECK(take("k", Mode::Write, 0, w1) == AcquireResult::Acquired);
+    std::atomic<int> readers_in{0}, w2_in{0};
+    std::atomic<bool> let_go{false};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 2; ++i) {
+        ts.emplace_back([&] {
+            LockHandle h;
+            if (take("k", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Acquired) {
+                ++readers_in;
+                while (!let_go) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                st->table->release(h);
+            }
+        });
+    }
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->waiting_read == 2;
+    }));
+    ts.emplace_back([&] {
+        LockHandle h;
+        if (take("k", Mode::Write, 10 * 1000000000LL, h) == AcquireResult::Acquired) {
+            w2_in = 1;
+            st->table->release(h);
+        }
+    });
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->waiting_write == 1;
+    }));
+    st->table->release(w1);
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->mode == Mode::Read && holding(l) == 2 && l->waiting_write == 1;
+    }));
+    CHECK_EQUAL(0, w2_in.load());
+    let_go = true;
+    for (auto &t : ts) t.join();
+    CHECK_EQUAL(2, readers_in.load());
+    CHECK_EQUAL(1, w2_in.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, WriterTimeoutLetsQueuedReadersIn) {
+    LockHandle r1;
+    CHECK(take("k", Mode::Read, 0, r1) == AcquireResult::Acquired);
+    std::atomic<int> reader{0};
+    std::thread wt([&] {
+        LockHandle h;
+        take("k", Mode::Write, 150 * 1000000LL, h);  // gives up: r1 holds on
+        st->table->release(h);
+    });
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->waiting_write == 1;
+    }));
+    std::thread rt([&] {
+        LockHandle h;
+        reader = take("k", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Acquired ? 1 : 2;
+        st->table->release(h);
+    });
+    wt.join();
+    rt.join();
+    CHECK_EQUAL(1, reader.load());
+    st->table->release(r1);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, CapacityExhaustionAnsweredCleanly) {
+    delete st;
+    st = new SharedTable(3, 2);
+    LockHandle h[3], extra;
+    CHECK(take("a", Mode::Read, 0, h[0]) == AcquireResult::Acquired);
+    CHECK(take("b", Mode::Read, 0, h[1]) == AcquireResult::Acquired);
+    CHECK(take("c", Mode::Read, 0, h[2]) == AcquireResult::Acquired);
+    CHECK(take("d", Mode::Read, 0, extra) == AcquireResult::Full);
+    CHECK(take("a", Mode::Read, 0, extra) == AcquireResult::Full);  // no record left either
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    st->table->release(h[1]);
+    CHECK(take("d", Mode::Write, 0, extra) == AcquireResult::Acquired);
+    st->table->release(extra);
+    st->table->release(h[0]);
+    st->table->release(h[2]);
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(0u, s.used);
+    CHECK_EQUAL(3u, s.high_water);
+    CHECK_EQUAL(2u, s.counters.full);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, BreakReleasesHoldersAndLetsWaiterIn) {
+    LockHandle stale;
+    CHECK(take("k", Mode::Write, 0, stale) == AcquireResult::Acquired);
+    std::atomic<int> got{0};
+    LockHandle waiter;
+    std::thread t([&] {
+        got = take("k", Mode::Write, 10 * 1000000000LL, waiter) == AcquireResult::Acquired ? 1 : 2;
+    });
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "k");
+        return l && l->waiting_write == 1;
+    }));
+    CHECK_EQUAL(1, st->table->break_key("k", 1));
+    t.join();
+    CHECK_EQUAL(1, got.load());
+    // The broken holder's own release must not free the waiter's lock.
+    CHECK_EQUAL(0, st->table->release(stale));
+    LockHandle probe;
+    CHECK(take("k", Mode::Read, 0, probe) == AcquireResult::Busy);
+    st->table->release(waiter);
+    CHECK_EQUAL(0, st->table->break_key("nothing", 7));
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(1u, s.counters.broken);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, SnapshotShowsHoldersOldestFirst) {
+    LockHandle a, b, c;
+    HolderInfo info;
+    info.method = "PUT";
+    info.uri = "/mn/v2/object/a";
+    info.client = "10.1.2.3";
+    info.user = "alice";
+    CHECK(st->table->acquire("a", 1, Mode::Write, 0, info, a) == AcquireResult::Acquired);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    CHECK(take("b", Mode::Read, 0, b) == AcquireResult::Acquired);
+    CHECK(take("b", Mode::Read, 0, c) == AcquireResult::Acquired);
+    TableSnapshot s;
+    CHECK(st->table->snapshot(s));
+    CHECK_EQUAL(2u, s.used);
+    CHECK_EQUAL(2u, s.locks.size());
+    STRCMP_EQUAL("a", s.locks[0].key.c_str());
+    CHECK(s.locks[0].mode == Mode::Write);
+    CHECK_EQUAL(1u, s.locks[0].holders.size());
+    const HolderView &h = s.locks[0].holders[0];
+    CHECK_EQUAL(static_cast<int32_t>(getpid()), h.pid);
+    STRCMP_EQUAL("PUT", h.method.c_str());
+    STRCMP_EQUAL("/mn/v2/object/a", h.uri.c_str());
+    STRCMP_EQUAL("10.1.2.3", h.client.c_str());
+    CHECK_TRUE(h.has_user);
+    STRCMP_EQUAL("alice", h.user.c_str());
+    CHECK_EQUAL(2u, s.locks[1].holders.size());
+    CHECK_FALSE(s.locks[1].holders[0].has_user);
+    st->table->release(a);
+    st->table->release(b);
+    st->table->release(c);
+}
+
+TEST(Table, LongValuesAreCut) {
+    std::string uri(1000, 'u');
+    HolderInfo info;
+    info.uri = uri.c_str();
+    info.method = "VERYLONGMETHODNAMEINDEED";
+    LockHandle h;
+    CHECK(st->table->acquire("k", 1, Mode::Write, 0, info, h) == AcquireResult::Acquired);
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(kUriCap - 1, s.locks[0].holders[0].uri.size());
+    CHECK_EQUAL(kMethodCap - 1, s.locks[0].holders[0].method.size());
+    st->table->release(h);
+    std::string longkey(65, 'k');  // key_cap is 64
+    CHECK(st->table->acquire(longkey.data(), longkey.size(), Mode::Read, 0, info, h) ==
+          AcquireResult::Error);
+}
+
+TEST(Table, ThreadsNeverOverlap) {
+    run_threads(st->table, st->witness, 8, 3000, true);
+    CHECK_EQUAL(0, st->witness->violations.load());
+    CHECK_EQUAL(0, st->witness->busy.load());
+    CHECK_EQUAL(8 * 3000, st->witness->ops.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, ThreadsWitnessCatchesOverlapWhenUnlocked) {
+    run_threads(st->table, st->witness, 8, 3000, false);
+    CHECK(st->witness->violations.load() > 0);
+}
+
+TEST(Table, ForkedProcessesNeverOverlap) {
+    CHECK_EQUAL(0, run_forked(st->table, st->witness, 4, 4000, true));
+    CHECK_EQUAL(0, st->witness->violations.load());
+    CHECK_EQUAL(4 * 4000, st->witness->ops.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(0u, s.used);
+}
+
+TEST(Table, ForkedWitnessCatchesOverlapWhenUnlocked) {
+    CHECK_EQUAL(0, run_forked(st->table, st->witness, 4, 4000, false));
+    CHECK(st->witness->violations.load() > 0);
+}
+
+// The same, with the stripes as APR global mutexes of each mechanism httpd's
+// `Mutex` directive may give pidlock.
+TEST_GROUP(TableApr) {
+    apr_pool_t *pool = nullptr;
+    void setup() override { apr_pool_create(&pool, nullptr); }
+    void teardown() override { apr_pool_destroy(pool); }
+};
+
+namespace {
+
+void run_with_mech(apr_pool_t *pool, apr_lockmech_e mech, const char *name) {
+    constexpr unsigned kStripes = 4;
+    apr_global_mutex_t *m[kStripes];
+    for (unsigned i = 0; i < kStripes; ++i) {
+        char fname[128];
+        std::snprintf(fname, sizeof fname, "/tmp/pidlock-unit-%d-%s-%u", static_cast<int>(getpid()), name, i);
+        const apr_status_t rv = apr_global_mutex_create(&m[i], fname, mech, pool);
+        if (rv != APR_SUCCESS) FAIL(("cannot create APR mutex " + std::string(name)).c_str());
+    }
+    AprStripeLocks locks(m, kStripes);
+    TableParams p;
+    p.capacity = 32;
+    p.key_cap = 32;
+    p.stripes = kStripes;
+    const size_t size = LockTable::region_size(p);
+    void *mem = map_shared(size + sizeof(Witness));
+    CHECK(mem != nullptr);
+    CHECK(LockTable::format(mem, size, p));
+    auto *w = reinterpret_cast<Witness *>(static_cast<char *>(mem) + size);
+    LockTable t(mem, &locks);
+    std::vector<pid_t> kids;
+    for (int i = 0; i < 3; ++i) {
+        const pid_t pid = fork();
+        if (pid == 0) {
+            for (unsigned s = 0; s < kStripes; ++s)
+                apr_global_mutex_child_init(&m[s], apr_global_mutex_lockfile(m[s]), pool);
+            worker(&t, w, 55u + static_cast<unsigned>(i), 1500, true);
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    for (pid_t k : kids) {
+        int st = 0;
+        waitpid(k, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    CHECK_EQUAL(0, w->violations.load());
+    CHECK_EQUAL(3 * 1500, w->ops.load());
+    STRCMP_EQUAL("", t.check_consistency().c_str());
+    for (unsigned i = 0; i < kStripes; ++i) apr_global_mutex_destroy(m[i]);
+    munmap(mem, size + sizeof(Witness));
+}
+
+}  // namespace
+
+TEST(TableApr, DefaultMutex) { run_with_mech(pool, APR_LOCK_DEFAULT, "default"); }
+TEST(TableApr, PthreadMutex) { run_with_mech(pool, APR_LOCK_PROC_PTHREAD, "pthread"); }
+TEST(TableApr, FcntlMutex) { run_with_mech(pool, APR_LOCK_FCNTL, "fcntl"); }
+TEST(TableApr, FlockMutex) { run_with_mech(pool, APR_LOCK_FLOCK, "flock"); }
+TEST(TableApr, SysvsemMutex) { run_with_mech(pool, APR_LOCK_SYSVSEM, "sysvsem"); }
