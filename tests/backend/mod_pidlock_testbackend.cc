@@ -1,0 +1,311 @@
+// mod_pidlock_testbackend — a TEST-ONLY Apache httpd 2.4 module.
+//
+// It stands in for the application behind mod_pidlock and detects overlap
+// violations (a writer together with anyone else on the same PID) across all
+// threads and all child processes, using an anonymous shared memory segment
+// created in post_config and inherited by the children through fork().
+//
+// Handlers:
+//   pidlock-testbackend          X-Test-Pid: <truth pid>, X-Test-Sleep-Ms: <ms>
+//                                GET/HEAD = read, any other method = write.
+//   pidlock-testbackend-stats    {"violations": N, "requests": M}; ?reset zeroes.
+//   pidlock-testbackend-subreq   ?uri=<uri>: runs a sub-request, "subreq <status>"
+//   pidlock-testbackend-redirect ?uri=<uri>: ap_internal_redirect(uri)
+//
+// Never load this module in production.
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include <sched.h>
+#include <unistd.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "http_protocol.h"
+#include "http_request.h"
+
+#include "apr_shm.h"
+#include "apr_strings.h"
+#include "apr_time.h"
+
+extern "C" {
+extern module AP_MODULE_DECLARE_DATA pidlock_testbackend_module;
+}
+APLOG_USE_MODULE(pidlock_testbackend);
+
+namespace {
+
+constexpr std::size_t kSlots = 256;
+constexpr std::size_t kKeyMax = 200;
+constexpr long kDefaultSleepMs = 5;
+constexpr long kMaxSleepMs = 10000;
+
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free, "need lock-free atomics in shm");
+static_assert(std::atomic<std::int32_t>::is_always_lock_free, "need lock-free atomics in shm");
+static_assert(std::atomic<std::int64_t>::is_always_lock_free, "need lock-free atomics in shm");
+
+enum : std::uint32_t { kEmpty = 0, kClaiming = 1, kReady = 2 };
+
+struct Slot {
+    std::atomic<std::uint32_t> state;
+    std::atomic<std::int32_t> readers;
+    std::atomic<std::int32_t> writers;
+    std::uint32_t keylen;  // written before state becomes kReady
+    char key[kKeyMax];
+};
+
+struct Shared {
+    std::atomic<std::int64_t> violations;
+    std::atomic<std::int64_t> requests;
+    std::atomic<std::int64_t> table_full;
+    Slot slots[kSlots];
+};
+
+Shared *g_shared = nullptr;  // set in the parent, inherited by children
+
+std::uint64_t fnv1a(const char *s, std::size_t n) {
+    std::uint64_t h = 1469598103934665603ULL;
+    for (std::size_t i = 0; i < n; ++i) {
+        h ^= static_cast<unsigned char>(s[i]);
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+void wait_ready(Slot &s) {
+    // A claimer writes at most 200 bytes between its CAS and the store of
+    // kReady: this loop ends almost at once.  Bounded for safety anyway.
+    for (int i = 0; i < 1000000 && s.state.load(std::memory_order_acquire) == kClaiming; ++i)
+        sched_yield();
+}
+
+// Finds or inserts the slot for key; nullptr when the table is full.
+Slot *find_slot(Shared *sh, const char *key_in, std::size_t len) {
+    if (len > kKeyMax) len = kKeyMax;  // test keys are short; prefix is enough
+    const std::size_t start = static_cast<std::size_t>(fnv1a(key_in, len) % kSlots);
+    for (std::size_t probe = 0; probe < kSlots; ++probe) {
+        Slot &s = sh->slots[(start + probe) % kSlots];
+        std::uint32_t st = s.state.load(std::memory_order_acquire);
+        if (st == kEmpty) {
+            std::uint32_t expected = kEmpty;
+            if (s.state.compare_exchange_strong(expected, kClaiming, std::memory_order_acq_rel)) {
+                std::memcpy(s.key, key_in, len);
+                s.keylen = static_cast<std::uint32_t>(len);
+                s.state.store(kReady, std::memory_order_release);
+                return &s;
+            }
+            st = expected;
+        }
+        if (st == kClaiming) {
+            wait_ready(s);
+            st = s.state.load(std::memory_order_acquire);
+        }
+        if (st == kReady && s.keylen == len && std::memcmp(s.key, key_in, len) == 0)
+            return &s;
+    }
+    return nullptr;
+}
+
+const char *query_arg(request_rec *r, const char *name) {
+    if (!r->args) return nullptr;
+    const std::size_t nlen = std::strlen(name);
+    const char *p = r->args;
+    while (*p) {
+        const char *amp = std::strchr(p, '&');
+        const std::size_t seg = amp ? static_cast<std::size_t>(amp - p) : std::strlen(p);
+        if (seg > nlen && std::strncmp(p, name, nlen) == 0 && p[nlen] == '=') {
+            char *v = apr_pstrndup(r->pool, p + nlen + 1, seg - nlen - 1);
+            for (char *c = v; *c; ++c)
+                if (*c == '+') *c = ' ';
+            if (ap_unescape_url(v) != OK) return nullptr;
+            return v;
+        }
+        if (!amp) break;
+        p = amp + 1;
+    }
+    return nullptr;
+}
+
+bool has_flag_arg(request_rec *r, const char *name) {
+    if (!r->args) return false;
+    const std::size_t nlen = std::strlen(name);
+    const char *p = r->args;
+    while (*p) {
+        const char *amp = std::strchr(p, '&');
+        const std::size_t seg = amp ? static_cast<std::size_t>(amp - p) : std::strlen(p);
+        if (seg >= nlen && std::strncmp(p, name, nlen) == 0 && (seg == nlen || p[nlen] == '='))
+            return true;
+        if (!amp) break;
+        p = amp + 1;
+    }
+    return false;
+}
+
+bool is_violation(const Slot &s, bool write) {
+    if (write)
+        return s.writers.load(std::memory_order_acquire) > 1 ||
+               s.readers.load(std::memory_order_acquire) > 0;
+    return s.writers.load(std::memory_order_acquire) > 0;
+}
+
+int backend_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend") != 0) return DECLINED;
+
+    int rv = ap_discard_request_body(r);
+    if (rv != OK) return rv;
+
+    const char *pid = apr_table_get(r->headers_in, "X-Test-Pid");
+    ap_set_content_type(r, "text/plain");
+    if (!pid || !g_shared) {
+        ap_rputs("no pid\n", r);
+        return OK;
+    }
+
+    long sleep_ms = kDefaultSleepMs;
+    if (const char *sl = apr_table_get(r->headers_in, "X-Test-Sleep-Ms")) {
+        char *end = nullptr;
+        errno = 0;
+        long v = std::strtol(sl, &end, 10);
+        if (errno == 0 && end != sl) sleep_ms = v;
+    }
+    if (sleep_ms < 0) sleep_ms = 0;
+    if (sleep_ms > kMaxSleepMs) sleep_ms = kMaxSleepMs;
+
+    const bool write = r->method_number != M_GET;  // HEAD has M_GET too
+    const char *mode = write ? "write" : "read";
+    Shared *sh = g_shared;
+    sh->requests.fetch_add(1, std::memory_order_relaxed);
+
+    Slot *s = find_slot(sh, pid, std::strlen(pid));
+    if (!s) {
+        sh->table_full.fetch_add(1, std::memory_order_relaxed);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "pidlock-testbackend: slot table full, pid '%s' not checked", pid);
+    } else {
+        bool violated = false;
+        if (write) {
+            int w = s->writers.fetch_add(1, std::memory_order_acq_rel) + 1;
+            if (w > 1 || s->readers.load(std::memory_order_acquire) > 0) violated = true;
+        } else {
+            s->readers.fetch_add(1, std::memory_order_acq_rel);
+            if (s->writers.load(std::memory_order_acquire) > 0) violated = true;
+        }
+        if (sleep_ms > 0) apr_sleep(apr_time_from_msec(sleep_ms));
+        if (is_violation(*s, write)) violated = true;
+        if (write)
+            s->writers.fetch_sub(1, std::memory_order_acq_rel);
+        else
+            s->readers.fetch_sub(1, std::memory_order_acq_rel);
+        if (violated) {
+            sh->violations.fetch_add(1, std::memory_order_relaxed);
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                          "pidlock-testbackend: OVERLAP on pid '%s' (%s %s)", pid, r->method,
+                          r->unparsed_uri);
+        }
+    }
+
+    ap_rprintf(r, "ok %s %s %ld\n", pid, mode, static_cast<long>(getpid()));
+    return OK;
+}
+
+int stats_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend-stats") != 0) return DECLINED;
+    int rv = ap_discard_request_body(r);
+    if (rv != OK) return rv;
+    Shared *sh = g_shared;
+    if (!sh) return HTTP_SERVICE_UNAVAILABLE;
+    if (has_flag_arg(r, "reset")) {
+        sh->violations.store(0);
+        sh->requests.store(0);
+        sh->table_full.store(0);
+        for (Slot &s : sh->slots) {
+            s.readers.store(0);
+            s.writers.store(0);
+            s.keylen = 0;
+            s.state.store(kEmpty, std::memory_order_release);
+        }
+    }
+    ap_set_content_type(r, "application/json");
+    ap_rprintf(r,
+               "{\"violations\": %" APR_INT64_T_FMT ", \"requests\": %" APR_INT64_T_FMT
+               ", \"table_full\": %" APR_INT64_T_FMT "}\n",
+               static_cast<apr_int64_t>(sh->violations.load()),
+               static_cast<apr_int64_t>(sh->requests.load()),
+               static_cast<apr_int64_t>(sh->table_full.load()));
+    return OK;
+}
+
+int subreq_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend-subreq") != 0) return DECLINED;
+    int rv = ap_discard_request_body(r);
+    if (rv != OK) return rv;
+    const char *uri = query_arg(r, "uri");
+    if (!uri || uri[0] != '/') return HTTP_BAD_REQUEST;
+    ap_set_content_type(r, "text/plain");
+    // The sub-request's output goes into this response's body.
+    request_rec *sub = ap_sub_req_method_uri(r->method, uri, r, r->output_filters);
+    int status = sub->status;
+    if (status == HTTP_OK) {
+        int srv = ap_run_sub_req(sub);
+        status = (srv == OK) ? sub->status : srv;
+    }
+    ap_destroy_sub_req(sub);
+    ap_rprintf(r, "subreq %d\n", status);
+    return OK;
+}
+
+int redirect_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend-redirect") != 0)
+        return DECLINED;
+    const char *uri = query_arg(r, "uri");
+    if (!uri || uri[0] != '/') return HTTP_BAD_REQUEST;
+    ap_internal_redirect(uri, r);
+    return OK;
+}
+
+int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *, server_rec *s) {
+    apr_shm_t *shm = nullptr;
+    apr_status_t rv = apr_shm_create(&shm, sizeof(Shared), nullptr, pconf);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
+                     "pidlock-testbackend: cannot create anonymous shared memory");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    void *base = apr_shm_baseaddr_get(shm);
+    std::memset(base, 0, sizeof(Shared));
+    g_shared = new (base) Shared();  // value-initialised: all zero
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                 "pidlock-testbackend: TEST-ONLY module active (%lu bytes of shm)",
+                 static_cast<unsigned long>(sizeof(Shared)));
+    return OK;
+}
+
+void register_hooks(apr_pool_t *) {
+    ap_hook_post_config(post_config, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_handler(backend_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_handler(stats_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_handler(subreq_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_handler(redirect_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+}
+
+}  // namespace
+
+extern "C" {
+module AP_MODULE_DECLARE_DATA pidlock_testbackend_module = {
+    STANDARD20_MODULE_STUFF,
+    nullptr,         // create_dir_config
+    nullptr,         // merge_dir_config
+    nullptr,         // create_server_config
+    nullptr,         // merge_server_config
+    nullptr,         // cmds
+    register_hooks,  // register_hooks
+    0                // flags
+};
+}
