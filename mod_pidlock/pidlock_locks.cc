@@ -29,4 +29,13 @@ int PthreadStripeLocks::lock(unsigned stripe) {
     return rc;
 }
 
+int PthreadStripeLocks::trylock(unsigned stripe) {
+    int rc = pthread_mutex_trylock(&m_[stripe]);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(&m_[stripe]);
+        rc = 0;
+    }
+    return rc;
+}
+
 }  // namespace pidlock

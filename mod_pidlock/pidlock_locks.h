@@ -18,6 +18,7 @@ class AprStripeLocks final : public StripeLocks {
     // `mutexes` must hold `n` mutexes and outlive this object.
     AprStripeLocks(apr_global_mutex_t **mutexes, unsigned n) : m_(mutexes), n_(n) {}
     int lock(unsigned stripe) override { return apr_global_mutex_lock(m_[stripe]); }
+    int trylock(unsigned stripe) override { return apr_global_mutex_trylock(m_[stripe]); }
     int unlock(unsigned stripe) override { return apr_global_mutex_unlock(m_[stripe]); }
     unsigned size() const { return n_; }
 
@@ -35,6 +36,7 @@ class PthreadStripeLocks final : public StripeLocks {
     PthreadStripeLocks(void *mem, unsigned n)
         : m_(static_cast<pthread_mutex_t *>(mem)), n_(n) {}
     int lock(unsigned stripe) override;
+    int trylock(unsigned stripe) override;
     int unlock(unsigned stripe) override { return pthread_mutex_unlock(&m_[stripe]); }
 
   private:

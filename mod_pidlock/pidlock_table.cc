@@ -137,19 +137,31 @@ int64_t wall_clock_us() {
     return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
+// Read-mostly layout first; every field written at run time sits on a cache
+// line of its own, so processes working on distinct keys share no line.
 struct LockTable::Header {
     uint32_t magic;
     uint32_t layout_version;
-    uint32_t capacity, key_cap, stripes, nbuckets;
-    uint64_t buckets_off, entries_off, records_off, keys_off, total_size;
-    std::atomic<uint32_t> generation;
-    std::atomic<uint32_t> used;
+    uint32_t capacity, key_cap, stripes, nbuckets, slots;
+    uint64_t buckets_off, entries_off, records_off, keys_off, stripes_off, total_size;
+    // Entries no stripe has reserved: capacity = budget + reserves + in use.
+    alignas(64) std::atomic<int64_t> budget;
     std::atomic<uint32_t> high_water;
-    std::atomic<uint64_t> next_token;
+    std::atomic<uint32_t> generation;
+    std::atomic<uint64_t> c_bad_keys;
     alignas(64) std::atomic<uint64_t> entry_free;
     alignas(64) std::atomic<uint64_t> record_free;
-    alignas(64) std::atomic<uint64_t> c_acquired_read, c_acquired_write, c_waited,
-        c_timeouts, c_bad_keys, c_reaped, c_broken, c_full;
+};
+
+// Per stripe, guarded by the stripe's mutex: counters and small caches of
+// free entries and records, so the common path touches no shared line.
+struct alignas(64) LockTable::Stripe {
+    uint64_t acquired_read, acquired_write, waited, timeouts, broken, reaped, full;
+    std::atomic<uint32_t> used;  // keys in this stripe; read unlocked for the high water
+    uint32_t reserve;            // entries taken from the budget, not in use
+    uint32_t peak;               // most keys this stripe has had
+    uint32_t entry_cache, entry_cached;    // index + 1, count
+    uint32_t record_cache, record_cached;  // index + 1, count
 };
 
 // One key with holders or waiters. Guarded by its bucket's stripe mutex,
@@ -169,7 +181,8 @@ struct alignas(64) LockTable::Entry {
 // One request's claim on an entry: holding or waiting.
 struct LockTable::Record {
     std::atomic<uint32_t> free_next;
-    std::atomic<uint64_t> token;  // changes on every allocation
+    std::atomic<uint64_t> token;  // changes on every allocation, never 0 then
+    uint64_t allocations;
     uint32_t entry;               // index + 1
     uint32_t prev, next;          // in the entry's list
     uint8_t state;
@@ -184,54 +197,82 @@ struct LockTable::Record {
     char uri[kUriCap];
 };
 
-size_t LockTable::region_size(const TableParams &p) {
-    if (p.capacity == 0 || p.capacity > (1u << 24) || p.key_cap == 0 ||
-        p.key_cap > (1u << 20) || p.stripes == 0 ||
-        (p.stripes & (p.stripes - 1)) != 0 || p.stripes > 4096)
-        return 0;
-    const uint32_t nb = std::max(next_pow2(p.capacity * 2), p.stripes);
+namespace {
+
+// Slots beyond the capacity: at most this many free ones can sit in each
+// stripe's cache, so `capacity` slots are always reachable from any stripe.
+constexpr uint32_t kStripeCache = 4;
+// Entries a stripe reserves from the capacity budget at a time, and twice
+// this is the most it keeps unused before giving some back.
+constexpr uint32_t kReserveChunk = 4;
+
+struct Layout {
+    uint32_t nbuckets, slots;
+    size_t buckets_off, entries_off, records_off, keys_off, stripes_off, end;
+};
+
+}  // namespace
+
+bool LockTable::layout(const TableParams &p, void *out) {
+    if (p.capacity == 0 || p.capacity > (1u << 24) || p.key_cap == 0 || p.key_cap > (1u << 20) ||
+        p.stripes == 0 || (p.stripes & (p.stripes - 1)) != 0 || p.stripes > 4096)
+        return false;
+    Layout &l = *static_cast<Layout *>(out);
+    l.slots = p.capacity + p.stripes * kStripeCache;
+    l.nbuckets = std::max(next_pow2(p.capacity * 2), p.stripes);
     size_t off = align_up(sizeof(Header), 64);
-    off += align_up(sizeof(uint32_t) * nb, 64);
-    off += sizeof(Entry) * p.capacity;
-    off += align_up(sizeof(Record) * p.capacity, 64);
-    off += align_up(static_cast<size_t>(p.key_cap) * p.capacity, 64);
-    return off + kRegionSlack;
+    l.buckets_off = off;
+    off += align_up(sizeof(uint32_t) * l.nbuckets, 64);
+    l.stripes_off = off;
+    off += sizeof(Stripe) * p.stripes;
+    l.entries_off = off;
+    off += sizeof(Entry) * l.slots;
+    l.records_off = off;
+    off += align_up(sizeof(Record) * l.slots, 64);
+    l.keys_off = off;
+    off += align_up(static_cast<size_t>(p.key_cap) * l.slots, 64);
+    l.end = off;
+    return true;
+}
+
+size_t LockTable::region_size(const TableParams &p) {
+    Layout l;
+    if (!layout(p, &l)) return 0;
+    return l.end + kRegionSlack;
 }
 
 bool LockTable::format(void *base, size_t size, const TableParams &p) {
-    const size_t need = region_size(p);
-    if (need == 0 || size < need || base == nullptr) return false;
+    Layout l;
+    if (!layout(p, &l) || base == nullptr || size < l.end + kRegionSlack) return false;
     base = align_base(base);
-    std::memset(base, 0, need - kRegionSlack);
+    std::memset(base, 0, l.end);
     Header *h = new (base) Header;
     h->capacity = p.capacity;
     h->key_cap = p.key_cap;
     h->stripes = p.stripes;
-    h->nbuckets = std::max(next_pow2(p.capacity * 2), p.stripes);
-    size_t off = align_up(sizeof(Header), 64);
-    h->buckets_off = off;
-    off += align_up(sizeof(uint32_t) * h->nbuckets, 64);
-    h->entries_off = off;
-    off += sizeof(Entry) * p.capacity;
-    h->records_off = off;
-    off += align_up(sizeof(Record) * p.capacity, 64);
-    h->keys_off = off;
-    h->total_size = need;
+    h->nbuckets = l.nbuckets;
+    h->slots = l.slots;
+    h->buckets_off = l.buckets_off;
+    h->stripes_off = l.stripes_off;
+    h->entries_off = l.entries_off;
+    h->records_off = l.records_off;
+    h->keys_off = l.keys_off;
+    h->total_size = l.end;
     char *b = static_cast<char *>(base);
     Entry *entries = reinterpret_cast<Entry *>(b + h->entries_off);
     Record *records = reinterpret_cast<Record *>(b + h->records_off);
-    for (uint32_t i = 0; i < p.capacity; ++i) {
+    Stripe *stripes = reinterpret_cast<Stripe *>(b + h->stripes_off);
+    for (uint32_t i = 0; i < p.stripes; ++i) new (&stripes[i]) Stripe();
+    for (uint32_t i = 0; i < l.slots; ++i) {
         new (&entries[i]) Entry();
         new (&records[i]) Record();
         // Free lists hold index + 1, 0 ends them; tag 0.
-        entries[i].free_next.store(i + 1 < p.capacity ? i + 2 : 0,
-                                   std::memory_order_relaxed);
-        records[i].free_next.store(i + 1 < p.capacity ? i + 2 : 0,
-                                   std::memory_order_relaxed);
+        entries[i].free_next.store(i + 1 < l.slots ? i + 2 : 0, std::memory_order_relaxed);
+        records[i].free_next.store(i + 1 < l.slots ? i + 2 : 0, std::memory_order_relaxed);
     }
     h->entry_free.store(1, std::memory_order_relaxed);
     h->record_free.store(1, std::memory_order_relaxed);
-    h->next_token.store(1, std::memory_order_relaxed);
+    h->budget.store(p.capacity, std::memory_order_relaxed);
     h->layout_version = kLayoutVersion;
     std::atomic_thread_fence(std::memory_order_release);
     h->magic = kMagic;
@@ -254,6 +295,52 @@ LockTable::Entry *LockTable::entry(uint32_t idx1) const {
 LockTable::Record *LockTable::record(uint32_t idx1) const {
     return reinterpret_cast<Record *>(base_ + hdr_->records_off) + (idx1 - 1);
 }
+LockTable::Stripe *LockTable::stripe(uint32_t i) const {
+    return reinterpret_cast<Stripe *>(base_ + hdr_->stripes_off) + i;
+}
+
+// Under the stripe's mutex: its cache first, then the shared pool.
+uint32_t LockTable::take_entry(Stripe *st) {
+    if (st->entry_cache) {
+        const uint32_t e1 = st->entry_cache;
+        st->entry_cache = entry(e1)->free_next.load(std::memory_order_relaxed);
+        --st->entry_cached;
+        return e1;
+    }
+    return pop_free(hdr_->entry_free, true);
+}
+
+void LockTable::give_entry(Stripe *st, uint32_t e1) {
+    if (st->entry_cached < kStripeCache) {
+        entry(e1)->free_next.store(st->entry_cache, std::memory_order_relaxed);
+        st->entry_cache = e1;
+        ++st->entry_cached;
+        return;
+    }
+    push_free(hdr_->entry_free, true, e1);
+}
+
+uint32_t LockTable::take_record(Stripe *st) {
+    if (st->record_cache) {
+        const uint32_t r1 = st->record_cache;
+        st->record_cache = record(r1)->free_next.load(std::memory_order_relaxed);
+        --st->record_cached;
+        return r1;
+    }
+    return pop_free(hdr_->record_free, false);
+}
+
+void LockTable::give_record(Stripe *st, uint32_t r1) {
+    record(r1)->token.store(0, std::memory_order_relaxed);
+    if (st->record_cached < kStripeCache) {
+        record(r1)->free_next.store(st->record_cache, std::memory_order_relaxed);
+        st->record_cache = r1;
+        ++st->record_cached;
+        return;
+    }
+    push_free(hdr_->record_free, false, r1);
+}
+
 char *LockTable::key_of(uint32_t idx1) const {
     return base_ + hdr_->keys_off + static_cast<size_t>(idx1 - 1) * hdr_->key_cap;
 }
@@ -310,7 +397,44 @@ void LockTable::unlink_record(Entry *e, uint32_t r1) {
     r->state = kFree;
 }
 
-void LockTable::free_entry_if_idle(uint32_t bucket, uint32_t e1) {
+// Under stripe `si`'s mutex: one entry's worth of capacity for a new key.
+// Steady traffic lives on the stripe's own reserve; the shared budget is
+// touched once per chunk, and when it is empty the other stripes' unused
+// reserves are taken back (trylock: we already hold a stripe mutex).
+bool LockTable::reserve_entry(uint32_t si, Stripe *st) {
+    if (st->reserve == 0) {
+        int64_t b = hdr_->budget.load(std::memory_order_relaxed);
+        while (b > 0) {
+            const int64_t take = std::min<int64_t>(b, kReserveChunk);
+            if (hdr_->budget.compare_exchange_weak(b, b - take, std::memory_order_relaxed)) {
+                st->reserve = static_cast<uint32_t>(take);
+                break;
+            }
+        }
+        for (uint32_t j = 1; st->reserve == 0 && j < hdr_->stripes; ++j) {
+            const uint32_t o = (si + j) & (hdr_->stripes - 1);
+            if (locks_->trylock(o) != 0) continue;
+            Stripe *other = stripe(o);
+            st->reserve = other->reserve;
+            other->reserve = 0;
+            locks_->unlock(o);
+        }
+        if (st->reserve == 0) return false;
+    }
+    --st->reserve;
+    return true;
+}
+
+// A stripe grew past its own peak: the table may have too. Sums the stripes'
+// counts without their mutexes, so this is the total at about this moment.
+void LockTable::note_high_water() {
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < hdr_->stripes; ++i) total += stripe(i)->used.load(std::memory_order_relaxed);
+    uint32_t hw = hdr_->high_water.load(std::memory_order_relaxed);
+    while (total > hw && !hdr_->high_water.compare_exchange_weak(hw, total, std::memory_order_relaxed)) {}
+}
+
+void LockTable::free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1) {
     Entry *e = entry(e1);
     if (e->first != 0) return;
     uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
@@ -319,23 +443,28 @@ void LockTable::free_entry_if_idle(uint32_t bucket, uint32_t e1) {
     *link = e->chain;
     e->chain = 0;
     e->key_len = 0;
-    hdr_->used.fetch_sub(1, std::memory_order_relaxed);
-    push_free(hdr_->entry_free, true, e1);
+    st->used.store(st->used.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    if (++st->reserve > 2 * kReserveChunk) {
+        st->reserve -= kReserveChunk;
+        hdr_->budget.fetch_add(kReserveChunk, std::memory_order_relaxed);
+    }
+    give_entry(st, e1);
 }
 
 // Grants what the entry's state allows, in arrival order. `prefer_readers`
 // after a writer's release: every waiting reader enters before the next
 // writer, so neither side starves. True if anyone was granted.
-bool LockTable::dispatch(Entry *e, bool prefer_readers) {
+bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers) {
     if (e->writer) return false;
     if (e->waiting_read > 0 && (e->waiting_write == 0 || prefer_readers)) {
+        const int64_t now = wall_clock_us();
         for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
             Record *r = record(r1);
             if (r->state == kWaiting && r->mode == Mode::Read) {
                 r->state = kHolding;
-                r->since_us = wall_clock_us();
+                r->since_us = now;
                 ++e->readers;
-                hdr_->c_acquired_read.fetch_add(1, std::memory_order_relaxed);
+                ++st->acquired_read;
             }
         }
         e->waiting_read = 0;
@@ -349,7 +478,7 @@ bool LockTable::dispatch(Entry *e, bool prefer_readers) {
                 r->since_us = wall_clock_us();
                 e->writer = 1;
                 --e->waiting_write;
-                hdr_->c_acquired_write.fetch_add(1, std::memory_order_relaxed);
+                ++st->acquired_write;
                 return true;
             }
         }
@@ -383,19 +512,51 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     }
     const uint64_t hash = key_hash(key, len);
     const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
-    const uint32_t stripe = bucket & (hdr_->stripes - 1);
+    const uint32_t si = bucket & (hdr_->stripes - 1);
+    Stripe *st = stripe(si);
+    const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
+    const int32_t pid = cached_pid();
 
-    // The record is ours alone until linked: fill it outside the mutex.
-    const uint32_t r1 = pop_free(hdr_->record_free, false);
-    if (r1 == 0) {
-        hdr_->c_full.fetch_add(1, std::memory_order_relaxed);
+    int rc = locks_->lock(si);
+    if (rc != 0) {
+        if (err) *err = rc;
+        return AcquireResult::Error;
+    }
+    const uint32_t r1 = take_record(st);
+    uint32_t e1 = r1 ? find(bucket, hash, key, len) : 0;
+    if (r1 && e1 == 0) {
+        // Capacity counts distinct keys exactly; the slack slots exist only
+        // so that the stripe caches can never starve another stripe.
+        if (reserve_entry(si, st)) e1 = take_entry(st);
+        if (e1 != 0) {
+            Entry *ne = entry(e1);
+            ne->hash = hash;
+            ne->key_len = static_cast<uint32_t>(len);
+            std::memcpy(key_of(e1), key, len);
+            ne->readers = ne->writer = ne->waiting_read = ne->waiting_write = 0;
+            ne->first = ne->last = 0;
+            uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
+            ne->chain = buckets[bucket];
+            buckets[bucket] = e1;
+            const uint32_t used = st->used.load(std::memory_order_relaxed) + 1;
+            st->used.store(used, std::memory_order_relaxed);
+            if (used > st->peak) {
+                st->peak = used;
+                note_high_water();
+            }
+        }
+    }
+    if (r1 == 0 || e1 == 0) {
+        if (r1) give_record(st, r1);
+        ++st->full;
+        locks_->unlock(si);
         return AcquireResult::Full;
     }
     Record *r = record(r1);
-    const uint64_t token = hdr_->next_token.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t token = ++r->allocations;
     r->token.store(token, std::memory_order_relaxed);
     r->mode = mode;
-    r->pid = cached_pid();
+    r->pid = pid;
     r->thread = info.thread;
     r->has_user = info.user != nullptr;
     copy_cut(r->method, sizeof r->method, info.method);
@@ -403,35 +564,6 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     copy_cut(r->client, sizeof r->client, info.client);
     copy_cut(r->user, sizeof r->user, info.user);
 
-    const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
-    int rc = locks_->lock(stripe);
-    if (rc != 0) {
-        push_free(hdr_->record_free, false, r1);
-        if (err) *err = rc;
-        return AcquireResult::Error;
-    }
-    uint32_t e1 = find(bucket, hash, key, len);
-    if (e1 == 0) {
-        e1 = pop_free(hdr_->entry_free, true);
-        if (e1 == 0) {
-            locks_->unlock(stripe);
-            push_free(hdr_->record_free, false, r1);
-            hdr_->c_full.fetch_add(1, std::memory_order_relaxed);
-            return AcquireResult::Full;
-        }
-        Entry *ne = entry(e1);
-        ne->hash = hash;
-        ne->key_len = static_cast<uint32_t>(len);
-        std::memcpy(key_of(e1), key, len);
-        ne->readers = ne->writer = ne->waiting_read = ne->waiting_write = 0;
-        ne->first = ne->last = 0;
-        uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
-        ne->chain = buckets[bucket];
-        buckets[bucket] = e1;
-        const uint32_t used = hdr_->used.fetch_add(1, std::memory_order_relaxed) + 1;
-        uint32_t hw = hdr_->high_water.load(std::memory_order_relaxed);
-        while (used > hw && !hdr_->high_water.compare_exchange_weak(hw, used, std::memory_order_relaxed)) {}
-    }
     Entry *e = entry(e1);
     // Link at the tail: the list is in arrival order, which dispatch() honours.
     r->entry = e1;
@@ -440,6 +572,10 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     if (e->last) record(e->last)->next = r1; else e->first = r1;
     e->last = r1;
 
+    h.record = r1;
+    h.stripe = si;
+    h.token = token;
+    h.mode = mode;
     const bool free_now = mode == Mode::Read
                               ? (!e->writer && e->waiting_write == 0)
                               : (!e->writer && e->readers == 0 && e->waiting_write == 0 &&
@@ -449,16 +585,12 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         r->since_us = wall_clock_us();
         if (mode == Mode::Read) {
             ++e->readers;
-            hdr_->c_acquired_read.fetch_add(1, std::memory_order_relaxed);
+            ++st->acquired_read;
         } else {
             e->writer = 1;
-            hdr_->c_acquired_write.fetch_add(1, std::memory_order_relaxed);
+            ++st->acquired_write;
         }
-        locks_->unlock(stripe);
-        h.record = r1;
-        h.stripe = stripe;
-        h.token = token;
-        h.mode = mode;
+        locks_->unlock(si);
         return AcquireResult::Acquired;
     }
 
@@ -469,52 +601,40 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     for (;;) {
         int64_t remaining = -1;
         if (timeout_ns >= 0) remaining = timeout_ns > 0 ? start + timeout_ns - mono_ns() : 0;
-        if (remaining == 0 || (timeout_ns >= 0 && remaining < 0)) break;
+        if (timeout_ns >= 0 && remaining <= 0) break;
         if (!counted_wait) {
-            hdr_->c_waited.fetch_add(1, std::memory_order_relaxed);
+            ++st->waited;
             counted_wait = true;
         }
         const uint32_t seen = e->seq.load(std::memory_order_acquire);
-        locks_->unlock(stripe);
+        locks_->unlock(si);
         futex_wait(&e->seq, seen, remaining);
-        rc = locks_->lock(stripe);
+        rc = locks_->lock(si);
         if (rc != 0) {
             // Without the mutex the record cannot be unlinked safely; leave it
             // for the repair pass rather than corrupt the list.
+            h = LockHandle();
             if (err) *err = rc;
             return AcquireResult::Error;
         }
         if (r->state == kHolding) {
-            locks_->unlock(stripe);
-            h.record = r1;
-            h.stripe = stripe;
-            h.token = token;
-            h.mode = mode;
+            locks_->unlock(si);
             return AcquireResult::Acquired;
         }
     }
-    // Not had in time: a grant could have raced the deadline, so look once
-    // more under the mutex.
-    if (r->state == kHolding) {
-        locks_->unlock(stripe);
-        h.record = r1;
-        h.stripe = stripe;
-        h.token = token;
-        h.mode = mode;
-        return AcquireResult::Acquired;
-    }
+    // Not had in time. A grant that raced the deadline was seen in the loop.
+    h = LockHandle();
     if (mode == Mode::Read) --e->waiting_read; else --e->waiting_write;
     unlink_record(e, r1);
     if (report) fill_report(e, e1, *report);
     // A writer that gives up may have been all that held readers back.
-    const bool granted = dispatch(e, false);
+    const bool granted = dispatch(st, e, false);
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
-    free_entry_if_idle(bucket, e1);
-    locks_->unlock(stripe);
+    free_entry_if_idle(st, bucket, e1);
+    give_record(st, r1);
+    ++st->timeouts;
+    locks_->unlock(si);
     if (granted) wake(e);
-    r->token.store(0, std::memory_order_relaxed);
-    push_free(hdr_->record_free, false, r1);
-    hdr_->c_timeouts.fetch_add(1, std::memory_order_relaxed);
     if (report && report->key.empty()) report->key.assign(key, len);
     return AcquireResult::Busy;
 }
@@ -530,7 +650,8 @@ int LockTable::release(LockHandle &h) {
     // Tokens are unique per allocation: a mismatch means the lock was broken
     // (and the record perhaps reused); then there is nothing of ours to free.
     if (r->token.load(std::memory_order_relaxed) != mine.token) return 0;
-    int rc = locks_->lock(mine.stripe);
+    Stripe *st = stripe(mine.stripe);
+    const int rc = locks_->lock(mine.stripe);
     if (rc != 0) return rc;
     if (r->token.load(std::memory_order_relaxed) != mine.token || r->state != kHolding) {
         locks_->unlock(mine.stripe);
@@ -539,21 +660,21 @@ int LockTable::release(LockHandle &h) {
     const uint32_t e1 = r->entry;
     Entry *e = entry(e1);
     const uint32_t bucket = static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1);
+    const Mode mode = r->mode;
     unlink_record(e, mine.record);
+    give_record(st, mine.record);
     bool granted;
-    if (r->mode == Mode::Write) {
+    if (mode == Mode::Write) {
         e->writer = 0;
-        granted = dispatch(e, true);
+        granted = dispatch(st, e, true);
     } else {
         --e->readers;
-        granted = dispatch(e, false);
+        granted = dispatch(st, e, false);
     }
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
-    free_entry_if_idle(bucket, e1);
-    r->token.store(0, std::memory_order_relaxed);
+    free_entry_if_idle(st, bucket, e1);
     locks_->unlock(mine.stripe);
     if (granted) wake(e);
-    push_free(hdr_->record_free, false, mine.record);
     return 0;
 }
 
@@ -561,36 +682,33 @@ int LockTable::break_key(const char *key, size_t len) {
     if (!hdr_ || len == 0 || len > hdr_->key_cap) return 0;
     const uint64_t hash = key_hash(key, len);
     const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
-    const uint32_t stripe = bucket & (hdr_->stripes - 1);
-    if (locks_->lock(stripe) != 0) return -1;
+    const uint32_t si = bucket & (hdr_->stripes - 1);
+    Stripe *st = stripe(si);
+    if (locks_->lock(si) != 0) return -1;
     const uint32_t e1 = find(bucket, hash, key, len);
     if (e1 == 0) {
-        locks_->unlock(stripe);
+        locks_->unlock(si);
         return 0;
     }
     Entry *e = entry(e1);
-    uint32_t freed[64];
-    int n = 0, total = 0;
+    int total = 0;
     for (uint32_t r1 = e->first; r1;) {
         Record *r = record(r1);
         const uint32_t next = r->next;
         if (r->state == kHolding) {
             if (r->mode == Mode::Write) e->writer = 0; else --e->readers;
             unlink_record(e, r1);
-            r->token.store(0, std::memory_order_relaxed);
+            give_record(st, r1);
             ++total;
-            if (n < 64) freed[n++] = r1;
-            else push_free(hdr_->record_free, false, r1);
         }
         r1 = next;
     }
-    const bool granted = dispatch(e, true);
+    const bool granted = dispatch(st, e, true);
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
-    free_entry_if_idle(bucket, e1);
-    locks_->unlock(stripe);
+    free_entry_if_idle(st, bucket, e1);
+    st->broken += static_cast<uint64_t>(total);
+    locks_->unlock(si);
     if (granted) wake(e);
-    for (int i = 0; i < n; ++i) push_free(hdr_->record_free, false, freed[i]);
-    hdr_->c_broken.fetch_add(static_cast<uint64_t>(total), std::memory_order_relaxed);
     return total;
 }
 
@@ -598,7 +716,6 @@ void LockTable::count(Counter c) {
     if (!hdr_) return;
     switch (c) {
     case Counter::BadKeys: hdr_->c_bad_keys.fetch_add(1, std::memory_order_relaxed); break;
-    case Counter::Full: hdr_->c_full.fetch_add(1, std::memory_order_relaxed); break;
     }
 }
 
@@ -615,12 +732,21 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
     out.generation = hdr_->generation.load(std::memory_order_relaxed);
     const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
     uint32_t used = 0;
+    Counters &c = out.counters;
     for (uint32_t s = 0; s < hdr_->stripes; ++s) {
         int rc = locks_->lock(s);
         if (rc != 0) {
             if (err) *err = rc;
             return false;
         }
+        const Stripe *st = stripe(s);
+        c.acquired_read += st->acquired_read;
+        c.acquired_write += st->acquired_write;
+        c.waited += st->waited;
+        c.timeouts += st->timeouts;
+        c.reaped += st->reaped;
+        c.broken += st->broken;
+        c.full += st->full;
         for (uint32_t b = s; b < hdr_->nbuckets; b += hdr_->stripes) {
             for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
                 const Entry *e = entry(e1);
@@ -657,15 +783,7 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
     }
     out.used = used;
     out.high_water = hdr_->high_water.load(std::memory_order_relaxed);
-    Counters &c = out.counters;
-    c.acquired_read = hdr_->c_acquired_read.load(std::memory_order_relaxed);
-    c.acquired_write = hdr_->c_acquired_write.load(std::memory_order_relaxed);
-    c.waited = hdr_->c_waited.load(std::memory_order_relaxed);
-    c.timeouts = hdr_->c_timeouts.load(std::memory_order_relaxed);
     c.bad_keys = hdr_->c_bad_keys.load(std::memory_order_relaxed);
-    c.reaped = hdr_->c_reaped.load(std::memory_order_relaxed);
-    c.broken = hdr_->c_broken.load(std::memory_order_relaxed);
-    c.full = hdr_->c_full.load(std::memory_order_relaxed);
     std::stable_sort(out.locks.begin(), out.locks.end(),
                      [](const LockView &a, const LockView &b) {
                          const int64_t ka = a.oldest_us ? a.oldest_us : INT64_MAX;
@@ -677,12 +795,13 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
 
 std::string LockTable::check_consistency() {
     if (!hdr_) return "not a table";
+    const uint32_t slots = hdr_->slots;
     const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
-    std::vector<uint8_t> entry_seen(hdr_->capacity + 1, 0), rec_seen(hdr_->capacity + 1, 0);
+    std::vector<uint8_t> entry_seen(slots + 1, 0), rec_seen(slots + 1, 0);
     uint32_t used = 0;
     for (uint32_t b = 0; b < hdr_->nbuckets; ++b) {
         for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
-            if (e1 > hdr_->capacity || entry_seen[e1]) return "bad or repeated entry in chain";
+            if (e1 > slots || entry_seen[e1]) return "bad or repeated entry in chain";
             entry_seen[e1] = 1;
             ++used;
             const Entry *e = entry(e1);
@@ -691,7 +810,7 @@ std::string LockTable::check_consistency() {
             if (key_hash(key_of(e1), e->key_len) != e->hash) return "key does not match hash";
             uint32_t hr = 0, hw = 0, wr = 0, ww = 0, prev = 0;
             for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
-                if (r1 > hdr_->capacity || rec_seen[r1]) return "bad or repeated record";
+                if (r1 > slots || rec_seen[r1]) return "bad or repeated record";
                 rec_seen[r1] = 1;
                 const Record *r = record(r1);
                 if (r->entry != e1 || r->prev != prev) return "record links broken";
@@ -707,19 +826,39 @@ std::string LockTable::check_consistency() {
             if (hw > 1 || (hw && hr)) return "a writer is not alone";
         }
     }
-    if (used != hdr_->used.load()) return "used counter wrong";
-    uint32_t free_entries = 0, free_recs = 0;
-    for (uint32_t i = static_cast<uint32_t>(hdr_->entry_free.load()); i; i = entry(i)->free_next.load()) {
-        if (i > hdr_->capacity || entry_seen[i]) return "entry free list broken";
-        entry_seen[i] = 1;
-        if (++free_entries > hdr_->capacity) return "entry free list loops";
+    uint64_t stripe_used = 0, reserves = 0;
+    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+        stripe_used += stripe(s)->used.load();
+        reserves += stripe(s)->reserve;
     }
-    for (uint32_t i = static_cast<uint32_t>(hdr_->record_free.load()); i; i = record(i)->free_next.load()) {
-        if (i > hdr_->capacity || rec_seen[i]) return "record free list broken";
-        rec_seen[i] = 1;
-        if (++free_recs > hdr_->capacity) return "record free list loops";
+    if (used != stripe_used) return "stripe key counts wrong";
+    if (static_cast<int64_t>(stripe_used + reserves) + hdr_->budget.load() != hdr_->capacity)
+        return "capacity budget does not add up";
+    auto walk = [&](uint32_t head, bool entries, std::vector<uint8_t> &seen, uint32_t limit,
+                    uint32_t *count) -> const char * {
+        uint32_t n = 0;
+        for (uint32_t i = head; i;
+             i = entries ? entry(i)->free_next.load() : record(i)->free_next.load()) {
+            if (i > slots || seen[i]) return "free list broken";
+            seen[i] = 1;
+            if (++n > limit) return "free list too long";
+        }
+        if (count) *count = n;
+        return nullptr;
+    };
+    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+        const Stripe *st = stripe(s);
+        uint32_t n = 0;
+        if (const char *why = walk(st->entry_cache, true, entry_seen, kStripeCache, &n)) return why;
+        if (n != st->entry_cached) return "stripe entry cache count wrong";
+        if (const char *why = walk(st->record_cache, false, rec_seen, kStripeCache, &n)) return why;
+        if (n != st->record_cached) return "stripe record cache count wrong";
     }
-    for (uint32_t i = 1; i <= hdr_->capacity; ++i) {
+    if (const char *why = walk(static_cast<uint32_t>(hdr_->entry_free.load()), true, entry_seen, slots, nullptr))
+        return why;
+    if (const char *why = walk(static_cast<uint32_t>(hdr_->record_free.load()), false, rec_seen, slots, nullptr))
+        return why;
+    for (uint32_t i = 1; i <= slots; ++i) {
         if (!entry_seen[i]) return "entry leaked";
         if (!rec_seen[i]) return "record leaked";
     }

@@ -25,6 +25,8 @@ class StripeLocks {
     virtual ~StripeLocks() = default;
     // 0 on success, else an error code (errno or apr_status_t) for the log.
     virtual int lock(unsigned stripe) = 0;
+    // 0 if taken, nonzero (busy or error) if not; never waits.
+    virtual int trylock(unsigned stripe) = 0;
     virtual int unlock(unsigned stripe) = 0;
 };
 
@@ -101,7 +103,7 @@ struct TableSnapshot {
     std::vector<LockView> locks;  // oldest first
 };
 
-enum class Counter { BadKeys, Full };
+enum class Counter { BadKeys };
 
 class LockTable {
   public:
@@ -145,19 +147,28 @@ class LockTable {
 
   private:
     struct Header;
+    struct Stripe;
     struct Entry;
     struct Record;
 
+    static bool layout(const TableParams &p, void *out);
     Entry *entry(uint32_t idx1) const;
     Record *record(uint32_t idx1) const;
+    Stripe *stripe(uint32_t i) const;
     char *key_of(uint32_t idx1) const;
     uint32_t pop_free(std::atomic<uint64_t> &head, bool entries);
     void push_free(std::atomic<uint64_t> &head, bool entries, uint32_t idx1);
+    uint32_t take_entry(Stripe *st);
+    void give_entry(Stripe *st, uint32_t e1);
+    uint32_t take_record(Stripe *st);
+    void give_record(Stripe *st, uint32_t r1);
+    bool reserve_entry(uint32_t si, Stripe *st);
+    void note_high_water();
     uint32_t find(uint32_t bucket, uint64_t hash, const char *key,
                   size_t len) const;
     void unlink_record(Entry *e, uint32_t r1);
-    void free_entry_if_idle(uint32_t bucket, uint32_t e1);
-    bool dispatch(Entry *e, bool prefer_readers);
+    void free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1);
+    bool dispatch(Stripe *st, Entry *e, bool prefer_readers);
     void fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const;
     void wake(Entry *e);
 
