@@ -15,7 +15,7 @@ run_cpputest() {
     rc=$?
     tail -n 40 "$log"
     line=$(grep -E '^(OK|Errors) \(' "$log" | tail -n 1)
-    total=$(echo "$line" | sed -n 's/.* \([0-9][0-9]*\) tests.*/\1/p')
+    total=$(echo "$line" | sed -n 's/.*[ (]\([0-9][0-9]*\) tests.*/\1/p')
     fails=$(echo "$line" | sed -n 's/^Errors (\([0-9][0-9]*\) failure.*/\1/p')
     [ -n "$fails" ] || fails=0
     if [ -z "$total" ]; then
