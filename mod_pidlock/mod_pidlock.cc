@@ -68,6 +68,9 @@ struct DirConfig {
     apr_int64_t timeout_ms;      // kUnset or >= 0
     int busy_status;             // 0: unset
     int status_actions;          // kUnset, 0, 1
+    const char *where;           // file:line of PidLock or PidLockTimeout, for warnings
+    const char *section;         // "<Location", "<Directory", ... or null (server scope)
+    const char *path;            // the section's path
 };
 
 struct ServerConfig {
@@ -78,8 +81,9 @@ struct ServerConfig {
     const char *table_size_where;
 };
 
-void *create_dir_config(apr_pool_t *p, char *) {
+void *create_dir_config(apr_pool_t *p, char *path) {
     auto *d = static_cast<DirConfig *>(apr_pcalloc(p, sizeof(DirConfig)));
+    d->path = path ? apr_pstrdup(p, path) : nullptr;
     d->enabled = kUnset;
     d->timeout_ms = kUnset;
     d->status_actions = kUnset;
@@ -99,6 +103,7 @@ void *merge_dir_config(apr_pool_t *p, void *basev, void *addv) {
     d->timeout_ms = add->timeout_ms != kUnset ? add->timeout_ms : base->timeout_ms;
     d->busy_status = add->busy_status ? add->busy_status : base->busy_status;
     d->status_actions = add->status_actions != kUnset ? add->status_actions : base->status_actions;
+    d->where = add->where ? add->where : base->where;
     return d;
 }
 
@@ -130,8 +135,21 @@ apr_size_t max_key_len(const ServerConfig *sc) {
     return sc->max_key_len == kUnset ? kDefaultMaxKey : static_cast<apr_size_t>(sc->max_key_len);
 }
 
-const char *set_enabled(cmd_parms *, void *dv, int on) {
-    static_cast<DirConfig *>(dv)->enabled = on ? 1 : 0;
+const char *directive_where(cmd_parms *cmd) {
+    if (!cmd->directive) return nullptr;
+    return apr_psprintf(cmd->pool, "%s:%d", cmd->directive->filename, cmd->directive->line_num);
+}
+
+// The kind of section ("<Location", ...) a per-dir config belongs to.
+void note_section(cmd_parms *cmd, DirConfig *d) {
+    if (cmd->directive && cmd->directive->parent) d->section = cmd->directive->parent->directive;
+}
+
+const char *set_enabled(cmd_parms *cmd, void *dv, int on) {
+    auto *d = static_cast<DirConfig *>(dv);
+    d->enabled = on ? 1 : 0;
+    d->where = directive_where(cmd);
+    note_section(cmd, d);
     return nullptr;
 }
 
@@ -162,6 +180,7 @@ const char *set_key(cmd_parms *cmd, void *dv, const char *source, const char *ar
     // Lines in one context accumulate; a context with its own lines replaces
     // its parent's list as a whole (merge picks child-else-parent).
     if (!d->keys) d->keys = apr_array_make(cmd->pool, 2, sizeof(KeySpec));
+    note_section(cmd, d);
     *static_cast<KeySpec *>(apr_array_push(d->keys)) = spec;
     return nullptr;
 }
@@ -197,7 +216,9 @@ const char *set_timeout(cmd_parms *cmd, void *dv, const char *arg) {
     const double v = strtod(arg, &end);
     if (end == arg || *end || errno || !std::isfinite(v) || v < 0 || v > 86400)
         return apr_psprintf(cmd->pool, "PidLockTimeout: '%s' is not a number of seconds from 0 to 86400", arg);
-    static_cast<DirConfig *>(dv)->timeout_ms = static_cast<apr_int64_t>(std::llround(v * 1000.0));
+    auto *d = static_cast<DirConfig *>(dv);
+    d->timeout_ms = static_cast<apr_int64_t>(std::llround(v * 1000.0));
+    if (!d->where) d->where = directive_where(cmd);
     return nullptr;
 }
 
@@ -350,13 +371,52 @@ std::string probe_mutex_mech(server_rec *s, apr_pool_t *ptemp) {
     return name;
 }
 
+ScopeFacts scope_facts(const ap_conf_vector_t *v) {
+    ScopeFacts f;
+    const auto *d = static_cast<const DirConfig *>(ap_get_module_config(v, &pidlock_module));
+    if (!d) return f;
+    f.where = d->where ? d->where : "";
+    f.path = d->path ? d->path : "";
+    // Keys set in a section count for sections of its kind below its path.
+    f.kind = d->path ? (d->section ? d->section : "<section") : "";
+    f.on = d->enabled == 1;
+    f.has_keys = d->keys && d->keys->nelts > 0;
+    f.timeout_s = d->timeout_ms == kUnset ? -1.0 : d->timeout_ms / 1000.0;
+    return f;
+}
+
+// Every scope each host sees: its defaults and its sections (httpd has merged
+// the main server's sections into each virtual host's by now).
+std::vector<ServerScopes> gather_scopes(server_rec *s) {
+    std::vector<ServerScopes> out;
+    for (server_rec *vs = s; vs; vs = vs->next) {
+        ServerScopes srv;
+        srv.name = vs->is_virtual ? std::string("virtual host ") + (vs->server_hostname ? vs->server_hostname : "?") +
+                                        " (" + (vs->defn_name ? vs->defn_name : "?") + ":" +
+                                        std::to_string(vs->defn_line_number) + ")"
+                                  : std::string("the main server");
+        srv.httpd_timeout_s = static_cast<double>(apr_time_as_msec(vs->timeout)) / 1000.0;
+        srv.scopes.push_back(scope_facts(vs->lookup_defaults));
+        const auto *core = static_cast<const core_server_config *>(ap_get_core_module_config(vs->module_config));
+        for (const apr_array_header_t *arr : {core->sec_dir, core->sec_url}) {
+            if (!arr) continue;
+            const auto *vecs = reinterpret_cast<ap_conf_vector_t *const *>(arr->elts);
+            for (int i = 0; i < arr->nelts; ++i) srv.scopes.push_back(scope_facts(vecs[i]));
+        }
+        out.push_back(std::move(srv));
+    }
+    return out;
+}
+
 int pidlock_check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
     try {
         const MpmFacts mpm = query_mpm();
         ModuleFacts mod = module_facts(s);
         mod.mutex_mech = probe_mutex_mech(s, ptemp);
         bool refused = false;
-        for (const Finding &f : check_startup(mpm, mod)) {
+        std::vector<Finding> findings = check_startup(mpm, mod);
+        for (Finding &f : check_scopes(gather_scopes(s))) findings.push_back(std::move(f));
+        for (const Finding &f : findings) {
             // APLOG_STARTUP puts the line on stderr without a log prefix; the
             // second call puts it in the error log.
             ap_log_error(APLOG_MARK, APLOG_STARTUP | (f.refuse ? APLOG_EMERG : APLOG_WARNING), 0, s,

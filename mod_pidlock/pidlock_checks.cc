@@ -59,4 +59,46 @@ std::vector<Finding> check_startup(const MpmFacts &m, const ModuleFacts &f) {
     return out;
 }
 
+std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers) {
+    std::vector<Finding> out;
+    std::vector<std::string> said;
+    auto once = [&](const std::string &tag) {
+        for (const std::string &s : said)
+            if (s == tag) return false;
+        said.push_back(tag);
+        return true;
+    };
+    char buf[512];
+    for (const ServerScopes &srv : servers) {
+        auto keys_in_reach = [&](const ScopeFacts &on) {
+            if (on.has_keys) return true;
+            for (const ScopeFacts &sc : srv.scopes) {
+                if (!sc.has_keys) continue;
+                if (sc.kind.empty()) return true;  // server or virtual host defaults
+                if (sc.kind == on.kind && on.path.compare(0, sc.path.size(), sc.path) == 0) return true;
+            }
+            return false;
+        };
+        for (const ScopeFacts &sc : srv.scopes) {
+            const std::string where = sc.where.empty() ? srv.name : sc.where;
+            if (sc.on && !keys_in_reach(sc) && once("305 " + where)) {
+                std::snprintf(buf, sizeof buf,
+                              "PIDLOCK305: PidLock On at %s, but no PidLockKey is configured for %s: "
+                              "requests there pass unlocked. Add PidLockKey path|query|header.",
+                              where.c_str(), srv.name.c_str());
+                out.push_back({false, buf});
+            }
+            if (sc.timeout_s > srv.httpd_timeout_s && once("306 " + where)) {
+                std::snprintf(buf, sizeof buf,
+                              "PIDLOCK306: PidLockTimeout %.3g at %s is longer than httpd's Timeout "
+                              "%.3g for %s: clients may give up before the lock is had. Lower "
+                              "PidLockTimeout or raise Timeout.",
+                              sc.timeout_s, where.c_str(), srv.httpd_timeout_s, srv.name.c_str());
+                out.push_back({false, buf});
+            }
+        }
+    }
+    return out;
+}
+
 }  // namespace pidlock

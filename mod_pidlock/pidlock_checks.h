@@ -41,6 +41,31 @@ uint64_t effective_table_size(const MpmFacts &m, const ModuleFacts &f);
 
 std::vector<Finding> check_startup(const MpmFacts &m, const ModuleFacts &f);
 
+// One configuration scope (server defaults, <Location>, <Directory>, ...).
+struct ScopeFacts {
+    std::string where;       // "file:line" of its PidLock line, or ""
+    std::string kind;        // "" (server defaults), "<Location", "<Directory", ...
+    std::string path;        // the section's path
+    bool on = false;         // PidLock On set here
+    bool has_keys = false;   // PidLockKey lines here
+    double timeout_s = -1;   // PidLockTimeout set here, or < 0
+};
+
+// The scopes one virtual host (or the main server) sees, its own and those it
+// inherits, and its httpd Timeout.
+struct ServerScopes {
+    std::string name;
+    double httpd_timeout_s = 60;
+    std::vector<ScopeFacts> scopes;
+};
+
+// Legal but risky: PidLock On with no PidLockKey in reach (PIDLOCK305: none
+// in the scope, the server defaults, or an enclosing section of the same kind
+// by path prefix; regex sections are not followed), a
+// PidLockTimeout longer than httpd's Timeout (PIDLOCK306). Each scope is
+// reported once, however many hosts inherit it.
+std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers);
+
 }  // namespace pidlock
 
 #endif

@@ -413,6 +413,19 @@ def main():
             return 1
     for mpm in opts.mpm or MPMS:
         run_mpm(mpm, opts, res)
+    if opts.pidlock:
+        from test_startup import STARTUP_TESTS
+        for name, fn in STARTUP_TESTS:
+            if opts.tests and name not in opts.tests:
+                continue
+            err = None
+            try:
+                fn(opts)
+            except Exception as e:  # noqa: BLE001
+                err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
+                if opts.verbose:
+                    traceback.print_exc()
+            res.record("startup/%s" % name, err)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 

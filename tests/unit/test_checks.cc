@@ -82,3 +82,57 @@ TEST(Checks, MutexMechanisms) {
         CHECK_TRUE(check_startup(mpm("prefork", 256, 1, 150, 1), mod).empty());
     }
 }
+
+TEST(Checks, ScopeWarnings) {
+    ServerScopes main;
+    main.name = "the main server";
+    main.httpd_timeout_s = 60;
+    ScopeFacts on;
+    on.where = "httpd.conf:10";
+    on.on = true;
+    main.scopes.push_back(on);
+    auto f = check_scopes({main});
+    CHECK_EQUAL(1u, f.size());
+    CHECK_FALSE(f[0].refuse);
+    CHECK(f[0].message.find("PIDLOCK305") == 0);
+    CHECK(f[0].message.find("httpd.conf:10") != std::string::npos);
+    // A key anywhere in reach (e.g. the server defaults) silences it.
+    ScopeFacts keys;
+    keys.has_keys = true;
+    main.scopes.push_back(keys);
+    CHECK_TRUE(check_scopes({main}).empty());
+    // A timeout longer than httpd's Timeout.
+    ScopeFacts slow;
+    slow.where = "httpd.conf:20";
+    slow.timeout_s = 120;
+    main.scopes.push_back(slow);
+    f = check_scopes({main});
+    CHECK_EQUAL(1u, f.size());
+    CHECK(f[0].message.find("PIDLOCK306") == 0);
+    CHECK(f[0].message.find("120") != std::string::npos);
+    // A scope inherited by two hosts is reported once.
+    ServerScopes vhost = main;
+    vhost.name = "virtual host a";
+    CHECK_EQUAL(1u, check_scopes({main, vhost}).size());
+}
+
+TEST(Checks, KeysOnlyCountWhereTheyApply) {
+    ServerScopes srv;
+    srv.name = "the main server";
+    ScopeFacts keyed;
+    keyed.kind = "<Location";
+    keyed.path = "/mn/v2/";
+    keyed.has_keys = true;
+    ScopeFacts inner;
+    inner.kind = "<Location";
+    inner.path = "/mn/v2/object/";
+    inner.on = true;
+    inner.where = "a.conf:3";
+    ScopeFacts elsewhere = inner;
+    elsewhere.path = "/other/";
+    elsewhere.where = "a.conf:9";
+    srv.scopes = {keyed, inner, elsewhere};
+    const auto f = check_scopes({srv});
+    CHECK_EQUAL(1u, f.size());
+    CHECK(f[0].message.find("a.conf:9") != std::string::npos);
+}

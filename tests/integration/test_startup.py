@@ -1,0 +1,190 @@
+"""Startup checks against a real httpd: `apache2 -t -f CONF` on generated
+configurations (refused: non-zero exit, the directive named; accepted: exit
+0), a graceful restart into a refused configuration that leaves the running
+server serving, and the thread backend serving a single-process server.
+"""
+import os
+import subprocess
+
+from harness import APACHE, Httpd, check, poll
+
+WORKER_ONE = """
+StartServers 1
+ServerLimit 1
+ThreadLimit 16
+ThreadsPerChild 16
+MaxRequestWorkers 16
+MinSpareThreads 1
+MaxSpareThreads 16
+"""
+
+BASE = """
+<Location /mn/v2/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey path ^/mn/v2/object/(.+)$
+</Location>
+<Location /pidlock-status>
+    SetHandler pidlock-status
+</Location>
+"""
+
+
+def configtest(mpm, extra, mpm_settings=None):
+    h = Httpd(mpm=mpm, body=BASE + extra, mpm_settings=mpm_settings, name="t-" + mpm)
+    try:
+        return h.configtest()
+    finally:
+        h.cleanup()
+
+
+def refused(mpm, extra, must, mpm_settings=None):
+    rc, out = configtest(mpm, extra, mpm_settings)
+    check(rc != 0, "accepted (exit 0) but must be refused: %r\n%s" % (extra, out[-600:]))
+    for m in must:
+        check(m in out, "refusal does not name %r: %s" % (m, out[-800:]))
+
+
+def accepted(mpm, extra, mpm_settings=None, must=()):
+    rc, out = configtest(mpm, extra, mpm_settings)
+    check(rc == 0, "refused (exit %d) but must be accepted: %r\n%s" % (rc, extra, out[-800:]))
+    for m in must:
+        check(m in out, "expected %r in: %s" % (m, out[-800:]))
+
+
+def t_thread_backend(opts):
+    refused("prefork", "PidLockBackend thread\n", ["PIDLOCK301", "PidLockBackend", "prefork"])
+    refused("event", "PidLockBackend thread\n", ["PIDLOCK301", "ServerLimit 4"])
+    refused("worker", "PidLockBackend thread\n", ["PIDLOCK301", "ServerLimit 4"])
+    accepted("event", "PidLockBackend thread\n", WORKER_ONE)
+    accepted("worker", "PidLockBackend thread\n", WORKER_ONE)
+    accepted("prefork", "PidLockBackend shared\n")
+
+
+def t_table_size(opts):
+    # harness worker/event: MaxRequestWorkers 64, ServerLimit 4 x ThreadLimit 16
+    refused("event", "PidLockTableSize 10\n", ["PIDLOCK302", "PidLockTableSize 10", "64", "auto"])
+    refused("prefork", "PidLockTableSize 31\n", ["PIDLOCK302", "32"])
+    accepted("event", "PidLockTableSize 64\n")
+    accepted("prefork", "PidLockTableSize auto\n")
+    accepted("event", "PidLockTableSize 100000\n")
+    # Legal but short of a graceful restart's worst case: a warning.
+    accepted("event", "PidLockTableSize 64\n", mpm_settings="""
+StartServers 1
+ServerLimit 8
+ThreadLimit 16
+ThreadsPerChild 16
+MaxRequestWorkers 64
+""", must=["PIDLOCK304"])
+
+
+def t_mutex(opts):
+    refused("event", "Mutex posixsem pidlock\n", ["PIDLOCK303", "posixsem", "Mutex"])
+    rc, out = configtest("event", "Mutex none pidlock\n")
+    check(rc != 0, "Mutex none pidlock accepted: %s" % out[-400:])
+    check("pidlock" in out, "refusal of Mutex none does not name pidlock: %s" % out[-400:])
+    for mech in ("default", "pthread", "fcntl", "flock", "sysvsem"):
+        accepted("prefork", "Mutex %s pidlock\n" % mech)
+
+
+def t_context(opts):
+    vhost = "<VirtualHost 127.0.0.1:*>\n    ServerName x\n    %s\n</VirtualHost>\n"
+    refused("event", vhost % "PidLockTableSize 100", ["PidLockTableSize", "cannot occur within"])
+    refused("event", vhost % "PidLockBackend shared", ["PidLockBackend", "cannot occur within"])
+    refused("event", "<Location /x>\nPidLockTableSize 100\n</Location>\n", ["PidLockTableSize"])
+    refused("event", "<Location /x>\nPidLockMaxKeyLength 10\n</Location>\n", ["PidLockMaxKeyLength"])
+
+
+def t_bad_values(opts):
+    cases = [
+        ("PidLockTimeout abc", "PidLockTimeout"),
+        ("PidLockTimeout -1", "PidLockTimeout"),
+        ("PidLockTimeout nan", "PidLockTimeout"),
+        ("PidLockBusyStatus 404", "PidLockBusyStatus"),
+        ("PidLockBusyStatus 503x", "PidLockBusyStatus"),
+        ("PidLockKey path ^/nogroup$", "capture group"),
+        ("PidLockKey path ^/(unclosed$", "PidLockKey"),
+        ("PidLockKey cookie pid", "path, query or header"),
+        ("PidLockMethod sometimes GET", "PidLockMethod"),
+        ("PidLockMethod read", "PidLockMethod"),
+        ("PidLockMethod read GE(T", "not an HTTP method"),
+        ("PidLockMaxKeyLength 0", "PidLockMaxKeyLength"),
+        ("PidLockMaxKeyLength 99999999", "PidLockMaxKeyLength"),
+        ("PidLockTableSize lots", "PidLockTableSize"),
+        ("PidLockBackend redis", "PidLockBackend"),
+        ("PidLock maybe", "PidLock"),
+    ]
+    for line, must in cases:
+        rc, out = configtest("event", line + "\n")
+        check(rc != 0, "%r accepted: %s" % (line, out[-300:]))
+        check(must in out, "%r: message does not mention %r: %s" % (line, must, out[-400:]))
+        check("httpd.conf" in out and "line" in out, "%r: no file and line in: %s" % (line, out[-300:]))
+
+
+def t_warnings(opts):
+    accepted("event", "<Location /nokey/>\n    PidLock On\n</Location>\n",
+             must=["PIDLOCK305", "PidLock On"])
+    accepted("event", "<Location /mn/v2/>\n    PidLockTimeout 45\n</Location>\nTimeout 30\n",
+             must=["PIDLOCK306", "45"])
+
+
+def t_graceful_into_refused(opts):
+    """apachectl graceful into a refused configuration: the running server
+    keeps serving with its old configuration and the same parent pid."""
+    h = Httpd(mpm="event", body=BASE, name="graceful-refused")
+    h.start()
+    try:
+        r = h.request("GET", "/pidlock-status?json")
+        check(r.status == 200, "status page: %d" % r.status)
+        old_children = set(h.child_pids())
+        h.body = BASE + "PidLockBackend thread\n"  # refused: event, ServerLimit 4
+        h.write_config()
+        env = dict(os.environ, APACHE_ARGUMENTS="-f %s" % h.conf_path)
+        p = subprocess.run(["/usr/sbin/apachectl", "graceful"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        out = p.stdout.decode(errors="replace")
+        check(p.returncode != 0, "apachectl graceful into a refused config exited 0: %s" % out)
+        check("PIDLOCK301" in out, "apachectl output does not show the refusal: %s" % out[-600:])
+        check(h.proc.poll() is None, "the running server died")
+        r = h.request("GET", "/pidlock-status?json")
+        check(r.status == 200 and r.json()["backend"] == "shared",
+              "server no longer serves its old configuration: %d %r" % (r.status, r.body[:200]))
+        check(set(h.child_pids()) == old_children, "children were replaced")
+    finally:
+        h.stop()
+        h.cleanup()
+
+
+def t_thread_backend_serves(opts):
+    """PidLockBackend thread on a single-process event server locks for real."""
+    from run import CONFIG, PIDS, run_load, stats, wait_table_empty  # noqa: E402
+    h = Httpd(mpm="event", body=CONFIG + "PidLockBackend thread\n", mpm_settings=WORKER_ONE,
+              name="thread-backend")
+    h.start()
+    try:
+        st = h.get_json("/pidlock-status?json")
+        check(st["backend"] == "thread", "backend is %r" % st["backend"])
+        stats(h, reset=True)
+        n, errors = run_load(h, PIDS, "/mn/v2", threads=12, per_thread=30)
+        check(not errors, "%d errors, e.g. %s" % (len(errors), errors[:3]))
+        s = stats(h)
+        check(s["violations"] == 0, "violations=%d in %d requests" % (s["violations"], n))
+        wait_table_empty(h)
+        check(h.get_json("/pidlock-status?json")["counters"]["waited"] > 0, "no request ever waited")
+        crashes = Httpd.crash_lines(h.read_log())
+        check(not crashes, "crash lines: %s" % crashes[:3])
+    finally:
+        h.stop()
+        h.cleanup()
+
+
+STARTUP_TESTS = [
+    ("thread_backend_refusals", t_thread_backend),
+    ("table_size", t_table_size),
+    ("mutex_mechanisms", t_mutex),
+    ("directive_context", t_context),
+    ("bad_values", t_bad_values),
+    ("warnings", t_warnings),
+    ("graceful_into_refused_config", t_graceful_into_refused),
+    ("thread_backend_serves", t_thread_backend_serves),
+]
