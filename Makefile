@@ -26,42 +26,50 @@ UNIT      = $(BUILD)/unit_tests
 UNIT_SAN  = $(BUILD)/unit_tests_asan
 BENCH     = $(BUILD)/bench_table
 
-.PHONY: all deps install run test test-run unit integration bench clean
+.PHONY: all deps install run test test-run unit integration bench clean check-apxs
 
-all: $(MODULE)
+# Targets that compile go through deps first, so a fresh machine works; the
+# recursive make then sees apxs and the headers.
+all: deps
+	@$(MAKE) --no-print-directory $(MODULE)
+
+check-apxs:
+	@[ -n "$(APXS)" ] || { echo "apxs not found: run 'make deps' (or 'sh scripts/install-deps.sh') first"; exit 1; }
 
 deps:
 	@sh scripts/install-deps.sh
 
-$(BUILD):
+$(BUILD): | check-apxs
 	@mkdir -p $(BUILD)
 
 # apxs compiles only C, so g++ compiles and links; module symbols stay
 # hidden but for pidlock_module (exported by AP_MODULE_DECLARE_DATA).
-$(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) | $(BUILD)
+$(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $(CORE_SRCS) $(GLUE_SRCS)
 
-$(BACKEND): tests/backend/mod_pidlock_testbackend.cc | $(BUILD)
+$(BACKEND): tests/backend/mod_pidlock_testbackend.cc Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $<
 
-$(UNIT): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) | $(BUILD)
+$(UNIT): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
 
-$(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) | $(BUILD)
+$(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	    -fno-sanitize-recover=undefined $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
 
-$(BENCH): bench/bench_table.cc $(CORE_SRCS) $(HEADERS) | $(BUILD)
+$(BENCH): bench/bench_table.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O2 -g $(CPPFLAGS_ALL) -Imod_pidlock -o $@ bench/bench_table.cc $(CORE_SRCS) -lapr-1 -lpthread
 
-install: deps $(MODULE)
+install: deps
+	@$(MAKE) --no-print-directory $(MODULE)
 	install -m 644 $(MODULE) $(DESTDIR)$(LIBEXEC)/mod_pidlock.so
 	install -d $(DESTDIR)$(SYSCONF)/mods-available
 	install -m 644 conf/pidlock.load conf/pidlock.conf $(DESTDIR)$(SYSCONF)/mods-available/
 
-unit: $(UNIT) $(UNIT_SAN)
+unit: deps
+	@$(MAKE) --no-print-directory $(UNIT) $(UNIT_SAN)
 
 test: deps
 	@$(MAKE) --no-print-directory test-run

@@ -10,6 +10,11 @@
 
 #include <pthread.h>
 
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+#include <sched.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <linux/futex.h>
@@ -55,19 +60,22 @@ void copy_cut(char *dst, size_t cap, const char *src) {
 
 // The futex word is shared between processes when the region is (no
 // FUTEX_PRIVATE_FLAG). Elsewhere waiting degrades to short sleeps.
-void futex_wait(std::atomic<uint32_t> *word, uint32_t seen, int64_t timeout_ns) {
+// True if the wait ran out its time (no wake-up, no change seen).
+bool futex_wait(std::atomic<uint32_t> *word, uint32_t seen, int64_t timeout_ns) {
 #ifdef __linux__
     timespec ts;
     ts.tv_sec = static_cast<time_t>(timeout_ns / 1000000000);
     ts.tv_nsec = static_cast<long>(timeout_ns % 1000000000);
-    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT, seen,
-            timeout_ns >= 0 ? &ts : nullptr, nullptr, 0);
+    const long rc = syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT, seen,
+                            timeout_ns >= 0 ? &ts : nullptr, nullptr, 0);
+    return rc != 0 && errno == ETIMEDOUT;
 #else
     (void)word;
     (void)seen;
     timespec ts{0, 200000};
     if (timeout_ns >= 0 && timeout_ns < 200000) ts.tv_nsec = timeout_ns;
     nanosleep(&ts, nullptr);
+    return true;
 #endif
 }
 
@@ -84,7 +92,11 @@ void futex_wake_all(std::atomic<uint32_t> *word) {
 // kind of machine: more than the rest of an acquire. Cache it per process and
 // forget it in every forked child.
 std::atomic<int32_t> g_pid{0};
-void forget_pid() { g_pid.store(0, std::memory_order_relaxed); }
+std::atomic<uint64_t> g_start{0};
+void forget_pid() {
+    g_pid.store(0, std::memory_order_relaxed);
+    g_start.store(0, std::memory_order_relaxed);
+}
 int32_t cached_pid() {
     int32_t pid = g_pid.load(std::memory_order_relaxed);
     if (pid == 0) {
@@ -96,7 +108,68 @@ int32_t cached_pid() {
     return pid;
 }
 
+uint64_t cached_start() {
+    uint64_t st = g_start.load(std::memory_order_relaxed);
+    if (st == 0) {
+        cached_pid();  // registers the fork handler
+        st = process_start_time(getpid());
+        g_start.store(st, std::memory_order_relaxed);
+    }
+    return st;
+}
+
+// How long a waiter sleeps before it checks that the holders of its key are
+// still alive. Well under the 1 s a dead holder may block a waiter.
+constexpr int64_t kLivenessSliceNs = 100 * 1000000LL;
+
 }  // namespace
+
+uint64_t process_start_time(int32_t pid) {
+#ifdef __linux__
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    FILE *f = std::fopen(path, "re");
+    if (!f) return 0;
+    char buf[1024];
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    const char *p = std::strrchr(buf, ')');
+    if (!p) return 0;
+    // state is field 3, starttime field 22: 19 fields after the state.
+    int field = 2;
+    for (++p; *p && field < 22; ++p)
+        if (*p == ' ') ++field;
+    return std::strtoull(p, nullptr, 10);
+#else
+    (void)pid;
+    return 0;
+#endif
+}
+
+ProcessState process_state(int32_t pid, uint64_t start) {
+    if (pid <= 0) return ProcessState::Gone;
+    if (kill(pid, 0) != 0 && errno == ESRCH) return ProcessState::Gone;
+#ifdef __linux__
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    FILE *f = std::fopen(path, "re");
+    if (!f) return ProcessState::Alive;  // cannot tell (hidepid): assume alive
+    char buf[1024];
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    const char *p = std::strrchr(buf, ')');
+    if (!p || p[1] != ' ') return ProcessState::Alive;
+    const char state = p[2];
+    if (state == 'Z' || state == 'X' || state == 'x') return ProcessState::Gone;
+    if (start != 0 && process_start_time(pid) != start) return ProcessState::Gone;  // pid reused
+#else
+    (void)start;
+#endif
+    return ProcessState::Alive;
+}
 
 const char *mode_name(Mode m) {
     switch (m) {
@@ -158,7 +231,8 @@ struct LockTable::Header {
 struct alignas(64) LockTable::Stripe {
     uint64_t acquired_read, acquired_write, waited, timeouts, broken, reaped, full;
     std::atomic<uint32_t> used;  // keys in this stripe; read unlocked for the high water
-    uint32_t reserve;            // entries taken from the budget, not in use
+    std::atomic<uint32_t> reserve;  // capacity taken from the budget, not in use;
+                                    // other stripes may take single units from it
     uint32_t peak;               // most keys this stripe has had
     uint32_t entry_cache, entry_cached;    // index + 1, count
     uint32_t record_cache, record_cached;  // index + 1, count
@@ -188,6 +262,7 @@ struct LockTable::Record {
     uint8_t state;
     Mode mode;
     int32_t pid;
+    uint64_t pid_start;  // the process's start time: tells a reused pid apart
     uint64_t thread;
     int64_t since_us;
     uint8_t has_user;
@@ -397,32 +472,149 @@ void LockTable::unlink_record(Entry *e, uint32_t r1) {
     r->state = kFree;
 }
 
+// Under stripe `si`'s mutex: removes record r1 (holding or waiting) of a
+// process that is gone, and lets in whoever that frees. Returns whether
+// anyone was granted (the caller wakes after unlocking).
+bool LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1) {
+    Entry *e = entry(e1);
+    Record *r = record(r1);
+    bool writer_gone = false;
+    if (r->state == kHolding) {
+        if (r->mode == Mode::Write) {
+            e->writer = 0;
+            writer_gone = true;
+        } else {
+            --e->readers;
+        }
+    } else if (r->mode == Mode::Write) {
+        --e->waiting_write;
+    } else {
+        --e->waiting_read;
+    }
+    unlink_record(e, r1);
+    give_record(st, r1);
+    ++st->reaped;
+    const bool granted = dispatch(st, e, writer_gone);
+    if (granted) e->seq.fetch_add(1, std::memory_order_release);
+    return granted;
+}
+
+// A waiter's check, with stripe `si` locked on entry and on return: are the
+// other processes on entry e1 alive? Their records are noted under the
+// mutex, checked in /proc without it, and removed only if unchanged.
+int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, int32_t self) {
+    struct Suspect {
+        uint32_t r1;
+        uint64_t token;
+        int32_t pid;
+        uint64_t start;
+    } sus[16];
+    int n = 0;
+    Entry *e = entry(e1);
+    for (uint32_t r1 = e->first; r1 && n < 16; r1 = record(r1)->next) {
+        const Record *r = record(r1);
+        if (r->pid != self) sus[n++] = {r1, r->token.load(std::memory_order_relaxed), r->pid, r->pid_start};
+    }
+    if (n == 0) return 0;
+    locks_->unlock(si);
+    bool dead[16];
+    int ndead = 0;
+    for (int i = 0; i < n; ++i) {
+        dead[i] = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
+        ndead += dead[i];
+    }
+    const int rc = locks_->lock(si);
+    if (rc != 0 || ndead == 0) return rc;
+    Stripe *st = stripe(si);
+    bool granted = false;
+    for (int i = 0; i < n; ++i) {
+        Record *r = record(sus[i].r1);
+        if (dead[i] && r->entry == e1 && r->token.load(std::memory_order_relaxed) == sus[i].token &&
+            r->state != kFree)
+            granted = remove_dead(st, e1, sus[i].r1) || granted;
+    }
+    // The caller's own record keeps the entry alive; it wakes the others.
+    if (granted) wake(e);
+    return 0;
+}
+
+int LockTable::reap(int32_t only_pid) {
+    if (!hdr_) return 0;
+    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    int total = 0;
+    for (uint32_t si = 0; si < hdr_->stripes; ++si) {
+        // Note the suspects under the mutex, judge them without it.
+        struct Suspect {
+            uint32_t e1, r1;
+            uint64_t token;
+            int32_t pid;
+            uint64_t start;
+        };
+        std::vector<Suspect> sus;
+        if (locks_->lock(si) != 0) return -1;
+        for (uint32_t b = si; b < hdr_->nbuckets; b += hdr_->stripes)
+            for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain)
+                for (uint32_t r1 = entry(e1)->first; r1; r1 = record(r1)->next) {
+                    const Record *r = record(r1);
+                    if (only_pid == 0 || r->pid == only_pid)
+                        sus.push_back({e1, r1, r->token.load(std::memory_order_relaxed), r->pid, r->pid_start});
+                }
+        locks_->unlock(si);
+        if (sus.empty()) continue;
+        std::vector<uint8_t> dead(sus.size());
+        for (size_t i = 0; i < sus.size(); ++i)
+            dead[i] = only_pid != 0 || process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
+        if (locks_->lock(si) != 0) return -1;
+        Stripe *st = stripe(si);
+        std::vector<uint32_t> woken;
+        for (size_t i = 0; i < sus.size(); ++i) {
+            if (!dead[i]) continue;
+            Record *r = record(sus[i].r1);
+            if (r->entry != sus[i].e1 || r->state == kFree ||
+                r->token.load(std::memory_order_relaxed) != sus[i].token)
+                continue;
+            const uint32_t e1 = sus[i].e1;
+            if (remove_dead(st, e1, sus[i].r1)) woken.push_back(e1);
+            ++total;
+            free_entry_if_idle(st, static_cast<uint32_t>(entry(e1)->hash) & (hdr_->nbuckets - 1), e1);
+        }
+        locks_->unlock(si);
+        for (uint32_t e1 : woken) wake(entry(e1));
+    }
+    return total;
+}
+
 // Under stripe `si`'s mutex: one entry's worth of capacity for a new key.
 // Steady traffic lives on the stripe's own reserve; the shared budget is
-// touched once per chunk, and when it is empty the other stripes' unused
-// reserves are taken back (trylock: we already hold a stripe mutex).
+// touched once per chunk; when it is empty, single units are taken from
+// other stripes' reserves (atomically, without their mutexes). Units are
+// never in flight between two reserves, so only a chunk moving from the
+// budget can make the table look full for an instant: look twice.
+namespace {
+bool take_unit(std::atomic<uint32_t> &reserve) {
+    uint32_t r = reserve.load(std::memory_order_relaxed);
+    while (r > 0)
+        if (reserve.compare_exchange_weak(r, r - 1, std::memory_order_relaxed)) return true;
+    return false;
+}
+}  // namespace
+
 bool LockTable::reserve_entry(uint32_t si, Stripe *st) {
-    if (st->reserve == 0) {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        if (take_unit(st->reserve)) return true;
         int64_t b = hdr_->budget.load(std::memory_order_relaxed);
         while (b > 0) {
             const int64_t take = std::min<int64_t>(b, kReserveChunk);
             if (hdr_->budget.compare_exchange_weak(b, b - take, std::memory_order_relaxed)) {
-                st->reserve = static_cast<uint32_t>(take);
-                break;
+                st->reserve.fetch_add(static_cast<uint32_t>(take - 1), std::memory_order_relaxed);
+                return true;
             }
         }
-        for (uint32_t j = 1; st->reserve == 0 && j < hdr_->stripes; ++j) {
-            const uint32_t o = (si + j) & (hdr_->stripes - 1);
-            if (locks_->trylock(o) != 0) continue;
-            Stripe *other = stripe(o);
-            st->reserve = other->reserve;
-            other->reserve = 0;
-            locks_->unlock(o);
-        }
-        if (st->reserve == 0) return false;
+        for (uint32_t j = 1; j < hdr_->stripes; ++j)
+            if (take_unit(stripe((si + j) & (hdr_->stripes - 1))->reserve)) return true;
+        sched_yield();
     }
-    --st->reserve;
-    return true;
+    return false;
 }
 
 // A stripe grew past its own peak: the table may have too. Sums the stripes'
@@ -444,10 +636,10 @@ void LockTable::free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1) {
     e->chain = 0;
     e->key_len = 0;
     st->used.store(st->used.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-    if (++st->reserve > 2 * kReserveChunk) {
-        st->reserve -= kReserveChunk;
+    uint32_t r = st->reserve.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (r > 2 * kReserveChunk &&
+        st->reserve.compare_exchange_strong(r, r - kReserveChunk, std::memory_order_relaxed))
         hdr_->budget.fetch_add(kReserveChunk, std::memory_order_relaxed);
-    }
     give_entry(st, e1);
 }
 
@@ -516,6 +708,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     Stripe *st = stripe(si);
     const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
     const int32_t pid = cached_pid();
+    const uint64_t pid_start = cached_start();
 
     int rc = locks_->lock(si);
     if (rc != 0) {
@@ -557,6 +750,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     r->token.store(token, std::memory_order_relaxed);
     r->mode = mode;
     r->pid = pid;
+    r->pid_start = pid_start;
     r->thread = info.thread;
     r->has_user = info.user != nullptr;
     copy_cut(r->method, sizeof r->method, info.method);
@@ -607,9 +801,16 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             counted_wait = true;
         }
         const uint32_t seen = e->seq.load(std::memory_order_acquire);
+        const int64_t slice = remaining < 0 || remaining > kLivenessSliceNs ? kLivenessSliceNs : remaining;
         locks_->unlock(si);
-        futex_wait(&e->seq, seen, remaining);
+        const bool slept_full = futex_wait(&e->seq, seen, slice) && slice == kLivenessSliceNs;
         rc = locks_->lock(si);
+        if (rc == 0 && slept_full && r->state == kWaiting &&
+            r->token.load(std::memory_order_relaxed) == token) {
+            // Nobody released anything for a whole slice: perhaps a holder
+            // died. Checking needs /proc, so not under the mutex.
+            rc = reap_entry_if_dead(si, e1, pid);
+        }
         if (rc != 0) {
             // Without the mutex the record cannot be unlinked safely; leave it
             // for the repair pass rather than corrupt the list.
@@ -617,7 +818,10 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             if (err) *err = rc;
             return AcquireResult::Error;
         }
-        if (r->state == kHolding) {
+        // Granted, or granted and already broken (the record is no longer
+        // ours then, and the handle's release will do nothing): either way
+        // this request's wait is over and nothing here may be touched again.
+        if (r->token.load(std::memory_order_relaxed) != token || r->state == kHolding) {
             locks_->unlock(si);
             return AcquireResult::Acquired;
         }
@@ -626,7 +830,13 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     h = LockHandle();
     if (mode == Mode::Read) --e->waiting_read; else --e->waiting_write;
     unlink_record(e, r1);
-    if (report) fill_report(e, e1, *report);
+    if (report) {
+        try {
+            fill_report(e, e1, *report);
+        } catch (...) {
+            *report = BusyReport();  // no memory for the report: answer without it
+        }
+    }
     // A writer that gives up may have been all that held readers back.
     const bool granted = dispatch(st, e, false);
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
@@ -652,7 +862,10 @@ int LockTable::release(LockHandle &h) {
     if (r->token.load(std::memory_order_relaxed) != mine.token) return 0;
     Stripe *st = stripe(mine.stripe);
     const int rc = locks_->lock(mine.stripe);
-    if (rc != 0) return rc;
+    if (rc != 0) {
+        h = mine;  // still held: a later call (the pool cleanup) tries again
+        return rc;
+    }
     if (r->token.load(std::memory_order_relaxed) != mine.token || r->state != kHolding) {
         locks_->unlock(mine.stripe);
         return 0;
@@ -692,18 +905,26 @@ int LockTable::break_key(const char *key, size_t len) {
     }
     Entry *e = entry(e1);
     int total = 0;
+    bool writer_broken = false;
     for (uint32_t r1 = e->first; r1;) {
         Record *r = record(r1);
         const uint32_t next = r->next;
         if (r->state == kHolding) {
-            if (r->mode == Mode::Write) e->writer = 0; else --e->readers;
+            if (r->mode == Mode::Write) {
+                e->writer = 0;
+                writer_broken = true;
+            } else {
+                --e->readers;
+            }
             unlink_record(e, r1);
             give_record(st, r1);
             ++total;
         }
         r1 = next;
     }
-    const bool granted = dispatch(st, e, true);
+    // As if the holders had released: readers queued behind a broken writer
+    // go first, but breaking readers lets the waiting writer in.
+    const bool granted = dispatch(st, e, writer_broken);
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
     free_entry_if_idle(st, bucket, e1);
     st->broken += static_cast<uint64_t>(total);
@@ -739,6 +960,12 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
             if (err) *err = rc;
             return false;
         }
+        // Copying allocates; if that throws, the stripe must not stay locked.
+        struct Unlock {
+            StripeLocks *l;
+            uint32_t s;
+            ~Unlock() { l->unlock(s); }
+        } unlock_at_end{locks_, s};
         const Stripe *st = stripe(s);
         c.acquired_read += st->acquired_read;
         c.acquired_write += st->acquired_write;
@@ -779,7 +1006,6 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
                 out.locks.push_back(std::move(v));
             }
         }
-        locks_->unlock(s);
     }
     out.used = used;
     out.high_water = hdr_->high_water.load(std::memory_order_relaxed);
@@ -829,7 +1055,7 @@ std::string LockTable::check_consistency() {
     uint64_t stripe_used = 0, reserves = 0;
     for (uint32_t s = 0; s < hdr_->stripes; ++s) {
         stripe_used += stripe(s)->used.load();
-        reserves += stripe(s)->reserve;
+        reserves += stripe(s)->reserve.load();
     }
     if (used != stripe_used) return "stripe key counts wrong";
     if (static_cast<int64_t>(stripe_used + reserves) + hdr_->budget.load() != hdr_->capacity)

@@ -136,6 +136,11 @@ class LockTable {
     // mutex error.
     int break_key(const char *key, size_t len);
 
+    // Releases the records (holding or waiting) of processes that are gone:
+    // of `pid` only, known dead (the MPM reported its exit), or, with pid 0,
+    // of every process found dead or reused in /proc. Returns how many.
+    int reap(int32_t pid);
+
     void count(Counter c);
     void set_generation(uint32_t g);
 
@@ -163,6 +168,8 @@ class LockTable {
     uint32_t take_record(Stripe *st);
     void give_record(Stripe *st, uint32_t r1);
     bool reserve_entry(uint32_t si, Stripe *st);
+    bool remove_dead(Stripe *st, uint32_t e1, uint32_t r1);
+    int reap_entry_if_dead(uint32_t si, uint32_t e1, int32_t self);
     void note_high_water();
     uint32_t find(uint32_t bucket, uint64_t hash, const char *key,
                   size_t len) const;
@@ -179,6 +186,13 @@ class LockTable {
 };
 
 uint64_t key_hash(const char *key, size_t len);
+
+// Liveness of a lock holder's process: gone (no such pid, a zombie, or the
+// pid now belongs to a process started at another time) or alive.
+enum class ProcessState { Alive, Gone };
+ProcessState process_state(int32_t pid, uint64_t start_time);
+// A process's start time in clock ticks since boot (/proc), 0 if unknown.
+uint64_t process_start_time(int32_t pid);
 int64_t wall_clock_us();
 
 }  // namespace pidlock

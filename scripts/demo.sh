@@ -34,6 +34,8 @@ ServerLimit 4
 ThreadsPerChild 16
 ThreadLimit 16
 MaxRequestWorkers 64
+MinSpareThreads 16
+MaxSpareThreads 64
 AllowEncodedSlashes NoDecode
 DocumentRoot $ROOT/htdocs
 <Location /mn/v2/>

@@ -29,6 +29,18 @@ run_cpputest() {
     failed=$((failed + fails))
 }
 
+# httpd finds a module by its exported structure: a build that hides it
+# loads nowhere, so check both modules before anything else.
+for m in "mod_pidlock.so pidlock_module" "mod_pidlock_testbackend.so pidlock_testbackend_module"; do
+    set -- $m
+    if nm -D --defined-only "$BUILD/$1" 2>/dev/null | grep -q " $2\$"; then
+        passed=$((passed + 1))
+    else
+        echo "FAIL $1 does not export $2"
+        failed=$((failed + 1))
+    fi
+done
+
 run_cpputest "unit tests" "$BUILD/unit_tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"

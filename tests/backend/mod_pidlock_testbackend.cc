@@ -36,7 +36,7 @@
 #include "apr_time.h"
 
 extern "C" {
-extern module AP_MODULE_DECLARE_DATA pidlock_testbackend_module;
+extern __attribute__((visibility("default"))) module AP_MODULE_DECLARE_DATA pidlock_testbackend_module;
 }
 APLOG_USE_MODULE(pidlock_testbackend);
 
@@ -298,7 +298,7 @@ void register_hooks(apr_pool_t *) {
 }  // namespace
 
 extern "C" {
-module AP_MODULE_DECLARE_DATA pidlock_testbackend_module = {
+__attribute__((visibility("default"))) module AP_MODULE_DECLARE_DATA pidlock_testbackend_module = {
     STANDARD20_MODULE_STUFF,
     nullptr,         // create_dir_config
     nullptr,         // merge_dir_config

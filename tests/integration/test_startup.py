@@ -132,8 +132,8 @@ def t_graceful_into_refused(opts):
     """apachectl graceful into a refused configuration: the running server
     keeps serving with its old configuration and the same parent pid."""
     h = Httpd(mpm="event", body=BASE, name="graceful-refused")
-    h.start()
     try:
+        h.start()
         r = h.request("GET", "/pidlock-status?json")
         check(r.status == 200, "status page: %d" % r.status)
         old_children = set(h.child_pids())
@@ -160,8 +160,8 @@ def t_thread_backend_serves(opts):
     from run import CONFIG, PIDS, run_load, stats, wait_table_empty  # noqa: E402
     h = Httpd(mpm="event", body=CONFIG + "PidLockBackend thread\n", mpm_settings=WORKER_ONE,
               name="thread-backend")
-    h.start()
     try:
+        h.start()
         st = h.get_json("/pidlock-status?json")
         check(st["backend"] == "thread", "backend is %r" % st["backend"])
         stats(h, reset=True)

@@ -577,3 +577,118 @@ TEST(TableApr, PthreadMutex) { run_with_mech(pool, APR_LOCK_PROC_PTHREAD, "pthre
 TEST(TableApr, FcntlMutex) { run_with_mech(pool, APR_LOCK_FCNTL, "fcntl"); }
 TEST(TableApr, FlockMutex) { run_with_mech(pool, APR_LOCK_FLOCK, "flock"); }
 TEST(TableApr, SysvsemMutex) { run_with_mech(pool, APR_LOCK_SYSVSEM, "sysvsem"); }
+
+// ------------------------------------------------------------- dead holders
+
+namespace {
+
+// Forks a process that takes `key` in `mode` (waiting as long as it takes),
+// reports through `flag` and then sleeps until killed.
+pid_t fork_holder(LockTable *t, const char *key, Mode mode, std::atomic<int> *flag) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        HolderInfo info;
+        info.method = "PUT";
+        LockHandle h;
+        flag->store(1);  // about to ask
+        if (t->acquire(key, std::strlen(key), mode, -1, info, h) == AcquireResult::Acquired)
+            flag->store(2);
+        for (;;) pause();
+    }
+    return pid;
+}
+
+bool wait_flag(std::atomic<int> *flag, int value) {
+    for (int i = 0; i < 5000; ++i) {
+        if (flag->load() == value) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+}
+
+}  // namespace
+
+TEST(Table, WaiterReleasesKilledHolder) {
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "k", Mode::Write, flag);
+    CHECK(wait_flag(flag, 2));
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    LockHandle h;
+    CHECK(take("k", Mode::Write, 5 * 1000000000LL, h) == AcquireResult::Acquired);
+    st->table->release(h);
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(1u, s.counters.reaped);
+    CHECK_EQUAL(0u, s.used);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
+TEST(Table, ZombieHolderIsDead) {
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "z", Mode::Read, flag);
+    CHECK(wait_flag(flag, 2));
+    kill(kid, SIGKILL);
+    // Not reaped by waitpid yet: a zombie still has its pid.
+    for (int i = 0; i < 2000 && process_state(kid, 0) == ProcessState::Alive; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CHECK(process_state(kid, 0) == ProcessState::Gone);
+    CHECK_EQUAL(1, st->table->reap(0));
+    LockHandle h;
+    CHECK(take("z", Mode::Write, 0, h) == AcquireResult::Acquired);
+    st->table->release(h);
+    waitpid(kid, nullptr, 0);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
+TEST(Table, ReapByPidAsTheParentDoes) {
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "p", Mode::Write, flag);
+    CHECK(wait_flag(flag, 2));
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    CHECK_EQUAL(0, st->table->reap(kid + 100000));  // someone else: nothing
+    CHECK_EQUAL(1, st->table->reap(kid));
+    CHECK_EQUAL(0, st->table->reap(kid));
+    LockHandle h;
+    CHECK(take("p", Mode::Write, 0, h) == AcquireResult::Acquired);
+    st->table->release(h);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
+TEST(Table, KilledWaitingWriterDoesNotBlockReaders) {
+    LockHandle r1;
+    CHECK(take("w", Mode::Read, 0, r1) == AcquireResult::Acquired);
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "w", Mode::Write, flag);
+    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, "w");
+        return l && l->waiting_write == 1;
+    }));
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    // A later reader queues behind the (dead) waiting writer, finds it dead
+    // and gets in alongside r1.
+    LockHandle r2;
+    CHECK(take("w", Mode::Read, 5 * 1000000000LL, r2) == AcquireResult::Acquired);
+    st->table->release(r2);
+    st->table->release(r1);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
+TEST(Table, ReusedPidIsNotTheHolder) {
+    const uint64_t mine = process_start_time(getpid());
+    CHECK(mine != 0);
+    CHECK(process_state(getpid(), mine) == ProcessState::Alive);
+    CHECK(process_state(getpid(), mine + 1) == ProcessState::Gone);
+    CHECK(process_state(0, 0) == ProcessState::Gone);
+    // A live holder is never reaped.
+    LockHandle h;
+    CHECK(take("alive", Mode::Write, 0, h) == AcquireResult::Acquired);
+    CHECK_EQUAL(0, st->table->reap(0));
+    st->table->release(h);
+}
