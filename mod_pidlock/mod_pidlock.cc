@@ -432,27 +432,95 @@ int pidlock_check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_r
     }
 }
 
-int pidlock_post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *, server_rec *s) {
+// What survives a restart of the parent (graceful or not) until a full stop:
+// the shared table and its mutexes, so old-generation children keep their
+// locks and new ones honour them. Plain APR handles only: the module itself
+// (and every vtable in it) is unloaded and reloaded between generations.
+struct Retained {
+    apr_shm_t *shm;
+    apr_global_mutex_t **mutexes;
+    unsigned stripes;
+    TableParams params;
+    char mech[32];
+    char nonce[33];
+};
+const char *const kRetainedKey = "mod_pidlock-retained";
+
+Retained *retained() {
+    auto *rd = static_cast<Retained *>(ap_retained_data_get(kRetainedKey));
+    if (!rd) rd = static_cast<Retained *>(ap_retained_data_create(kRetainedKey, sizeof(Retained)));
+    return rd;
+}
+
+// Creates (first start) or takes over (restart) the shared table; returns its
+// base address or null after logging why.
+void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Retained *rd) {
+    const std::string mech = probe_mutex_mech(s, ptemp);
+    if (rd->shm) {
+        const TableParams &had = rd->params;
+        if (had.capacity != want.capacity || had.key_cap != want.key_cap)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK011: the lock table keeps %u keys of up to %u bytes until a full stop "
+                         "and start (configured now: %u keys of up to %u bytes)",
+                         had.capacity, had.key_cap, want.capacity, want.key_cap);
+        if (mech != rd->mech)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK011: the pidlock mutex stays %s until a full stop and start "
+                         "(configured now: %s)", rd->mech, mech.c_str());
+        return apr_shm_baseaddr_get(rd->shm);
+    }
+    // Allocated in the process pool: they live as long as the parent.
+    apr_pool_t *pglobal = s->process->pool;
+    const apr_size_t region = LockTable::region_size(want);
+    apr_status_t rv = apr_shm_create(&rd->shm, region, nullptr, pglobal);
+    if (rv != APR_SUCCESS) {
+        rd->shm = nullptr;
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK004: cannot create %" APR_SIZE_T_FMT
+                     " bytes of shared memory for the lock table", region);
+        return nullptr;
+    }
+    rd->mutexes = static_cast<apr_global_mutex_t **>(apr_pcalloc(pglobal, sizeof(apr_global_mutex_t *) * want.stripes));
+    for (unsigned i = 0; i < want.stripes; ++i) {
+        rv = ap_global_mutex_create(&rd->mutexes[i], nullptr, kMutexType, apr_psprintf(pglobal, "s%u", i), s, pglobal, 0);
+        if (rv != APR_SUCCESS || !rd->mutexes[i]) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK005: cannot create the table mutexes");
+            apr_shm_destroy(rd->shm);
+            rd->shm = nullptr;
+            return nullptr;
+        }
+    }
+    void *base = apr_shm_baseaddr_get(rd->shm);
+    if (!LockTable::format(base, region, want)) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: cannot lay out the lock table");
+        return nullptr;
+    }
+    rd->stripes = want.stripes;
+    rd->params = want;
+    apr_cpystrn(rd->mech, mech.c_str(), sizeof rd->mech);
+    return base;
+}
+
+int pidlock_post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) return OK;
     try {
         const MpmFacts mpm = query_mpm();
         const ModuleFacts mod = module_facts(s);
+        Retained *rd = retained();
         TableParams tp;
         tp.capacity = static_cast<uint32_t>(effective_table_size(mpm, mod));
         tp.key_cap = mod.key_cap;
         tp.stripes = LockTable::kDefaultStripes;
-        const apr_size_t region = LockTable::region_size(tp);
-        if (region == 0) {
+        if (LockTable::region_size(tp) == 0) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: invalid lock table size %u", tp.capacity);
             return HTTP_INTERNAL_SERVER_ERROR;
         }
         auto *st = static_cast<State *>(apr_pcalloc(pconf, sizeof(State)));
         st->thread_backend = mod.thread_backend;
-        st->stripes = tp.stripes;
-        st->capacity = tp.capacity;
         void *base = nullptr;
         std::string mech;
         if (st->thread_backend) {
+            // Each generation's single child has a table of its own.
+            const apr_size_t region = LockTable::region_size(tp);
             if (posix_memalign(&base, 4096, region) != 0) {
                 ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK004: cannot allocate %" APR_SIZE_T_FMT " bytes for the lock table", region);
                 return HTTP_INTERNAL_SERVER_ERROR;
@@ -460,62 +528,79 @@ int pidlock_post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *, server_re
             apr_pool_cleanup_register(pconf, base, free_region, apr_pool_cleanup_null);
             void *mem = apr_palloc(pconf, PthreadStripeLocks::region_size(tp.stripes));
             const int rc = PthreadStripeLocks::init(mem, tp.stripes, false);
-            if (rc != 0) {
-                ap_log_error(APLOG_MARK, APLOG_EMERG, rc, s, "PIDLOCK005: cannot create the table mutexes");
+            if (rc != 0 || !LockTable::format(base, region, tp)) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, rc, s, "PIDLOCK005: cannot create the in-process table");
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
             st->locks = new (apr_palloc(pconf, sizeof(PthreadStripeLocks))) PthreadStripeLocks(mem, tp.stripes);
+            st->stripes = tp.stripes;
+            st->capacity = tp.capacity;
             mech = "pthread (in-process)";
         } else {
-            apr_shm_t *shm = nullptr;
-            apr_status_t rv = apr_shm_create(&shm, region, nullptr, pconf);
-            if (rv != APR_SUCCESS) {
-                ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK004: cannot create %" APR_SIZE_T_FMT " bytes of shared memory for the lock table", region);
-                return HTTP_INTERNAL_SERVER_ERROR;
-            }
-            base = apr_shm_baseaddr_get(shm);
-            st->mutexes = static_cast<apr_global_mutex_t **>(apr_pcalloc(pconf, sizeof(apr_global_mutex_t *) * tp.stripes));
-            for (unsigned i = 0; i < tp.stripes; ++i) {
-                rv = ap_global_mutex_create(&st->mutexes[i], nullptr, kMutexType,
-                                            apr_psprintf(pconf, "s%u", i), s, pconf, 0);
-                if (rv != APR_SUCCESS || !st->mutexes[i]) {
-                    ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK005: cannot create the table mutexes");
-                    return HTTP_INTERNAL_SERVER_ERROR;
-                }
-            }
-            st->locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(st->mutexes, tp.stripes);
-            mech = apr_global_mutex_name(st->mutexes[0]);
-        }
-        if (!LockTable::format(base, region, tp)) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: cannot lay out the lock table");
-            return HTTP_INTERNAL_SERVER_ERROR;
+            base = shared_table(s, ptemp, tp, rd);
+            if (!base) return HTTP_INTERNAL_SERVER_ERROR;
+            st->mutexes = rd->mutexes;
+            st->stripes = rd->stripes;
+            st->capacity = rd->params.capacity;
+            st->locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(rd->mutexes, rd->stripes);
+            mech = apr_global_mutex_name(rd->mutexes[0]);
         }
         st->backend = new (apr_palloc(pconf, sizeof(TableBackend)))
             TableBackend(st->thread_backend ? "thread" : "shared", base, st->locks);
+        if (!st->backend->valid()) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: the retained lock table is not valid");
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
         int gen = 0;
         ap_mpm_query(AP_MPMQ_GENERATION, &gen);
         st->backend->table().set_generation(static_cast<uint32_t>(gen));
+        // A restart: children of earlier generations that are gone (all of
+        // them after a hard restart) leave nothing behind.
+        const int reaped = st->thread_backend ? 0 : st->backend->reap(0);
+        if (reaped > 0)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK012: released %d lock record(s) of processes that are gone", reaped);
         st->facts = new (apr_palloc(pconf, sizeof(ServerFacts))) ServerFacts();
         st->facts->version = PIDLOCK_VERSION;
         st->facts->backend = st->backend->name();
         st->facts->mutex = mech;
         st->facts->mpm = mpm.name;
-        unsigned char raw[16];
-        if (apr_generate_random_bytes(raw, sizeof raw) != APR_SUCCESS) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK006: no random bytes for the status page nonce");
-            return HTTP_INTERNAL_SERVER_ERROR;
+        // One nonce per full start, the same in every child.
+        if (!rd->nonce[0]) {
+            unsigned char raw[16];
+            if (apr_generate_random_bytes(raw, sizeof raw) != APR_SUCCESS) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK006: no random bytes for the status page nonce");
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(rd->nonce + 2 * i, 3, "%02x", raw[i]);
         }
-        for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(st->nonce + 2 * i, 3, "%02x", raw[i]);
+        apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
         g_state = st;
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                      "PIDLOCK010: lock table ready: backend %s, capacity %u keys, keys up to %u bytes, "
-                     "%" APR_SIZE_T_FMT " bytes, %u stripes, mutex %s, MPM %s",
-                     st->backend->name(), tp.capacity, tp.key_cap, region, tp.stripes, mech.c_str(), mpm.name.c_str());
+                     "%u stripes, mutex %s, MPM %s, generation %d",
+                     st->backend->name(), st->capacity, st->thread_backend ? tp.key_cap : rd->params.key_cap,
+                     st->stripes, mech.c_str(), mpm.name.c_str(), gen);
         return OK;
     } catch (...) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK007: lock table setup failed");
         return HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+// In the parent: a child has exited (crash, kill -9, OOM, or its normal
+// end); whatever it held or waited for is released now.
+void pidlock_child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status) {
+    if (status != MPM_CHILD_EXITED || !g_state || !g_state->backend || g_state->thread_backend) return;
+    try {
+        const int n = g_state->backend->reap(static_cast<int32_t>(pid));
+        if (n > 0)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                         "PIDLOCK013: child %" APR_PID_T_FMT " exited holding or waiting for locks: "
+                         "released %d", pid, n);
+    } catch (...) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "PIDLOCK106: unexpected error reaping child %" APR_PID_T_FMT, pid);
     }
 }
 
@@ -848,6 +933,7 @@ void register_hooks(apr_pool_t *) {
     ap_hook_check_config(pidlock_check_config, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_post_config(pidlock_post_config, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_child_init(pidlock_child_init, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_child_status(pidlock_child_status, nullptr, nullptr, APR_HOOK_MIDDLE);
     // Last of the fixups: after authentication and authorization, so a client
     // that is refused never holds or waits on a lock.
     ap_hook_fixups(pidlock_fixups, nullptr, nullptr, APR_HOOK_REALLY_LAST);

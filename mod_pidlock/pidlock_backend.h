@@ -22,6 +22,9 @@ class LockBackend {
     virtual int break_key(const char *key, size_t len) = 0;
     virtual bool snapshot(TableSnapshot &out, int *err) = 0;
     virtual void count(Counter c) = 0;
+    // Releases what processes that are gone held or waited for: `pid`, known
+    // dead, or with 0 every dead one found. Returns how many records.
+    virtual int reap(int32_t pid) = 0;
 };
 
 // Both of today's backends: the one table algorithm over a region and stripes
@@ -42,6 +45,7 @@ class TableBackend final : public LockBackend {
     int break_key(const char *key, size_t len) override { return table_.break_key(key, len); }
     bool snapshot(TableSnapshot &out, int *err) override { return table_.snapshot(out, err); }
     void count(Counter c) override { table_.count(c); }
+    int reap(int32_t pid) override { return table_.reap(pid); }
 
   private:
     const char *name_;

@@ -42,6 +42,13 @@ APLOG_USE_MODULE(pidlock_testbackend);
 
 namespace {
 
+// A signal (prefork's graceful restart sends SIGUSR1) cuts apr_sleep short;
+// the backend must still take as long as it was asked to.
+void sleep_until(apr_time_t end) {
+    for (apr_time_t now = apr_time_now(); now < end; now = apr_time_now()) apr_sleep(end - now);
+}
+
+
 constexpr std::size_t kSlots = 256;
 constexpr std::size_t kKeyMax = 200;
 constexpr long kDefaultSleepMs = 5;
@@ -197,7 +204,7 @@ int backend_handler(request_rec *r) {
             s->readers.fetch_add(1, std::memory_order_acq_rel);
             if (s->writers.load(std::memory_order_acquire) > 0) violated = true;
         }
-        if (sleep_ms > 0) apr_sleep(apr_time_from_msec(sleep_ms));
+        if (sleep_ms > 0) sleep_until(apr_time_now() + apr_time_from_msec(sleep_ms));
         if (is_violation(*s, write)) violated = true;
         if (write)
             s->writers.fetch_sub(1, std::memory_order_acq_rel);

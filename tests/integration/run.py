@@ -415,8 +415,11 @@ def main():
         run_mpm(mpm, opts, res)
     if opts.pidlock:
         from test_startup import STARTUP_TESTS
-        for name, fn in STARTUP_TESTS:
-            if opts.tests and name not in opts.tests:
+        from test_reliability import RELIABILITY_TESTS
+        suites = [("startup/" + n, f) for n, f in STARTUP_TESTS] + \
+                 [("reliability/" + n, f) for n, f in RELIABILITY_TESTS]
+        for name, fn in suites:
+            if opts.tests and name.split("/")[-1] not in opts.tests and name not in opts.tests:
                 continue
             err = None
             try:
@@ -425,7 +428,7 @@ def main():
                 err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
                 if opts.verbose:
                     traceback.print_exc()
-            res.record("startup/%s" % name, err)
+            res.record(name, err)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 
