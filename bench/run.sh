@@ -15,6 +15,9 @@ mkdir -p bench/results
     echo
     "$BUILD/bench_table" "$MODE"
     PIDLOCK_BUILD="$BUILD" python3 bench/httpd_bench.py "$MODE"
+    if [ "$MODE" = full ] && command -v valgrind >/dev/null; then
+        PIDLOCK_BUILD="$BUILD" python3 bench/callgrind_cost.py 2000
+    fi
 } | tee "$out.tmp"
 mv "$out.tmp" "$out"
 echo "written: $out"

@@ -59,6 +59,8 @@ struct KeySpec {
     ap_regex_t *regex;    // path
     const char *prefix;   // literal every path match starts with ("" if none)
     apr_size_t prefix_len;
+    bool simple;          // ^prefix(.+)$ or ^prefix(.*)$: no regex engine needed
+    bool allow_empty;     // (.*)
 };
 
 struct DirConfig {
@@ -168,8 +170,12 @@ const char *set_key(cmd_parms *cmd, void *dv, const char *source, const char *ar
             return apr_psprintf(cmd->pool, "PidLockKey path: cannot compile regular expression '%s'", arg);
         if (spec.regex->re_nsub < 1)
             return apr_psprintf(cmd->pool, "PidLockKey path: '%s' has no capture group; the first one is the key", arg);
-        spec.prefix = apr_pstrdup(cmd->pool, regex_literal_prefix(arg).c_str());
-        spec.prefix_len = strlen(spec.prefix);
+        const SimpleCapture sc = regex_simple_capture(arg);
+        spec.simple = sc.ok;
+        spec.allow_empty = sc.allow_empty;
+        const std::string prefix = sc.ok ? sc.prefix : regex_literal_prefix(arg);
+        spec.prefix = apr_pstrmemdup(cmd->pool, prefix.data(), prefix.size());
+        spec.prefix_len = prefix.size();
     } else if (!strcasecmp(source, "query") || !strcasecmp(source, "header")) {
         spec.source = !strcasecmp(source, "query") ? KeySource::Query : KeySource::Header;
         if (!*arg) return "PidLockKey: the argument or header name is empty";
@@ -680,6 +686,16 @@ int key_for(const DirConfig *d, request_rec *r, apr_size_t max_len, std::string 
         switch (k.source) {
         case KeySource::Path: {
             if (!r->uri || strncmp(r->uri, k.prefix, k.prefix_len) != 0) break;
+            if (k.simple) {
+                const char *cap = nullptr;
+                size_t cap_len = 0;
+                const FastMatch fm = simple_capture_match(k.prefix, k.prefix_len, k.allow_empty, r->uri, &cap, &cap_len);
+                if (fm == FastMatch::NoMatch) break;
+                if (fm == FastMatch::Match) {
+                    st = key_from_path_capture(cap, cap_len, max_len, key);
+                    break;
+                }
+            }
             ap_regmatch_t m[2];
             if (ap_regexec(k.regex, r->uri, 2, m, 0) == 0 && m[1].rm_so >= 0)
                 st = key_from_path_capture(r->uri + m[1].rm_so,

@@ -46,21 +46,26 @@ KeyStatus key_from_path_capture(const char *cap, size_t len, size_t max_len,
                                 std::string &out) {
     out.clear();
     if (len == 0) return KeyStatus::Empty;
-    // Decoding only shortens, so a raw capture within the limit is within it
-    // decoded; longer ones are decoded first and judged on their decoded size.
-    out.reserve(len < max_len ? len : max_len);
-    for (size_t i = 0; i < len; ++i) {
-        char c = cap[i];
-        if (c == '%' && i + 2 < len && cap[i + 1] == '2' &&
-            (cap[i + 2] == 'F' || cap[i + 2] == 'f')) {
-            c = '/';
-            i += 2;
-        } else if (c == '\0') {
-            return KeyStatus::Nul;
+    // r->uri holds no NUL (httpd refuses %00 in paths), but the capture is
+    // given by length: check rather than trust.
+    if (std::memchr(cap, '\0', len)) return KeyStatus::Nul;
+    // Copy runs between '%' signs whole; only %2F/%2f changes anything.
+    const char *p = cap, *end = cap + len;
+    while (p < end) {
+        const char *pct = static_cast<const char *>(std::memchr(p, '%', static_cast<size_t>(end - p)));
+        const char *run_end = pct ? pct : end;
+        out.append(p, static_cast<size_t>(run_end - p));
+        if (!pct) break;
+        if (end - pct >= 3 && pct[1] == '2' && (pct[2] == 'F' || pct[2] == 'f')) {
+            out.push_back('/');
+            p = pct + 3;
+        } else {
+            out.push_back('%');
+            p = pct + 1;
         }
-        if (out.size() >= max_len) return KeyStatus::TooLong;
-        out.push_back(c);
+        if (out.size() > max_len) return KeyStatus::TooLong;
     }
+    if (out.size() > max_len) return KeyStatus::TooLong;
     return KeyStatus::Ok;
 }
 
@@ -128,28 +133,18 @@ KeyStatus key_from_header(const char *value, size_t max_len, std::string &out) {
     return key_decode_component(value, std::strlen(value), false, max_len, out);
 }
 
-std::string regex_literal_prefix(const char *regex) {
-    std::string prefix;
-    if (!regex || regex[0] != '^') return prefix;
-    // A top-level alternative (`^/a|/b`) means no common prefix at all.
-    int depth = 0;
-    bool in_class = false;
-    for (const char *p = regex; *p; ++p) {
-        if (*p == '\\' && p[1]) { ++p; continue; }
-        if (in_class) { if (*p == ']') in_class = false; continue; }
-        if (*p == '[') { in_class = true; if (p[1] == ']') ++p; }
-        else if (*p == '(') ++depth;
-        else if (*p == ')') --depth;
-        else if (*p == '|' && depth == 0) return prefix;
-    }
-    for (const char *p = regex + 1; *p; ++p) {
+namespace {
+
+// Reads the literal run of an anchored pattern from regex+1. Returns the
+// position where it stopped; `prefix` holds the literal bytes, with one
+// dropped if a quantifier at the stop point makes it optional.
+const char *scan_literal(const char *regex, std::string &prefix) {
+    const char *p = regex + 1;
+    for (; *p; ++p) {
         const char c = *p;
         if (std::strchr(".[]()*+?{}|$^", c)) {
-            // A quantifier applies to the character before it, which may then
-            // be absent: drop it from the prefix.
-            if ((c == '*' || c == '?' || c == '{') && !prefix.empty())
-                prefix.pop_back();
-            break;
+            if ((c == '*' || c == '?' || c == '{') && !prefix.empty()) prefix.pop_back();
+            return p;
         }
         if (c == '\\') {
             const char n = p[1];
@@ -159,13 +154,65 @@ std::string regex_literal_prefix(const char *regex) {
                 ++p;
                 continue;
             }
-            break;
+            return p;
         }
         prefix.push_back(c);
     }
-    // A quantifier right after the prefix (`^/ab+`) is handled above; a `(?i)`
-    // or any flag would have stopped the scan at '('.
+    return p;
+}
+
+bool has_top_level_alternation(const char *regex) {
+    int depth = 0;
+    bool in_class = false;
+    for (const char *p = regex; *p; ++p) {
+        if (*p == '\\' && p[1]) { ++p; continue; }
+        if (in_class) { if (*p == ']') in_class = false; continue; }
+        if (*p == '[') { in_class = true; if (p[1] == ']') ++p; }
+        else if (*p == '(') ++depth;
+        else if (*p == ')') --depth;
+        else if (*p == '|' && depth == 0) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+std::string regex_literal_prefix(const char *regex) {
+    std::string prefix;
+    if (!regex || regex[0] != '^' || has_top_level_alternation(regex)) return prefix;
+    scan_literal(regex, prefix);
     return prefix;
+}
+
+SimpleCapture regex_simple_capture(const char *regex) {
+    SimpleCapture sc;
+    if (!regex || regex[0] != '^') return sc;
+    std::string prefix;
+    const char *p = scan_literal(regex, prefix);
+    std::string rest(p);
+    if (rest == "(.+)$" || rest == "(.+)") sc.allow_empty = false;
+    else if (rest == "(.*)$" || rest == "(.*)") sc.allow_empty = true;
+    else return sc;
+    sc.ok = true;
+    sc.prefix = prefix;
+    return sc;
+}
+
+FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow_empty,
+                               const char *path, const char **cap, size_t *cap_len) {
+    if (std::strncmp(path, prefix, prefix_len) != 0) return FastMatch::NoMatch;
+    const char *rest = path + prefix_len;
+    const size_t n = std::strcspn(rest, "\n");
+    if (rest[n] == '\n') return FastMatch::UseRegex;
+    if (n == 0 && !allow_empty) return FastMatch::NoMatch;
+    *cap = rest;
+    *cap_len = n;
+    return FastMatch::Match;
+}
+
+FastMatch simple_capture_match(const SimpleCapture &sc, const char *path, const char **cap,
+                               size_t *cap_len) {
+    return simple_capture_match(sc.prefix.data(), sc.prefix.size(), sc.allow_empty, path, cap, cap_len);
 }
 
 }  // namespace pidlock

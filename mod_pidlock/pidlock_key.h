@@ -49,6 +49,24 @@ KeyStatus key_from_header(const char *value, size_t max_len, std::string &out);
 // glue skip the regex for requests that cannot match.
 std::string regex_literal_prefix(const char *regex);
 
+// Patterns of the form ^LITERAL(.+)$ or ^LITERAL(.*)$ (the `$` optional) are
+// matched without the regex engine: a prefix compare, the capture is the
+// rest. `ok` false for any other pattern.
+struct SimpleCapture {
+    bool ok = false;
+    bool allow_empty = false;  // (.*) rather than (.+)
+    std::string prefix;
+};
+SimpleCapture regex_simple_capture(const char *regex);
+
+enum class FastMatch { NoMatch, Match, UseRegex };
+// Applies a SimpleCapture to a path. UseRegex where the answer needs the
+// engine after all (a newline in the path: `.` does not match it).
+FastMatch simple_capture_match(const SimpleCapture &sc, const char *path, const char **cap,
+                               size_t *cap_len);
+FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow_empty,
+                               const char *path, const char **cap, size_t *cap_len);
+
 }  // namespace pidlock
 
 #endif

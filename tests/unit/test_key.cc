@@ -103,3 +103,44 @@ TEST(Key, RegexLiteralPrefix) {
     // A '(' inside a class opens no group: the '|' is still top-level.
     STRCMP_EQUAL("", regex_literal_prefix("^/[(]|(.+)").c_str());
 }
+
+#include <random>
+
+#include <regex.h>
+
+// The fast path must agree with a real regex engine on every path.
+TEST(Key, SimpleCaptureAgreesWithRegex) {
+    const char *patterns[] = {"^/on/(.+)$", "^/on/(.*)$", "^/a\\.b/(.+)", "^/mn/v2/object/(.*)"};
+    const char *alphabet[] = {"/", "on", "a", ".", "b", "\n", "%", "x", "mn", "v2", "object", ""};
+    std::mt19937 rng(7);
+    for (const char *pat : patterns) {
+        const SimpleCapture sc = regex_simple_capture(pat);
+        CHECK_TRUE(sc.ok);
+        regex_t re;
+        CHECK_EQUAL(0, regcomp(&re, pat, REG_EXTENDED | REG_NEWLINE));
+        for (int i = 0; i < 3000; ++i) {
+            std::string path = i % 3 == 0 ? sc.prefix : "";
+            const int parts = static_cast<int>(rng() % 6);
+            for (int k = 0; k < parts; ++k) path += alphabet[rng() % (sizeof alphabet / sizeof *alphabet)];
+            const char *cap = nullptr;
+            size_t len = 0;
+            const FastMatch fm = simple_capture_match(sc, path.c_str(), &cap, &len);
+            if (fm == FastMatch::UseRegex) {
+                CHECK(path.find('\n') != std::string::npos);
+                continue;
+            }
+            regmatch_t m[2];
+            const bool rx = regexec(&re, path.c_str(), 2, m, 0) == 0;
+            if (rx != (fm == FastMatch::Match)) FAIL(("disagree on " + path + " with " + pat).c_str());
+            if (rx) {
+                CHECK_EQUAL(static_cast<size_t>(m[1].rm_eo - m[1].rm_so), len);
+                CHECK(cap == path.c_str() + m[1].rm_so);
+            }
+        }
+        regfree(&re);
+    }
+    CHECK_FALSE(regex_simple_capture("^/mn/v2/(?:object|meta)/(.+)$").ok);
+    CHECK_FALSE(regex_simple_capture("^/x/(.+)/y$").ok);
+    CHECK_FALSE(regex_simple_capture("/x/(.+)$").ok);
+    CHECK_FALSE(regex_simple_capture("^/x?/(.+)$").ok);
+}
