@@ -25,8 +25,11 @@ BACKEND   = $(BUILD)/mod_pidlock_testbackend.so
 UNIT      = $(BUILD)/unit_tests
 UNIT_SAN  = $(BUILD)/unit_tests_asan
 BENCH     = $(BUILD)/bench_table
+FUZZ      = $(BUILD)/fuzz_keys
+FUZZ_SECONDS ?= 60
+CLANGXX   = $(shell command -v clang++-14 || command -v clang++)
 
-.PHONY: all deps install run test test-run unit integration bench clean check-apxs
+.PHONY: all deps install run test test-run unit integration bench fuzz clean check-apxs
 
 # Targets that compile go through deps first, so a fresh machine works; the
 # recursive make then sees apxs and the headers.
@@ -62,6 +65,18 @@ $(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) Makefile | $(BUILD)
 $(BENCH): bench/bench_table.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O2 -g $(CPPFLAGS_ALL) -Imod_pidlock -o $@ bench/bench_table.cc $(CORE_SRCS) -lapr-1 -lpthread
 
+# libFuzzer (clang) over key extraction and the renderers; the seed corpus is
+# tests/fuzz/corpus, what the fuzzer finds goes to $(BUILD)/fuzz-corpus.
+$(FUZZ): tests/fuzz/fuzz_keys.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
+	$(CLANGXX) -std=c++17 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -Imod_pidlock -o $@ \
+	    tests/fuzz/fuzz_keys.cc mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_render.cc \
+	    mod_pidlock/pidlock_table.cc -lpthread
+
+fuzz: deps
+	@$(MAKE) --no-print-directory $(FUZZ)
+	@mkdir -p $(BUILD)/fuzz-corpus
+	$(FUZZ) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz-corpus tests/fuzz/corpus
+
 install: deps
 	@$(MAKE) --no-print-directory $(MODULE)
 	install -m 644 $(MODULE) $(DESTDIR)$(LIBEXEC)/mod_pidlock.so
@@ -74,7 +89,7 @@ unit: deps
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN)
+test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ)
 	@sh tests/run_all.sh $(BUILD)
 
 run: deps

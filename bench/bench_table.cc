@@ -105,6 +105,19 @@ double time_table(LockTable *t, Mode mode, const char *key, long iters) {
     return (now_s() - t0) * 1e9 / static_cast<double>(iters);
 }
 
+// What any acquire+release under one APR mutex costs at least: two
+// lock+unlock pairs of it (one to take the lock, one to give it back).
+double time_apr_floor(apr_global_mutex_t *m, long iters) {
+    const double t0 = now_s();
+    for (long i = 0; i < iters; ++i) {
+        apr_global_mutex_lock(m);
+        apr_global_mutex_unlock(m);
+        apr_global_mutex_lock(m);
+        apr_global_mutex_unlock(m);
+    }
+    return (now_s() - t0) * 1e9 / static_cast<double>(iters);
+}
+
 double time_rwlock(pthread_rwlock_t *l, Mode mode, long iters) {
     const double t0 = now_s();
     for (long i = 0; i < iters; ++i) {
@@ -159,7 +172,7 @@ int main(int argc, char **argv) {
     pthread_rwlock_t rw = PTHREAD_RWLOCK_INITIALIZER;
     const char *key = "doi:10.5063/F1";
 
-    std::vector<double> tr, tw, pr, pw, rr, rwv;
+    std::vector<double> tr, tw, pr, pw, rr, rwv, fl;
     for (int r = 0; r < runs; ++r) {
         // Interleaved, so drift on a shared machine hits all alike.
         tr.push_back(time_table(b.shared, Mode::Read, key, iters));
@@ -168,6 +181,7 @@ int main(int argc, char **argv) {
         tw.push_back(time_table(b.shared, Mode::Write, key, iters));
         rwv.push_back(time_rwlock(&rw, Mode::Write, iters));
         pw.push_back(time_table(b.thread_table, Mode::Write, key, iters));
+        fl.push_back(time_apr_floor(b.m[0], iters));
     }
     const Stat str = stats(tr), stw = stats(tw), spr = stats(pr), spw = stats(pw), srr = stats(rr),
                srw = stats(rwv);
@@ -178,8 +192,12 @@ int main(int argc, char **argv) {
            str.med / srr.med, stw.med / srw.med);
     printf("| thread backend table, pthread mutex | %.0f [%.0f-%.0f] | %.0f [%.0f-%.0f] | %.2fx | %.2fx |\n",
            spr.med, spr.lo, spr.hi, spw.med, spw.lo, spw.hi, spr.med / srr.med, spw.med / srw.med);
-    printf("| in-process pthread_rwlock_t | %.0f [%.0f-%.0f] | %.0f [%.0f-%.0f] | 1.00x | 1.00x |\n\n",
+    printf("| in-process pthread_rwlock_t | %.0f [%.0f-%.0f] | %.0f [%.0f-%.0f] | 1.00x | 1.00x |\n",
            srr.med, srr.lo, srr.hi, srw.med, srw.lo, srw.hi);
+    const Stat sfl = stats(fl);
+    printf("| floor: 2 lock+unlock pairs of the APR default global mutex, no table | %.0f [%.0f-%.0f] | "
+           "%.0f | %.2fx | %.2fx |\n\n",
+           sfl.med, sfl.lo, sfl.hi, sfl.med, sfl.med / srr.med, sfl.med / srw.med);
 
     std::vector<double> one, two;
     for (int r = 0; r < (full ? 5 : 3); ++r) {

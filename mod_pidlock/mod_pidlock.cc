@@ -821,6 +821,21 @@ int pidlock_fixups(request_rec *r) {
 
 // ---------------------------------------------------------- status page
 
+// The value of `name=` in the query, or null.
+const char *arg_value(request_rec *r, const char *name) {
+    if (!r->args) return nullptr;
+    const size_t n = strlen(name);
+    for (const char *p = r->args; p && *p;) {
+        if (!strncmp(p, name, n) && p[n] == '=') {
+            const char *v = p + n + 1;
+            return apr_pstrndup(r->pool, v, strcspn(v, "&"));
+        }
+        p = strchr(p, '&');
+        if (p) ++p;
+    }
+    return nullptr;
+}
+
 bool has_arg(const char *args, const char *name) {
     if (!args) return false;
     const size_t n = strlen(name);
@@ -878,7 +893,18 @@ int status_break(request_rec *r, const DirConfig *d, State *st) {
         v.resize(sz);
         if (!strcmp(pair->name, "action")) action = v;
         else if (!strcmp(pair->name, "key")) { key = v; have_key = true; }
-        else if (!strcmp(pair->name, "nonce")) nonce = v;
+        else if (!strcmp(pair->name, "key_hex")) {
+            // Keys that are not UTF-8 come as hex from the page's forms.
+            if (v.size() % 2) return HTTP_BAD_REQUEST;
+            key.clear();
+            for (size_t i = 0; i < v.size(); i += 2) {
+                const int hi = apr_isxdigit(v[i]) ? (apr_isdigit(v[i]) ? v[i] - '0' : (v[i] | 0x20) - 'a' + 10) : -1;
+                const int lo = apr_isxdigit(v[i + 1]) ? (apr_isdigit(v[i + 1]) ? v[i + 1] - '0' : (v[i + 1] | 0x20) - 'a' + 10) : -1;
+                if (hi < 0 || lo < 0) return HTTP_BAD_REQUEST;
+                key.push_back(static_cast<char>(hi * 16 + lo));
+            }
+            have_key = true;
+        } else if (!strcmp(pair->name, "nonce")) nonce = v;
     }
     if (nonce.size() != 32 || !same_bytes_ct(nonce.data(), st->nonce, 32)) {
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "PIDLOCK204: lock break refused: missing or wrong nonce");
@@ -913,7 +939,8 @@ int pidlock_status_handler(request_rec *r) {
         const DirConfig *d = dir_config(r);
         if (r->method_number == M_POST) return status_break(r, d, st);
         if (r->method_number != M_GET) {
-            r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST);
+            // httpd builds 405's Allow header from r->allowed_methods.
+            ap_allow_methods(r, REPLACE_ALLOW, "GET", "HEAD", "POST", nullptr);
             return HTTP_METHOD_NOT_ALLOWED;
         }
         TableSnapshot snap;
@@ -931,9 +958,28 @@ int pidlock_status_handler(request_rec *r) {
         } else if (has_arg(r->args, "auto")) {
             ap_set_content_type(r, "text/plain; charset=utf-8");
             body = render_status_auto(snap, *st->facts);
+        } else if (has_arg(r->args, "metrics")) {
+            ap_set_content_type(r, "text/plain; version=0.0.4; charset=utf-8");
+            body = render_status_metrics(snap, *st->facts);
         } else {
+            PageOptions opt;
+            opt.actions = d->status_actions == 1;
+            if (opt.actions) opt.nonce = st->nonce;
+            opt.form_action = r->uri;
+            if (const char *v = arg_value(r, "stale")) {
+                const apr_int64_t secs = apr_atoi64(v);
+                if (secs > 0 && secs < 86400 * 365) opt.stale_us = secs * 1000000;
+            }
+            if (const char *v = arg_value(r, "refresh")) {
+                const int secs = atoi(v);
+                if (secs > 0 && secs <= 3600) opt.refresh_s = secs;
+            }
+            // The page embeds a nonce: no caching, no framing by other sites.
+            apr_table_setn(r->headers_out, "X-Frame-Options", "DENY");
+            apr_table_setn(r->headers_out, "Content-Security-Policy",
+                           "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'");
             ap_set_content_type(r, "text/html; charset=utf-8");
-            body = render_status_html(snap, *st->facts, now);
+            body = render_status_html(snap, *st->facts, now, opt);
         }
         ap_set_content_length(r, static_cast<apr_off_t>(body.size()));
         if (!r->header_only) ap_rwrite(body.data(), static_cast<int>(body.size()), r);
@@ -944,7 +990,58 @@ int pidlock_status_handler(request_rec *r) {
     }
 }
 
+// A section in mod_status's server-status page (and PidLock... lines in
+// its ?auto), when mod_status is loaded.
+int pidlock_mod_status(request_rec *r, int flags) {
+    State *st = g_state;
+    if (!st || !st->backend) return OK;
+    try {
+        TableSnapshot snap;
+        if (!st->backend->snapshot(snap, nullptr)) return OK;
+        if (flags & AP_STATUS_SHORT) {
+            ap_rputs(render_status_auto(snap, *st->facts, "PidLock").c_str(), r);
+            return OK;
+        }
+        std::string o = "<hr>\n<h2>PidLock</h2>\n<dl>\n";
+        auto item = [&](const char *name, const std::string &v) {
+            o += "<dt>";
+            o += name;
+            o += ": ";
+            html_escape(o, v);
+            o += "</dt>\n";
+        };
+        item("Backend", st->facts->backend + ", mutex " + st->facts->mutex);
+        item("Table", std::to_string(snap.used) + " of " + std::to_string(snap.capacity) +
+                          " keys in use, high water " + std::to_string(snap.high_water));
+        const Counters &c = snap.counters;
+        item("Acquired", std::to_string(c.acquired_read) + " read, " + std::to_string(c.acquired_write) + " write");
+        item("Waited / timed out", std::to_string(c.waited) + " / " + std::to_string(c.timeouts));
+        item("Reaped / broken", std::to_string(c.reaped) + " / " + std::to_string(c.broken));
+        o += "</dl>\n";
+        size_t shown = 0;
+        for (const LockView &l : snap.locks) {
+            if (shown++ == 0) o += "<table border=\"0\"><tr><th>key</th><th>mode</th><th>holders</th><th>waiting r/w</th></tr>\n";
+            if (shown > 50) break;
+            o += "<tr><td>";
+            html_escape(o, l.key);
+            o += "</td><td>";
+            o += mode_name(l.mode);
+            o += "</td><td>";
+            size_t holding = 0;
+            for (const HolderView &h : l.holders) holding += h.waiting ? 0 : 1;
+            o += std::to_string(holding) + "</td><td>" + std::to_string(l.waiting_read) + " / " +
+                 std::to_string(l.waiting_write) + "</td></tr>\n";
+        }
+        if (shown) o += "</table>\n";
+        ap_rputs(o.c_str(), r);
+    } catch (...) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: unexpected error in the mod_status section");
+    }
+    return OK;
+}
+
 void register_hooks(apr_pool_t *) {
+    APR_OPTIONAL_HOOK(ap, status_hook, pidlock_mod_status, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_pre_config(pidlock_pre_config, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_check_config(pidlock_check_config, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_post_config(pidlock_post_config, nullptr, nullptr, APR_HOOK_MIDDLE);

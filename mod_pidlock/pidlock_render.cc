@@ -158,7 +158,7 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
     const std::pair<const char *, uint64_t> counters[] = {
         {"acquired_read", c.acquired_read}, {"acquired_write", c.acquired_write},
         {"waited", c.waited}, {"timeouts", c.timeouts}, {"bad_keys", c.bad_keys},
-        {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}};
+        {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs}};
     o += "},\n \"counters\": {";
     bool first = true;
     for (const auto &kv : counters) {
@@ -219,31 +219,60 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
     return o;
 }
 
-std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts) {
+namespace {
+
+struct Totals {
+    uint64_t holders = 0, waiting_read = 0, waiting_write = 0;
+};
+
+Totals totals(const TableSnapshot &snap) {
+    Totals t;
+    for (const LockView &l : snap.locks) {
+        t.waiting_read += l.waiting_read;
+        t.waiting_write += l.waiting_write;
+        for (const HolderView &h : l.holders) t.holders += h.waiting ? 0 : 1;
+    }
+    return t;
+}
+
+// Facts are ours, but keep them to one line whatever they hold.
+std::string one_line(const std::string &s) {
     std::string o;
+    for (char c : s) o.push_back(c == '\n' || c == '\r' ? ' ' : c);
+    return o;
+}
+
+}  // namespace
+
+std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts,
+                               const char *prefix) {
+    std::string o;
+    auto text = [&](const char *name, const std::string &v) {
+        o += prefix;
+        o += name;
+        o += ": ";
+        o += one_line(v);
+        o += '\n';
+    };
     auto line = [&](const char *name, uint64_t v) {
+        o += prefix;
         o += name;
         o += ": ";
         append_u64(o, v);
         o += '\n';
     };
-    o += "Version: " + facts.version + "\n";
-    o += "Backend: " + facts.backend + "\n";
-    o += "Mutex: " + facts.mutex + "\n";
-    o += "MPM: " + facts.mpm + "\n";
+    text("Version", facts.version);
+    text("Backend", facts.backend);
+    text("Mutex", facts.mutex);
+    text("MPM", facts.mpm);
     line("Generation", snap.generation);
     line("TableCapacity", snap.capacity);
     line("TableUsed", snap.used);
     line("TableHighWater", snap.high_water);
-    uint64_t held = 0, wr = 0, ww = 0;
-    for (const LockView &l : snap.locks) {
-        wr += l.waiting_read;
-        ww += l.waiting_write;
-        for (const HolderView &h : l.holders) held += h.waiting ? 0 : 1;
-    }
-    line("Holders", held);
-    line("WaitingRead", wr);
-    line("WaitingWrite", ww);
+    const Totals t = totals(snap);
+    line("Holders", t.holders);
+    line("WaitingRead", t.waiting_read);
+    line("WaitingWrite", t.waiting_write);
     const Counters &c = snap.counters;
     line("AcquiredRead", c.acquired_read);
     line("AcquiredWrite", c.acquired_write);
@@ -253,81 +282,222 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
     line("Reaped", c.reaped);
     line("Broken", c.broken);
     line("Full", c.full);
+    line("Repairs", c.repairs);
+    return o;
+}
+
+std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts) {
+    std::string o;
+    auto head = [&](const char *name, const char *type, const char *help) {
+        o += "# HELP ";
+        o += name;
+        o += ' ';
+        o += help;
+        o += "\n# TYPE ";
+        o += name;
+        o += ' ';
+        o += type;
+        o += '\n';
+    };
+    auto sample = [&](const char *name, const char *labels, uint64_t v) {
+        o += name;
+        o += labels;
+        o += ' ';
+        append_u64(o, v);
+        o += '\n';
+    };
+    // Label values are escaped as the format requires (\\, \", \n).
+    auto label = [](const std::string &v) {
+        std::string e;
+        for (char c : v) {
+            if (c == '\\' || c == '"') e.push_back('\\');
+            if (c == '\n') { e += "\\n"; continue; }
+            e.push_back(c);
+        }
+        return e;
+    };
+    const Counters &c = snap.counters;
+    head("pidlock_info", "gauge", "mod_pidlock version, backend, mutex mechanism and MPM.");
+    o += "pidlock_info{version=\"" + label(facts.version) + "\",backend=\"" + label(facts.backend) +
+         "\",mutex=\"" + label(facts.mutex) + "\",mpm=\"" + label(facts.mpm) + "\"} 1\n";
+    head("pidlock_acquired_total", "counter", "Locks acquired, by mode.");
+    sample("pidlock_acquired_total", "{mode=\"read\"}", c.acquired_read);
+    sample("pidlock_acquired_total", "{mode=\"write\"}", c.acquired_write);
+    head("pidlock_waited_total", "counter", "Requests that had to wait for their lock.");
+    sample("pidlock_waited_total", "", c.waited);
+    head("pidlock_timeouts_total", "counter", "Requests refused because the lock was not had in time.");
+    sample("pidlock_timeouts_total", "", c.timeouts);
+    head("pidlock_bad_keys_total", "counter", "Requests refused for a malformed, empty or over-long key.");
+    sample("pidlock_bad_keys_total", "", c.bad_keys);
+    head("pidlock_reaped_total", "counter", "Locks or waits of dead processes released.");
+    sample("pidlock_reaped_total", "", c.reaped);
+    head("pidlock_broken_total", "counter", "Holders released by a break from the status page.");
+    sample("pidlock_broken_total", "", c.broken);
+    head("pidlock_table_full_total", "counter", "Requests refused because the lock table was full.");
+    sample("pidlock_table_full_total", "", c.full);
+    head("pidlock_repairs_total", "counter", "Table rebuilds after a process died inside its critical section.");
+    sample("pidlock_repairs_total", "", c.repairs);
+    head("pidlock_table_capacity", "gauge", "Distinct keys the table can hold.");
+    sample("pidlock_table_capacity", "", snap.capacity);
+    head("pidlock_table_used", "gauge", "Distinct keys held or waited for now.");
+    sample("pidlock_table_used", "", snap.used);
+    head("pidlock_table_high_water", "gauge", "Most distinct keys at once since the table was made.");
+    sample("pidlock_table_high_water", "", snap.high_water);
+    const Totals t = totals(snap);
+    head("pidlock_holders", "gauge", "Requests holding a lock now.");
+    sample("pidlock_holders", "", t.holders);
+    head("pidlock_waiting", "gauge", "Requests waiting for a lock now, by mode.");
+    sample("pidlock_waiting", "{mode=\"read\"}", t.waiting_read);
+    sample("pidlock_waiting", "{mode=\"write\"}", t.waiting_write);
+    head("pidlock_wait_seconds", "histogram", "How long requests that waited waited (granted or not).");
+    uint64_t cum = 0;
+    char le[64];
+    for (size_t b = 0; b < kWaitBuckets; ++b) {
+        cum += c.wait_buckets[b];
+        if (b + 1 < kWaitBuckets) std::snprintf(le, sizeof le, "{le=\"%g\"}", kWaitBounds[b]);
+        else std::snprintf(le, sizeof le, "{le=\"+Inf\"}");
+        sample("pidlock_wait_seconds_bucket", le, cum);
+    }
+    char sum[64];
+    std::snprintf(sum, sizeof sum, "pidlock_wait_seconds_sum %.6f\n", static_cast<double>(c.wait_sum_us) / 1e6);
+    o += sum;
+    sample("pidlock_wait_seconds_count", "", cum);
     return o;
 }
 
 std::string render_status_html(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us) {
+                               int64_t now_us, const PageOptions &opt) {
     std::string o;
-    o += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-         "<title>mod_pidlock status</title>"
-         "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
-         "td,th{border:1px solid #999;padding:2px 6px;text-align:left}</style>"
-         "</head><body>\n<h1>mod_pidlock status</h1>\n<p>";
-    auto fact = [&](const char *name, const std::string &v) {
-        o += name;
-        o += ": <b>";
-        html_escape(o, v);
-        o += "</b>; ";
-    };
-    fact("version", facts.version);
-    fact("backend", facts.backend);
-    fact("mutex", facts.mutex);
-    fact("MPM", facts.mpm);
-    o += "generation ";
-    append_u64(o, snap.generation);
-    o += "</p>\n<p>table: capacity ";
-    append_u64(o, snap.capacity);
-    o += ", used ";
-    append_u64(o, snap.used);
-    o += ", high water ";
-    append_u64(o, snap.high_water);
-    const Counters &c = snap.counters;
-    o += "</p>\n<p>acquired read ";
-    append_u64(o, c.acquired_read);
-    o += ", acquired write ";
-    append_u64(o, c.acquired_write);
-    o += ", waited ";
-    append_u64(o, c.waited);
-    o += ", timeouts ";
-    append_u64(o, c.timeouts);
-    o += ", bad keys ";
-    append_u64(o, c.bad_keys);
-    o += ", reaped ";
-    append_u64(o, c.reaped);
-    o += ", broken ";
-    append_u64(o, c.broken);
-    o += "</p>\n<table>\n<tr><th>key</th><th>mode</th><th>state</th><th>pid</th>"
-         "<th>method</th><th>URI</th><th>client</th><th>user</th><th>since</th>"
-         "<th>for</th><th>waiting read/write</th></tr>\n";
-    for (const LockView &l : snap.locks) {
-        for (const HolderView &h : l.holders) {
-            o += "<tr><td>";
-            html_escape(o, l.key);
-            o += "</td><td>";
-            o += mode_name(h.mode);
-            o += h.waiting ? "</td><td>waiting</td><td>" : "</td><td>holding</td><td>";
-            append_i64(o, h.pid);
-            o += "</td><td>";
-            html_escape(o, h.method);
-            o += "</td><td>";
-            html_escape(o, h.uri);
-            o += "</td><td>";
-            html_escape(o, h.client);
-            o += "</td><td>";
-            if (h.has_user) html_escape(o, h.user); else o += "-";
-            o += "</td><td>";
-            o += iso8601_utc(h.since_us);
-            o += "</td><td>";
-            html_escape(o, format_duration(now_us > h.since_us ? now_us - h.since_us : 0));
-            o += "</td><td>";
-            append_u64(o, l.waiting_read);
-            o += " / ";
-            append_u64(o, l.waiting_write);
-            o += "</td></tr>\n";
-        }
+    o.reserve(2048 + snap.locks.size() * 600);
+    o += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
+    if (opt.refresh_s > 0) {
+        o += "<meta http-equiv=\"refresh\" content=\"";
+        append_u64(o, static_cast<uint64_t>(opt.refresh_s));
+        o += "\">\n";
     }
-    o += "</table>\n</body></html>\n";
+    o += "<title>mod_pidlock status</title>\n<style>\n"
+         "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\n"
+         "h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.5em}\n"
+         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;"
+         "vertical-align:top}\nth{background:#eee}td.n{text-align:right}\n"
+         "tr.stale td{background:#fdd}tr.waiting td{color:#666;font-style:italic}\n"
+         "code{font-family:ui-monospace,monospace;word-break:break-all}\n"
+         "form{margin:0}button{cursor:pointer}\n</style>\n</head>\n<body>\n<h1>mod_pidlock status</h1>\n"
+         "<table class=\"summary\">\n";
+    auto row = [&](const char *name, const std::string &v) {
+        o += "<tr><th>";
+        o += name;
+        o += "</th><td>";
+        html_escape(o, v);
+        o += "</td></tr>\n";
+    };
+    auto num = [](uint64_t v) { return std::to_string(v); };
+    row("Version", facts.version);
+    row("Backend", facts.backend);
+    row("Mutex", facts.mutex);
+    row("MPM", facts.mpm);
+    row("Generation", num(snap.generation));
+    row("Table", num(snap.used) + " of " + num(snap.capacity) + " keys in use, high water " +
+                     num(snap.high_water));
+    const Counters &c = snap.counters;
+    row("Acquired", num(c.acquired_read) + " read, " + num(c.acquired_write) + " write");
+    row("Waited / timed out", num(c.waited) + " / " + num(c.timeouts));
+    row("Bad keys / table full", num(c.bad_keys) + " / " + num(c.full));
+    row("Reaped / broken / repairs", num(c.reaped) + " / " + num(c.broken) + " / " + num(c.repairs));
+    o += "</table>\n<h2>Locks";
+    const Totals t = totals(snap);
+    o += " (" + num(snap.locks.size()) + " keys, " + num(t.holders) + " holders, " +
+         num(t.waiting_read + t.waiting_write) + " waiting)";
+    o += "</h2>\n";
+    if (snap.locks.empty()) {
+        o += "<p>No locks are held.</p>\n";
+    } else {
+        o += "<table class=\"locks\">\n<tr><th>key</th><th>mode</th><th>state</th><th>pid</th>"
+             "<th>method</th><th>URI</th><th>client</th><th>user</th><th>since</th><th>for</th>"
+             "<th>waiting r/w</th>";
+        if (opt.actions) o += "<th></th>";
+        o += "</tr>\n";
+        for (const LockView &l : snap.locks) {
+            bool first = true;
+            const size_t span = l.holders.empty() ? 1 : l.holders.size();
+            for (size_t i = 0; i < span; ++i) {
+                const HolderView *h = l.holders.empty() ? nullptr : &l.holders[i];
+                const int64_t held = h && now_us > h->since_us ? now_us - h->since_us : 0;
+                const bool stale = h && !h->waiting && held > opt.stale_us;
+                o += "<tr";
+                if (stale) o += " class=\"stale\"";
+                else if (h && h->waiting) o += " class=\"waiting\"";
+                o += ">";
+                if (first) {
+                    o += "<td rowspan=\"";
+                    append_u64(o, span);
+                    o += "\"><code>";
+                    html_escape(o, l.key);
+                    o += "</code></td>";
+                }
+                if (h) {
+                    o += "<td>";
+                    o += mode_name(h->mode);
+                    o += h->waiting ? "</td><td>waiting" : "</td><td>holding";
+                    o += "</td><td class=\"n\">";
+                    append_i64(o, h->pid);
+                    o += "</td><td>";
+                    html_escape(o, h->method);
+                    o += "</td><td><code>";
+                    html_escape(o, h->uri);
+                    o += "</code></td><td>";
+                    html_escape(o, h->client);
+                    o += "</td><td>";
+                    if (h->has_user) html_escape(o, h->user); else o += "&ndash;";
+                    o += "</td><td>";
+                    o += iso8601_utc(h->since_us);
+                    o += "</td><td class=\"n\">";
+                    html_escape(o, format_duration(held));
+                    o += "</td>";
+                } else {
+                    o += "<td colspan=\"9\">no holder</td>";
+                }
+                if (first) {
+                    o += "<td class=\"n\" rowspan=\"";
+                    append_u64(o, span);
+                    o += "\">";
+                    append_u64(o, l.waiting_read);
+                    o += " / ";
+                    append_u64(o, l.waiting_write);
+                    o += "</td>";
+                    if (opt.actions) {
+                        o += "<td rowspan=\"";
+                        append_u64(o, span);
+                        o += "\"><form method=\"post\" action=\"";
+                        html_escape(o, opt.form_action);
+                        o += "\"><input type=\"hidden\" name=\"action\" value=\"break\">";
+                        // Keys that are not UTF-8 would not survive a form:
+                        // those travel as hex.
+                        std::string probe;
+                        if (json_string(probe, l.key)) {
+                            o += "<input type=\"hidden\" name=\"key\" value=\"";
+                            html_escape(o, l.key);
+                        } else {
+                            o += "<input type=\"hidden\" name=\"key_hex\" value=\"";
+                            o += hex_bytes(l.key);
+                        }
+                        o += "\"><input type=\"hidden\" name=\"nonce\" value=\"";
+                        html_escape(o, opt.nonce);
+                        o += "\"><button type=\"submit\" class=\"break\">Break</button></form></td>";
+                    }
+                    first = false;
+                }
+                o += "</tr>\n";
+            }
+        }
+        o += "</table>\n";
+    }
+    o += "<p>Oldest first. Rows in red have been held longer than ";
+    html_escape(o, format_duration(opt.stale_us));
+    o += " (<code>?stale=SECONDS</code>). Also as <a href=\"?json\">JSON</a>, "
+         "<a href=\"?auto\">text</a>, <a href=\"?metrics\">Prometheus metrics</a>.</p>\n"
+         "</body>\n</html>\n";
     return o;
 }
 

@@ -29,9 +29,22 @@ std::string iso8601_utc(int64_t us);
 
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
                                int64_t now_us);
+// What the HTML page offers at this location.
+struct PageOptions {
+    bool actions = false;       // PidLockStatusActions On: a Break form per lock
+    std::string nonce;          // embedded in those forms
+    std::string form_action;    // the status page's own path, where forms post
+    int64_t stale_us = 60 * 1000000LL;  // held longer than this: highlighted
+    int refresh_s = 0;          // reload every N seconds (0: never)
+};
+
 std::string render_status_html(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us);
-std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts);
+                               int64_t now_us, const PageOptions &opt = PageOptions());
+// `prefix` is put before every name ("PidLock" inside mod_status's page).
+std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts,
+                               const char *prefix = "");
+// Prometheus text exposition format, version 0.0.4.
+std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts);
 
 // The body of a busy answer: never another client's address or user name.
 std::string render_busy_json(const BusyReport &rep, double timeout_s);

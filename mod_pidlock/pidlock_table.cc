@@ -222,6 +222,7 @@ struct LockTable::Header {
     std::atomic<uint32_t> high_water;
     std::atomic<uint32_t> generation;
     std::atomic<uint64_t> c_bad_keys;
+    std::atomic<uint64_t> c_repairs;
     alignas(64) std::atomic<uint64_t> entry_free;
     alignas(64) std::atomic<uint64_t> record_free;
 };
@@ -234,6 +235,12 @@ struct alignas(64) LockTable::Stripe {
     std::atomic<uint32_t> reserve;  // capacity taken from the budget, not in use;
                                     // other stripes may take single units from it
     uint32_t peak;               // most keys this stripe has had
+    uint64_t wait_hist[kWaitBuckets];
+    uint64_t wait_sum_us;
+    // Set by whoever holds the stripe's mutex, cleared just before release:
+    // found set by the next holder, it says the last one died mid-update,
+    // whatever the mutex mechanism (APR's robust mutex hides EOWNERDEAD).
+    std::atomic<uint32_t> inside;
     uint32_t entry_cache, entry_cached;    // index + 1, count
     uint32_t record_cache, record_cached;  // index + 1, count
 };
@@ -516,14 +523,14 @@ int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, int32_t self) {
         if (r->pid != self) sus[n++] = {r1, r->token.load(std::memory_order_relaxed), r->pid, r->pid_start};
     }
     if (n == 0) return 0;
-    locks_->unlock(si);
+    leave(si);
     bool dead[16];
     int ndead = 0;
     for (int i = 0; i < n; ++i) {
         dead[i] = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
         ndead += dead[i];
     }
-    const int rc = locks_->lock(si);
+    const int rc = enter(si);
     if (rc != 0 || ndead == 0) return rc;
     Stripe *st = stripe(si);
     bool granted = false;
@@ -551,7 +558,7 @@ int LockTable::reap(int32_t only_pid) {
             uint64_t start;
         };
         std::vector<Suspect> sus;
-        if (locks_->lock(si) != 0) return -1;
+        if (enter(si) != 0) return -1;
         for (uint32_t b = si; b < hdr_->nbuckets; b += hdr_->stripes)
             for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain)
                 for (uint32_t r1 = entry(e1)->first; r1; r1 = record(r1)->next) {
@@ -559,12 +566,12 @@ int LockTable::reap(int32_t only_pid) {
                     if (only_pid == 0 || r->pid == only_pid)
                         sus.push_back({e1, r1, r->token.load(std::memory_order_relaxed), r->pid, r->pid_start});
                 }
-        locks_->unlock(si);
+        leave(si);
         if (sus.empty()) continue;
         std::vector<uint8_t> dead(sus.size());
         for (size_t i = 0; i < sus.size(); ++i)
             dead[i] = only_pid != 0 || process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
-        if (locks_->lock(si) != 0) return -1;
+        if (enter(si) != 0) return -1;
         Stripe *st = stripe(si);
         std::vector<uint32_t> woken;
         for (size_t i = 0; i < sus.size(); ++i) {
@@ -578,10 +585,202 @@ int LockTable::reap(int32_t only_pid) {
             ++total;
             free_entry_if_idle(st, static_cast<uint32_t>(entry(e1)->hash) & (hdr_->nbuckets - 1), e1);
         }
-        locks_->unlock(si);
+        leave(si);
         for (uint32_t e1 : woken) wake(entry(e1));
     }
     return total;
+}
+
+// Takes stripe si's mutex; if the last holder died inside its critical
+// section, repairs the table first. 0 or the mutex's error.
+int LockTable::enter(uint32_t si) {
+    int rc = locks_->lock(si);
+    if (rc != 0) return rc;
+    Stripe *st = stripe(si);
+    if (st->inside.load(std::memory_order_relaxed) != 0) {
+        rc = repair(si);
+        if (rc != 0) return rc;
+    }
+    st->inside.store(1, std::memory_order_relaxed);
+    return 0;
+}
+
+void LockTable::leave(uint32_t si) {
+    stripe(si)->inside.store(0, std::memory_order_relaxed);
+    locks_->unlock(si);
+}
+
+// Stop the world and rebuild. Every chain and free-list operation happens
+// under some stripe's mutex, so holding them all makes the table ours
+// alone; they are taken in index order (ours given up first), so two
+// repairs cannot deadlock. Returns holding stripe `held` only.
+int LockTable::repair(uint32_t held) {
+    locks_->unlock(held);
+    uint32_t taken = 0;
+    int rc = 0;
+    for (; taken < hdr_->stripes; ++taken)
+        if ((rc = locks_->lock(taken)) != 0) break;
+    if (rc == 0) {
+        bool needed = false;
+        for (uint32_t s = 0; s < hdr_->stripes; ++s)
+            needed = needed || stripe(s)->inside.load(std::memory_order_relaxed) != 0;
+        std::vector<uint32_t> woken;
+        if (needed) {
+            try {
+                rebuild(woken);
+                hdr_->c_repairs.fetch_add(1, std::memory_order_relaxed);
+            } catch (...) {
+                rc = ENOMEM;
+            }
+        }
+        for (uint32_t s = 0; s < hdr_->stripes; ++s) stripe(s)->inside.store(0, std::memory_order_relaxed);
+        for (uint32_t e1 : woken) entry(e1)->seq.fetch_add(1, std::memory_order_release);
+        for (uint32_t s = 0; s < hdr_->stripes; ++s)
+            if (s != held || rc != 0) locks_->unlock(s);
+        for (uint32_t e1 : woken) wake(entry(e1));
+        return rc;
+    }
+    for (uint32_t s = 0; s < taken; ++s) locks_->unlock(s);
+    return rc;
+}
+
+// With every stripe held: keeps what is sound (valid chains, valid record
+// lists, records of live processes), recounts, and rebuilds every free list,
+// cache and capacity budget from what is left. Handles of records it drops
+// release nothing; a waiter whose record it drops stops waiting.
+void LockTable::rebuild(std::vector<uint32_t> &woken) {
+    const uint32_t slots = hdr_->slots;
+    std::vector<uint8_t> e_used(slots + 1, 0), r_used(slots + 1, 0);
+    std::vector<uint32_t> used(hdr_->stripes, 0);
+    uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
+    for (uint32_t b = 0; b < hdr_->nbuckets; ++b) {
+        uint32_t *link = &buckets[b];
+        uint32_t steps = 0;
+        while (*link) {
+            const uint32_t e1 = *link;
+            Entry *e = e1 <= slots ? entry(e1) : nullptr;
+            if (!e || e_used[e1] || ++steps > slots || (static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1)) != b ||
+                e->key_len == 0 || e->key_len > hdr_->key_cap) {
+                *link = 0;  // cut the chain here; what follows is lost
+                break;
+            }
+            uint32_t *rl = &e->first, prev = 0, rsteps = 0;
+            uint32_t readers = 0, writer = 0, wr = 0, ww = 0;
+            while (*rl) {
+                const uint32_t r1 = *rl;
+                Record *r = r1 <= slots ? record(r1) : nullptr;
+                if (!r || r_used[r1] || ++rsteps > slots || r->entry != e1 ||
+                    (r->state != kWaiting && r->state != kHolding)) {
+                    *rl = 0;
+                    break;
+                }
+                const bool holds_write = r->state == kHolding && r->mode == Mode::Write;
+                const bool holds_read = r->state == kHolding && r->mode == Mode::Read;
+                if (process_state(r->pid, r->pid_start) == ProcessState::Gone ||
+                    (holds_write && (writer || readers)) || (holds_read && writer)) {
+                    *rl = r->next;  // drop: dead, or not compatible with what holds
+                    continue;
+                }
+                r_used[r1] = 1;
+                r->prev = prev;
+                prev = r1;
+                if (holds_write) ++writer;
+                else if (holds_read) ++readers;
+                else if (r->mode == Mode::Write) ++ww;
+                else ++wr;
+                rl = &r->next;
+            }
+            e->last = prev;
+            e->readers = readers;
+            e->writer = writer;
+            e->waiting_read = wr;
+            e->waiting_write = ww;
+            if (e->first == 0) {
+                *link = e->chain;  // nothing left on it
+                continue;
+            }
+            e_used[e1] = 1;
+            ++used[b & (hdr_->stripes - 1)];
+            link = &e->chain;
+        }
+    }
+    // Free lists, caches and budgets anew from what is not in use.
+    uint32_t efree = 0, rfree = 0;
+    for (uint32_t i = slots; i >= 1; --i) {
+        if (!e_used[i]) {
+            entry(i)->free_next.store(efree, std::memory_order_relaxed);
+            entry(i)->key_len = 0;
+            efree = i;
+        }
+        if (!r_used[i]) {
+            Record *r = record(i);
+            r->token.store(0, std::memory_order_relaxed);
+            r->state = kFree;
+            r->entry = r->prev = r->next = 0;
+            r->free_next.store(rfree, std::memory_order_relaxed);
+            rfree = i;
+        }
+    }
+    hdr_->entry_free.store((((hdr_->entry_free.load() >> 32) + 1) << 32) | efree);
+    hdr_->record_free.store((((hdr_->record_free.load() >> 32) + 1) << 32) | rfree);
+    int64_t in_use = 0;
+    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+        Stripe *st = stripe(s);
+        st->entry_cache = st->entry_cached = st->record_cache = st->record_cached = 0;
+        st->reserve.store(0, std::memory_order_relaxed);
+        st->used.store(used[s], std::memory_order_relaxed);
+        in_use += used[s];
+    }
+    hdr_->budget.store(std::max<int64_t>(0, static_cast<int64_t>(hdr_->capacity) - in_use));
+    // A holder that died mid-release may have left waiters ungranted.
+    for (uint32_t b = 0; b < hdr_->nbuckets; ++b)
+        for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain)
+            if (dispatch(stripe(b & (hdr_->stripes - 1)), entry(e1), true)) woken.push_back(e1);
+}
+
+// Test hook: enters the stripe of `key` and leaves it as a process killed
+// in the middle of an update would, at one of a few points, without
+// releasing the mutex. Only for tests that then end the calling process.
+void LockTable::test_abandon_inside(const char *key, size_t len, int step) {
+    const uint64_t hash = key_hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
+    const uint32_t si = bucket & (hdr_->stripes - 1);
+    if (enter(si) != 0) return;
+    Stripe *st = stripe(si);
+    const uint32_t e1 = find(bucket, hash, key, len);
+    if (step == 1) {
+        // A new holder linked half-way: after its predecessor, before the tail.
+        const uint32_t r1 = take_record(st);
+        if (!r1 || !e1) return;
+        Record *r = record(r1);
+        Entry *e = entry(e1);
+        r->token.store(++r->allocations, std::memory_order_relaxed);
+        r->entry = e1;
+        r->mode = Mode::Write;
+        r->state = kHolding;
+        r->pid = cached_pid();
+        r->pid_start = cached_start();
+        r->prev = e->last;
+        if (e->last) record(e->last)->next = r1;
+    } else if (step == 2 && e1) {
+        // An entry unlinked from its bucket, not yet freed, counts stale.
+        uint32_t *b = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off) + bucket;
+        while (*b && *b != e1) b = &entry(*b)->chain;
+        if (*b) *b = entry(e1)->chain;
+    } else if (step == 3) {
+        // A record taken from the free lists and lost.
+        take_record(st);
+        take_entry(st);
+    }
+}
+
+// Under the stripe's mutex: a wait of `ns` has ended (granted or not).
+void LockTable::note_wait(Stripe *st, int64_t ns) {
+    const double secs = static_cast<double>(ns) / 1e9;
+    size_t b = 0;
+    while (b < kWaitBuckets - 1 && secs > kWaitBounds[b]) ++b;
+    ++st->wait_hist[b];
+    st->wait_sum_us += static_cast<uint64_t>(ns / 1000);
 }
 
 // Under stripe `si`'s mutex: one entry's worth of capacity for a new key.
@@ -710,7 +909,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     const int32_t pid = cached_pid();
     const uint64_t pid_start = cached_start();
 
-    int rc = locks_->lock(si);
+    int rc = enter(si);
     if (rc != 0) {
         if (err) *err = rc;
         return AcquireResult::Error;
@@ -742,7 +941,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     if (r1 == 0 || e1 == 0) {
         if (r1) give_record(st, r1);
         ++st->full;
-        locks_->unlock(si);
+        leave(si);
         return AcquireResult::Full;
     }
     Record *r = record(r1);
@@ -784,7 +983,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             e->writer = 1;
             ++st->acquired_write;
         }
-        locks_->unlock(si);
+        leave(si);
         return AcquireResult::Acquired;
     }
 
@@ -792,6 +991,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     r->since_us = wall_clock_us();  // waiting since; replaced when granted
     if (mode == Mode::Read) ++e->waiting_read; else ++e->waiting_write;
     bool counted_wait = false;
+    const int64_t wait_start = mono_ns();
     for (;;) {
         int64_t remaining = -1;
         if (timeout_ns >= 0) remaining = timeout_ns > 0 ? start + timeout_ns - mono_ns() : 0;
@@ -802,9 +1002,9 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         }
         const uint32_t seen = e->seq.load(std::memory_order_acquire);
         const int64_t slice = remaining < 0 || remaining > kLivenessSliceNs ? kLivenessSliceNs : remaining;
-        locks_->unlock(si);
+        leave(si);
         const bool slept_full = futex_wait(&e->seq, seen, slice) && slice == kLivenessSliceNs;
-        rc = locks_->lock(si);
+        rc = enter(si);
         if (rc == 0 && slept_full && r->state == kWaiting &&
             r->token.load(std::memory_order_relaxed) == token) {
             // Nobody released anything for a whole slice: perhaps a holder
@@ -822,12 +1022,14 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         // ours then, and the handle's release will do nothing): either way
         // this request's wait is over and nothing here may be touched again.
         if (r->token.load(std::memory_order_relaxed) != token || r->state == kHolding) {
-            locks_->unlock(si);
+            note_wait(st, mono_ns() - wait_start);
+            leave(si);
             return AcquireResult::Acquired;
         }
     }
     // Not had in time. A grant that raced the deadline was seen in the loop.
     h = LockHandle();
+    if (counted_wait) note_wait(st, mono_ns() - wait_start);
     if (mode == Mode::Read) --e->waiting_read; else --e->waiting_write;
     unlink_record(e, r1);
     if (report) {
@@ -843,7 +1045,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     free_entry_if_idle(st, bucket, e1);
     give_record(st, r1);
     ++st->timeouts;
-    locks_->unlock(si);
+    leave(si);
     if (granted) wake(e);
     if (report && report->key.empty()) report->key.assign(key, len);
     return AcquireResult::Busy;
@@ -861,13 +1063,13 @@ int LockTable::release(LockHandle &h) {
     // (and the record perhaps reused); then there is nothing of ours to free.
     if (r->token.load(std::memory_order_relaxed) != mine.token) return 0;
     Stripe *st = stripe(mine.stripe);
-    const int rc = locks_->lock(mine.stripe);
+    const int rc = enter(mine.stripe);
     if (rc != 0) {
         h = mine;  // still held: a later call (the pool cleanup) tries again
         return rc;
     }
     if (r->token.load(std::memory_order_relaxed) != mine.token || r->state != kHolding) {
-        locks_->unlock(mine.stripe);
+        leave(mine.stripe);
         return 0;
     }
     const uint32_t e1 = r->entry;
@@ -886,7 +1088,7 @@ int LockTable::release(LockHandle &h) {
     }
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
     free_entry_if_idle(st, bucket, e1);
-    locks_->unlock(mine.stripe);
+    leave(mine.stripe);
     if (granted) wake(e);
     return 0;
 }
@@ -897,10 +1099,10 @@ int LockTable::break_key(const char *key, size_t len) {
     const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
     const uint32_t si = bucket & (hdr_->stripes - 1);
     Stripe *st = stripe(si);
-    if (locks_->lock(si) != 0) return -1;
+    if (enter(si) != 0) return -1;
     const uint32_t e1 = find(bucket, hash, key, len);
     if (e1 == 0) {
-        locks_->unlock(si);
+        leave(si);
         return 0;
     }
     Entry *e = entry(e1);
@@ -928,7 +1130,7 @@ int LockTable::break_key(const char *key, size_t len) {
     if (granted) e->seq.fetch_add(1, std::memory_order_release);
     free_entry_if_idle(st, bucket, e1);
     st->broken += static_cast<uint64_t>(total);
-    locks_->unlock(si);
+    leave(si);
     if (granted) wake(e);
     return total;
 }
@@ -955,17 +1157,17 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
     uint32_t used = 0;
     Counters &c = out.counters;
     for (uint32_t s = 0; s < hdr_->stripes; ++s) {
-        int rc = locks_->lock(s);
+        int rc = enter(s);
         if (rc != 0) {
             if (err) *err = rc;
             return false;
         }
         // Copying allocates; if that throws, the stripe must not stay locked.
         struct Unlock {
-            StripeLocks *l;
+            LockTable *t;
             uint32_t s;
-            ~Unlock() { l->unlock(s); }
-        } unlock_at_end{locks_, s};
+            ~Unlock() { t->leave(s); }
+        } unlock_at_end{this, s};
         const Stripe *st = stripe(s);
         c.acquired_read += st->acquired_read;
         c.acquired_write += st->acquired_write;
@@ -974,6 +1176,8 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
         c.reaped += st->reaped;
         c.broken += st->broken;
         c.full += st->full;
+        for (size_t b = 0; b < kWaitBuckets; ++b) c.wait_buckets[b] += st->wait_hist[b];
+        c.wait_sum_us += st->wait_sum_us;
         for (uint32_t b = s; b < hdr_->nbuckets; b += hdr_->stripes) {
             for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
                 const Entry *e = entry(e1);
@@ -1010,6 +1214,7 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
     out.used = used;
     out.high_water = hdr_->high_water.load(std::memory_order_relaxed);
     c.bad_keys = hdr_->c_bad_keys.load(std::memory_order_relaxed);
+    c.repairs = hdr_->c_repairs.load(std::memory_order_relaxed);
     std::stable_sort(out.locks.begin(), out.locks.end(),
                      [](const LockView &a, const LockView &b) {
                          const int64_t ka = a.oldest_us ? a.oldest_us : INT64_MAX;

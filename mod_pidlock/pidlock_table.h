@@ -91,9 +91,18 @@ struct LockView {
     int64_t oldest_us = 0;
 };
 
+// Upper bounds (seconds) of the wait-time histogram's buckets; a last,
+// unbounded bucket follows them.
+constexpr double kWaitBounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60};
+constexpr size_t kWaitBuckets = sizeof(kWaitBounds) / sizeof(kWaitBounds[0]) + 1;
+
 struct Counters {
     uint64_t acquired_read = 0, acquired_write = 0, waited = 0, timeouts = 0,
-             bad_keys = 0, reaped = 0, broken = 0, full = 0;
+             bad_keys = 0, reaped = 0, broken = 0, full = 0,
+             repairs = 0;  // rebuilds after a process died inside the table
+    // Requests that waited, by how long (granted or given up), not cumulative.
+    uint64_t wait_buckets[kWaitBuckets] = {};
+    uint64_t wait_sum_us = 0;
 };
 
 struct TableSnapshot {
@@ -149,6 +158,11 @@ class LockTable {
 
     // For tests: verifies every invariant of a quiescent table; "" if sound.
     std::string check_consistency();
+    // For tests: leaves the table as a process killed mid-update at `step`
+    // (0: no change yet, 1: a record half linked, 2: an entry half unlinked,
+    // 3: free slots taken and lost) would, holding the mutex. The caller
+    // must end its process right after.
+    void test_abandon_inside(const char *key, size_t len, int step);
 
   private:
     struct Header;
@@ -169,6 +183,11 @@ class LockTable {
     void give_record(Stripe *st, uint32_t r1);
     bool reserve_entry(uint32_t si, Stripe *st);
     bool remove_dead(Stripe *st, uint32_t e1, uint32_t r1);
+    int enter(uint32_t si);
+    void leave(uint32_t si);
+    int repair(uint32_t held);
+    void rebuild(std::vector<uint32_t> &woken);
+    void note_wait(Stripe *st, int64_t ns);
     int reap_entry_if_dead(uint32_t si, uint32_t e1, int32_t self);
     void note_high_water();
     uint32_t find(uint32_t bucket, uint64_t hash, const char *key,

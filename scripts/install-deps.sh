@@ -2,7 +2,7 @@
 # Installs the Debian packages the build, the tests, the demo and the
 # benchmarks need, if any is missing. Needs root (or sudo) only then.
 set -e
-PKGS="g++ make binutils apache2 apache2-dev libapr1-dev libaprutil1-dev cpputest python3 curl wrk valgrind"
+PKGS="g++ make binutils apache2 apache2-dev libapr1-dev libaprutil1-dev cpputest python3 curl wrk valgrind clang-14 libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -45,6 +45,19 @@ run_cpputest "unit tests" "$BUILD/unit_tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
 
+# A short libFuzzer run over key extraction and rendering (make fuzz runs
+# longer); any crash or broken assertion fails it.
+echo "== fuzz (libFuzzer, 10 s)"
+mkdir -p "$BUILD/fuzz-corpus"
+if "$BUILD/fuzz_keys" -max_total_time=10 -print_final_stats=1 "$BUILD/fuzz-corpus" tests/fuzz/corpus >"$log" 2>&1; then
+    grep -E "^Done|stat::number_of_executed_units" "$log" | head -2
+    passed=$((passed + 1))
+else
+    tail -n 30 "$log"
+    echo "FAIL fuzz_keys"
+    failed=$((failed + 1))
+fi
+
 echo "== integration tests (real httpd: prefork, worker, event)"
 PIDLOCK_BUILD="$BUILD" python3 tests/integration/run.py >"$log" 2>&1
 rc=$?

@@ -416,8 +416,10 @@ def main():
     if opts.pidlock:
         from test_startup import STARTUP_TESTS
         from test_reliability import RELIABILITY_TESTS
+        from test_status import STATUS_TESTS
         suites = [("startup/" + n, f) for n, f in STARTUP_TESTS] + \
-                 [("reliability/" + n, f) for n, f in RELIABILITY_TESTS]
+                 [("reliability/" + n, f) for n, f in RELIABILITY_TESTS] + \
+                 [("status/" + n, f) for n, f in STATUS_TESTS]
         for name, fn in suites:
             if opts.tests and name.split("/")[-1] not in opts.tests and name not in opts.tests:
                 continue

@@ -221,3 +221,68 @@ TEST(Render, Iso8601) {
     STRCMP_EQUAL("1970-01-01T00:00:00.000Z", iso8601_utc(0).c_str());
     STRCMP_EQUAL("2026-11-22T01:02:03.456Z", iso8601_utc(1795309323456789).c_str());
 }
+
+TEST(Render, MetricsFormat) {
+    TableSnapshot s = sample("k");
+    s.counters.acquired_read = 5;
+    s.counters.wait_buckets[0] = 2;
+    s.counters.wait_buckets[3] = 1;
+    s.counters.wait_buckets[kWaitBuckets - 1] = 1;
+    s.counters.wait_sum_us = 120500000;
+    ServerFacts f = facts();
+    f.mutex = "pth\"read\\x";  // label escaping
+    const std::string m = render_status_metrics(s, f);
+    CHECK(m.find("pidlock_acquired_total{mode=\"read\"} 5\n") != std::string::npos);
+    CHECK(m.find("pidlock_acquired_total{mode=\"write\"} 3\n") != std::string::npos);
+    CHECK(m.find("# TYPE pidlock_table_used gauge\npidlock_table_used 1\n") != std::string::npos);
+    CHECK(m.find("pidlock_table_capacity 400\n") != std::string::npos);
+    CHECK(m.find("pidlock_waiting{mode=\"write\"} 1\n") != std::string::npos);
+    CHECK(m.find("mutex=\"pth\\\"read\\\\x\"") != std::string::npos);
+    // Histogram buckets are cumulative and end with +Inf = count.
+    CHECK(m.find("pidlock_wait_seconds_bucket{le=\"0.001\"} 2\n") != std::string::npos);
+    CHECK(m.find("pidlock_wait_seconds_bucket{le=\"0.01\"} 2\n") != std::string::npos);
+    CHECK(m.find("pidlock_wait_seconds_bucket{le=\"0.05\"} 3\n") != std::string::npos);
+    CHECK(m.find("pidlock_wait_seconds_bucket{le=\"+Inf\"} 4\n") != std::string::npos);
+    CHECK(m.find("pidlock_wait_seconds_count 4\n") != std::string::npos);
+    CHECK(m.find("pidlock_wait_seconds_sum 120.500000\n") != std::string::npos);
+    // Every line is a comment or `name{labels} value`.
+    size_t start = 0;
+    while (start < m.size()) {
+        const size_t end = m.find('\n', start);
+        CHECK(end != std::string::npos);
+        const std::string line = m.substr(start, end - start);
+        if (line[0] != '#') {
+            CHECK(line.rfind("pidlock_", 0) == 0);
+            const size_t sp = line.rfind(' ');
+            CHECK(sp != std::string::npos && sp + 1 < line.size());
+            for (size_t i = sp + 1; i < line.size(); ++i) CHECK(isdigit(line[i]) || line[i] == '.');
+        }
+        start = end + 1;
+    }
+}
+
+TEST(Render, HtmlBreakFormsStaleAndRefresh) {
+    TableSnapshot s = sample("doi:<x>");
+    s.locks[0].holders[0].since_us = 1000000;
+    PageOptions opt;
+    opt.actions = true;
+    opt.nonce = "0123456789abcdef0123456789abcdef";
+    opt.form_action = "/pidlock-status";
+    opt.stale_us = 10 * 1000000LL;
+    opt.refresh_s = 5;
+    std::string h = render_status_html(s, facts(), 1000000 + 11 * 1000000LL, opt);
+    CHECK(h.find("<meta http-equiv=\"refresh\" content=\"5\">") != std::string::npos);
+    CHECK(h.find("<tr class=\"stale\">") != std::string::npos);
+    CHECK(h.find("name=\"nonce\" value=\"0123456789abcdef0123456789abcdef\"") != std::string::npos);
+    CHECK(h.find("name=\"key\" value=\"doi:&lt;x&gt;\"") != std::string::npos);
+    CHECK(h.find("action=\"/pidlock-status\"") != std::string::npos);
+    // Not stale yet: no highlight; no actions: no forms, no nonce.
+    h = render_status_html(s, facts(), 1000000 + 5 * 1000000LL, PageOptions());
+    CHECK(h.find("class=\"stale\"") == std::string::npos);
+    CHECK(h.find("<form") == std::string::npos);
+    CHECK(h.find("nonce") == std::string::npos);
+    // Keys that are not UTF-8 travel as hex.
+    opt.stale_us = 1;
+    h = render_status_html(sample("b\xFF"), facts(), 0, opt);
+    CHECK(h.find("name=\"key_hex\" value=\"62ff\"") != std::string::npos);
+}

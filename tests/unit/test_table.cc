@@ -743,3 +743,94 @@ TEST(Table, NoSpuriousFullAtExactCapacity) {
         STRCMP_EQUAL("", st->table->check_consistency().c_str());
     }
 }
+
+// --------------------------------------------- death inside the critical section
+
+namespace {
+
+// A child takes the stripe of "a" and dies inside it at `step`; the parent
+// then uses the table. Returns the parent's view afterwards.
+void die_inside_then_use(LockTable *t, int step, void (*child_init)(void *), void *arg) {
+    HolderInfo info;
+    LockHandle mine_a, mine_b;
+    CHECK(t->acquire("a", 1, Mode::Read, 0, info, mine_a) == AcquireResult::Acquired);
+    CHECK(t->acquire("b", 1, Mode::Write, 0, info, mine_b) == AcquireResult::Acquired);
+    const pid_t kid = fork();
+    if (kid == 0) {
+        if (child_init) child_init(arg);
+        t->test_abandon_inside("a", 1, step);
+        _exit(0);  // holding the stripe's mutex, the section half done
+    }
+    int status = 0;
+    waitpid(kid, &status, 0);
+    CHECK(WIFEXITED(status));
+    LockHandle again;
+    CHECK(t->acquire("a", 1, Mode::Read, 2 * 1000000000LL, info, again) == AcquireResult::Acquired);
+    t->release(again);
+    t->release(mine_a);  // may have been dropped by the repair (step 2): a no-op then
+    t->release(mine_b);
+    STRCMP_EQUAL("", t->check_consistency().c_str());
+    TableSnapshot s;
+    CHECK(t->snapshot(s));
+    CHECK_EQUAL(1u, s.counters.repairs);
+    // And the table still works for everyone.
+    LockHandle w;
+    CHECK(t->acquire("a", 1, Mode::Write, 0, info, w) == AcquireResult::Acquired);
+    t->release(w);
+    STRCMP_EQUAL("", t->check_consistency().c_str());
+    CHECK(t->snapshot(s));
+    CHECK_EQUAL(0u, s.used);
+}
+
+}  // namespace
+
+TEST(Table, RepairAfterDeathInsideCriticalSection) {
+    for (int step = 3; step >= 0; --step) {
+        delete st;
+        st = new SharedTable(16, 4);
+        die_inside_then_use(st->table, step, nullptr, nullptr);
+    }
+}
+
+namespace {
+
+struct AprStripes {
+    apr_global_mutex_t *m[4];
+};
+
+void apr_child_init(void *arg) {
+    auto *s = static_cast<AprStripes *>(arg);
+    apr_pool_t *p = nullptr;
+    apr_pool_create(&p, nullptr);
+    for (auto &mx : s->m) apr_global_mutex_child_init(&mx, apr_global_mutex_lockfile(mx), p);
+}
+
+void repair_with_mech(apr_pool_t *pool, apr_lockmech_e mech, const char *name) {
+    for (int step = 3; step >= 0; --step) {
+        AprStripes s;
+        for (unsigned i = 0; i < 4; ++i) {
+            char fname[128];
+            std::snprintf(fname, sizeof fname, "/tmp/pidlock-unit-%d-r%s-%u", static_cast<int>(getpid()), name, i);
+            CHECK_EQUAL(APR_SUCCESS, apr_global_mutex_create(&s.m[i], fname, mech, pool));
+        }
+        AprStripeLocks locks(s.m, 4);
+        TableParams p;
+        p.capacity = 16;
+        p.key_cap = 16;
+        p.stripes = 4;
+        const size_t size = LockTable::region_size(p);
+        void *mem = map_shared(size);
+        CHECK(LockTable::format(mem, size, p));
+        LockTable t(mem, &locks);
+        die_inside_then_use(&t, step, apr_child_init, &s);
+        for (auto &mx : s.m) apr_global_mutex_destroy(mx);
+        munmap(mem, size);
+    }
+}
+
+}  // namespace
+
+TEST(TableApr, RepairDefault) { repair_with_mech(pool, APR_LOCK_DEFAULT, "default"); }
+TEST(TableApr, RepairFcntl) { repair_with_mech(pool, APR_LOCK_FCNTL, "fcntl"); }
+TEST(TableApr, RepairFlock) { repair_with_mech(pool, APR_LOCK_FLOCK, "flock"); }
+TEST(TableApr, RepairSysvsem) { repair_with_mech(pool, APR_LOCK_SYSVSEM, "sysvsem"); }
