@@ -15,6 +15,8 @@
 // Never load this module in production.
 
 #include <atomic>
+#include <csignal>
+#include <cstdio>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -60,10 +62,14 @@ static_assert(std::atomic<std::int64_t>::is_always_lock_free, "need lock-free at
 
 enum : std::uint32_t { kEmpty = 0, kClaiming = 1, kReady = 2 };
 
+// Who is inside a PID's handler now: (process id << 1 | is_writer) + 1 per
+// request, 0 when free. Processes rather than counts, so that a child killed
+// mid-request (the chaos test) is told apart from a live overlap.
+constexpr std::size_t kOccupants = 64;
+
 struct Slot {
     std::atomic<std::uint32_t> state;
-    std::atomic<std::int32_t> readers;
-    std::atomic<std::int32_t> writers;
+    std::atomic<std::uint64_t> occupants[kOccupants];
     std::uint32_t keylen;  // written before state becomes kReady
     char key[kKeyMax];
 };
@@ -155,11 +161,32 @@ bool has_flag_arg(request_rec *r, const char *name) {
     return false;
 }
 
-bool is_violation(const Slot &s, bool write) {
-    if (write)
-        return s.writers.load(std::memory_order_acquire) > 1 ||
-               s.readers.load(std::memory_order_acquire) > 0;
-    return s.writers.load(std::memory_order_acquire) > 0;
+// Gone, or a zombie not yet reaped: its request is over, whatever it left.
+bool process_alive(pid_t pid) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    FILE *f = std::fopen(path, "re");
+    if (!f) return false;
+    const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    const char *p = std::strrchr(buf, ')');
+    return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+}
+
+// Another live occupant whose mode conflicts with ours (a writer with
+// anyone, a reader with a writer).
+bool is_violation(const Slot &s, std::size_t mine, bool write) {
+    for (std::size_t i = 0; i < kOccupants; ++i) {
+        if (i == mine) continue;
+        const std::uint64_t w = s.occupants[i].load(std::memory_order_acquire);
+        if (w == 0) continue;
+        const bool other_writes = ((w - 1) & 1) != 0;
+        if (!write && !other_writes) continue;
+        if (process_alive(static_cast<pid_t>((w - 1) >> 1))) return true;
+    }
+    return false;
 }
 
 int backend_handler(request_rec *r) {
@@ -197,19 +224,20 @@ int backend_handler(request_rec *r) {
                       "pidlock-testbackend: slot table full, pid '%s' not checked", pid);
     } else {
         bool violated = false;
-        if (write) {
-            int w = s->writers.fetch_add(1, std::memory_order_acq_rel) + 1;
-            if (w > 1 || s->readers.load(std::memory_order_acquire) > 0) violated = true;
-        } else {
-            s->readers.fetch_add(1, std::memory_order_acq_rel);
-            if (s->writers.load(std::memory_order_acquire) > 0) violated = true;
+        const std::uint64_t me = ((static_cast<std::uint64_t>(getpid()) << 1) | (write ? 1 : 0)) + 1;
+        std::size_t mine = kOccupants;
+        for (std::size_t i = 0; i < kOccupants && mine == kOccupants; ++i) {
+            std::uint64_t expected = 0;
+            if (s->occupants[i].compare_exchange_strong(expected, me, std::memory_order_acq_rel)) mine = i;
         }
-        if (sleep_ms > 0) sleep_until(apr_time_now() + apr_time_from_msec(sleep_ms));
-        if (is_violation(*s, write)) violated = true;
-        if (write)
-            s->writers.fetch_sub(1, std::memory_order_acq_rel);
-        else
-            s->readers.fetch_sub(1, std::memory_order_acq_rel);
+        if (mine == kOccupants) {
+            sh->table_full.fetch_add(1, std::memory_order_relaxed);
+        } else {
+            if (is_violation(*s, mine, write)) violated = true;
+            if (sleep_ms > 0) sleep_until(apr_time_now() + apr_time_from_msec(sleep_ms));
+            if (is_violation(*s, mine, write)) violated = true;
+            s->occupants[mine].store(0, std::memory_order_release);
+        }
         if (violated) {
             sh->violations.fetch_add(1, std::memory_order_relaxed);
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
@@ -233,8 +261,7 @@ int stats_handler(request_rec *r) {
         sh->requests.store(0);
         sh->table_full.store(0);
         for (Slot &s : sh->slots) {
-            s.readers.store(0);
-            s.writers.store(0);
+            for (auto &o : s.occupants) o.store(0);
             s.keylen = 0;
             s.state.store(kEmpty, std::memory_order_release);
         }

@@ -154,7 +154,7 @@ def t_fuzz(mpm):
         h.start()
         cl = KeepAliveClient(h, timeout=10)
         sent = 0
-        for i in range(1500):
+        for i in range(3000):
             path = "/mn/v2/" + rnd.choice(["object/", "meta/", "x", "archive/"]) + "".join(
                 rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
             hdrs = {"X-Test-Sleep-Ms": "0"}
@@ -189,10 +189,74 @@ def t_fuzz(mpm):
         h.cleanup()
 
 
+def t_chaos(mpm):
+    """Concurrent clients on a few PIDs while children are killed at random:
+    no overlap among the requests that completed, an empty table after."""
+    import os
+    import signal
+    h = Httpd(mpm=mpm, body=CONFIG, name="chaos-" + mpm)
+    try:
+        h.start()
+        h.get_json("/stats?reset")
+        pids = ["c1", "c2", "c3"]
+        stop = threading.Event()
+        lock = threading.Lock()
+        counts = {"ok": 0, "failed": 0}
+        rnd = random.Random(99)
+
+        def client(n):
+            r2 = random.Random(n)
+            for _ in range(300):
+                if stop.is_set():
+                    break
+                pid = r2.choice(pids)
+                method = r2.choice(["GET", "GET", "PUT", "DELETE"])
+                try:
+                    r = h.request(method, "/mn/v2/object/" + pid,
+                                  headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "5"},
+                                  body=b"x" if method == "PUT" else None, timeout=15)
+                    with lock:
+                        counts["ok" if r.status == 200 else "failed"] += 1
+                except Exception:  # noqa: BLE001 - its child was killed under it
+                    with lock:
+                        counts["failed"] += 1
+
+        ts = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
+        for t in ts:
+            t.start()
+        kills = 0
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and any(t.is_alive() for t in ts):
+            time.sleep(rnd.uniform(0.3, 0.7))
+            kids = h.child_pids()
+            if kids:
+                os.kill(rnd.choice(kids), signal.SIGKILL)
+                kills += 1
+        stop.set()
+        for t in ts:
+            t.join(30)
+        check(kills >= 5, "only %d kills" % kills)
+        st = h.get_json("/stats")
+        print("# %s chaos: %d kills, %d completed, %d failed requests, %d violations"
+              % (mpm, kills, counts["ok"], counts["failed"], st["violations"]))
+        check(counts["ok"] > 100, "too few completed requests: %r" % counts)
+        check(st["violations"] == 0, "violations among completed requests: %d" % st["violations"])
+        wait_table_empty(h, timeout=10)
+        r = h.request("GET", "/mn/v2/object/after", headers={"X-Test-Pid": "after"})
+        check(r.status == 200, "server no longer serves: %d" % r.status)
+        log = h.read_log()
+        unexpected = [l for l in Httpd.crash_lines(log) if "exit signal Killed" not in l]
+        check(not unexpected, "unexpected crash lines: %s" % unexpected[:3])
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 RELIABILITY_TESTS = []
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
         ("%s/killed_holder" % _mpm, (lambda m: lambda opts: t_killed_holder(m))(_mpm)),
         ("%s/graceful_keeps_locks" % _mpm, (lambda m: lambda opts: t_graceful_keeps_locks(m))(_mpm)),
         ("%s/fuzz" % _mpm, (lambda m: lambda opts: t_fuzz(m))(_mpm)),
+        ("%s/chaos" % _mpm, (lambda m: lambda opts: t_chaos(m))(_mpm)),
     ]
