@@ -62,8 +62,15 @@ $(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) Makefile | $(BUILD)
 	    -fno-sanitize-recover=undefined $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
 
+# libpq (libpq-dev) for the PostgreSQL advisory-lock rows; without it the
+# bench builds and says PostgreSQL was not measured.
+PQ_INC    = $(shell pg_config --includedir 2>/dev/null)
+PQ_FLAGS  = $(if $(wildcard $(PQ_INC)/libpq-fe.h),-DHAVE_LIBPQ -I$(PQ_INC))
+PQ_LIBS   = $(if $(PQ_FLAGS),-lpq)
+
 $(BENCH): bench/bench_table.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
-	$(CXX) -std=c++17 $(WARN) -O2 -g $(CPPFLAGS_ALL) -Imod_pidlock -o $@ bench/bench_table.cc $(CORE_SRCS) -lapr-1 -lpthread
+	$(CXX) -std=c++17 $(WARN) -O2 -g $(CPPFLAGS_ALL) $(PQ_FLAGS) -Imod_pidlock -o $@ bench/bench_table.cc $(CORE_SRCS) \
+	    -lapr-1 $(PQ_LIBS) -lpthread
 
 # libFuzzer (clang) over key extraction and the renderers; the seed corpus is
 # tests/fuzz/corpus, what the fuzzer finds goes to $(BUILD)/fuzz-corpus.
@@ -87,6 +94,7 @@ unit: deps
 	@$(MAKE) --no-print-directory $(UNIT) $(UNIT_SAN)
 
 test: deps
+	@sh scripts/install-deps-browser.sh
 	@$(MAKE) --no-print-directory test-run
 
 test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ)

@@ -382,6 +382,7 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
          "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;"
          "vertical-align:top}\nth{background:#eee}td.n{text-align:right}\n"
          "tr.stale td{background:#fdd}tr.waiting td{color:#666;font-style:italic}\n"
+         "td.t{white-space:nowrap}\n"
          "code{font-family:ui-monospace,monospace;word-break:break-all}\n"
          "form{margin:0}button{cursor:pointer}\n</style>\n</head>\n<body>\n<h1>mod_pidlock status</h1>\n"
          "<table class=\"summary\">\n";
@@ -407,7 +408,10 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
     row("Reaped / broken / repairs", num(c.reaped) + " / " + num(c.broken) + " / " + num(c.repairs));
     o += "</table>\n<h2>Locks";
     const Totals t = totals(snap);
-    o += " (" + num(snap.locks.size()) + " keys, " + num(t.holders) + " holders, " +
+    auto count = [&](uint64_t n, const char *one, const char *many) {
+        return num(n) + " " + (n == 1 ? one : many);
+    };
+    o += " (" + count(snap.locks.size(), "key", "keys") + ", " + count(t.holders, "holder", "holders") + ", " +
          num(t.waiting_read + t.waiting_write) + " waiting)";
     o += "</h2>\n";
     if (snap.locks.empty()) {
@@ -450,9 +454,9 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
                     html_escape(o, h->client);
                     o += "</td><td>";
                     if (h->has_user) html_escape(o, h->user); else o += "&ndash;";
-                    o += "</td><td>";
+                    o += "</td><td class=\"t\">";
                     o += iso8601_utc(h->since_us);
-                    o += "</td><td class=\"n\">";
+                    o += "</td><td class=\"n t\">";
                     html_escape(o, format_duration(held));
                     o += "</td>";
                 } else {

@@ -74,5 +74,21 @@ else
     failed=$((failed + 1))
 fi
 
+echo "== browser test (headless Chromium: the status page)"
+PIDLOCK_BUILD="$BUILD" python3 tests/browser/run.py --no-docs-screenshot >"$log" 2>&1
+rc=$?
+cat "$log"
+line=$(grep -E '^browser: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+if [ -n "$line" ]; then
+    p=$(echo "$line" | sed -n 's/^browser: \([0-9]*\) passed.*/\1/p')
+    f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
+else
+    echo "browser: no result line (exit $rc)"
+    failed=$((failed + 1))
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
