@@ -1,6 +1,7 @@
 #include "pidlock_table.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -124,50 +125,56 @@ constexpr int64_t kLivenessSliceNs = 100 * 1000000LL;
 
 }  // namespace
 
-uint64_t process_start_time(int32_t pid) {
+namespace {
+
+// State letter and start time (field 22) of a process from one read of
+// /proc/<pid>/stat. False if it cannot be read or parsed.
+bool read_proc_stat(int32_t pid, char *state, uint64_t *start) {
 #ifdef __linux__
     char path[64];
     std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
     FILE *f = std::fopen(path, "re");
-    if (!f) return 0;
+    if (!f) return false;
     char buf[1024];
     const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
     std::fclose(f);
     buf[n] = '\0';
     // The command name may hold spaces and parentheses: fields follow the last ')'.
     const char *p = std::strrchr(buf, ')');
-    if (!p) return 0;
-    // state is field 3, starttime field 22: 19 fields after the state.
-    int field = 2;
+    if (!p || p[1] != ' ' || p[2] == '\0') return false;
+    *state = p[2];
+    int field = 2;  // p[1] starts field 3 (state); starttime is field 22
     for (++p; *p && field < 22; ++p)
         if (*p == ' ') ++field;
-    return std::strtoull(p, nullptr, 10);
+    if (field != 22 || !std::isdigit(static_cast<unsigned char>(*p))) return false;
+    *start = std::strtoull(p, nullptr, 10);
+    return true;
 #else
     (void)pid;
-    return 0;
+    (void)state;
+    (void)start;
+    return false;
 #endif
+}
+
+}  // namespace
+
+uint64_t process_start_time(int32_t pid) {
+    char state = 0;
+    uint64_t start = 0;
+    return read_proc_stat(pid, &state, &start) ? start : 0;
 }
 
 ProcessState process_state(int32_t pid, uint64_t start) {
     if (pid <= 0) return ProcessState::Gone;
     if (kill(pid, 0) != 0 && errno == ESRCH) return ProcessState::Gone;
-#ifdef __linux__
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
-    FILE *f = std::fopen(path, "re");
-    if (!f) return ProcessState::Alive;  // cannot tell (hidepid): assume alive
-    char buf[1024];
-    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-    std::fclose(f);
-    buf[n] = '\0';
-    const char *p = std::strrchr(buf, ')');
-    if (!p || p[1] != ' ') return ProcessState::Alive;
-    const char state = p[2];
+    char state = 0;
+    uint64_t now_start = 0;
+    // Anything unreadable counts as alive: releasing a live holder's lock
+    // would be far worse than waiting for the parent to report its exit.
+    if (!read_proc_stat(pid, &state, &now_start)) return ProcessState::Alive;
     if (state == 'Z' || state == 'X' || state == 'x') return ProcessState::Gone;
-    if (start != 0 && process_start_time(pid) != start) return ProcessState::Gone;  // pid reused
-#else
-    (void)start;
-#endif
+    if (start != 0 && now_start != start) return ProcessState::Gone;  // pid reused
     return ProcessState::Alive;
 }
 

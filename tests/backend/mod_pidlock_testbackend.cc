@@ -243,6 +243,15 @@ int backend_handler(request_rec *r) {
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                           "pidlock-testbackend: OVERLAP on pid '%s' (%s %s)", pid, r->method,
                           r->unparsed_uri);
+            // Who else was in: for the post-mortem of a violation.
+            for (std::size_t i = 0; i < kOccupants; ++i) {
+                const std::uint64_t w = s->occupants[i].load(std::memory_order_acquire);
+                if (w == 0) continue;
+                const pid_t op = static_cast<pid_t>((w - 1) >> 1);
+                ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                              "pidlock-testbackend: occupant %zu: process %d %s, %s", i, static_cast<int>(op),
+                              ((w - 1) & 1) ? "writer" : "reader", process_alive(op) ? "alive" : "gone");
+            }
         }
     }
 
