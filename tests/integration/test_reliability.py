@@ -230,8 +230,11 @@ def t_chaos(mpm):
             time.sleep(rnd.uniform(0.3, 0.7))
             kids = h.child_pids()
             if kids:
-                os.kill(rnd.choice(kids), signal.SIGKILL)
-                kills += 1
+                try:
+                    os.kill(rnd.choice(kids), signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:  # it exited on its own meanwhile
+                    pass
         stop.set()
         for t in ts:
             t.join(30)
