@@ -834,3 +834,51 @@ TEST(TableApr, RepairDefault) { repair_with_mech(pool, APR_LOCK_DEFAULT, "defaul
 TEST(TableApr, RepairFcntl) { repair_with_mech(pool, APR_LOCK_FCNTL, "fcntl"); }
 TEST(TableApr, RepairFlock) { repair_with_mech(pool, APR_LOCK_FLOCK, "flock"); }
 TEST(TableApr, RepairSysvsem) { repair_with_mech(pool, APR_LOCK_SYSVSEM, "sysvsem"); }
+
+namespace {
+
+// A child takes a write lock and is killed holding it (not inside the
+// table's critical section); a writer waiting in the parent gets it.
+void killed_holder_with_mech(apr_pool_t *pool, apr_lockmech_e mech, const char *name) {
+    AprStripes s;
+    for (unsigned i = 0; i < 4; ++i) {
+        char fname[128];
+        std::snprintf(fname, sizeof fname, "/tmp/pidlock-unit-%d-k%s-%u", static_cast<int>(getpid()), name, i);
+        CHECK_EQUAL(APR_SUCCESS, apr_global_mutex_create(&s.m[i], fname, mech, pool));
+    }
+    AprStripeLocks locks(s.m, 4);
+    TableParams p;
+    p.capacity = 16;
+    p.key_cap = 16;
+    p.stripes = 4;
+    const size_t size = LockTable::region_size(p);
+    void *mem = map_shared(size + sizeof(std::atomic<int>));
+    CHECK(LockTable::format(mem, size, p));
+    LockTable t(mem, &locks);
+    auto *flag = reinterpret_cast<std::atomic<int> *>(static_cast<char *>(mem) + size);
+    const pid_t kid = fork();
+    if (kid == 0) {
+        apr_child_init(&s);
+        HolderInfo info;
+        LockHandle h;
+        if (t.acquire("k", 1, Mode::Write, 0, info, h) == AcquireResult::Acquired) flag->store(2);
+        for (;;) pause();
+    }
+    CHECK(wait_flag(flag, 2));
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    HolderInfo info;
+    LockHandle h;
+    CHECK(t.acquire("k", 1, Mode::Write, 5 * 1000000000LL, info, h) == AcquireResult::Acquired);
+    t.release(h);
+    STRCMP_EQUAL("", t.check_consistency().c_str());
+    for (auto &mx : s.m) apr_global_mutex_destroy(mx);
+    munmap(mem, size + sizeof(std::atomic<int>));
+}
+
+}  // namespace
+
+TEST(TableApr, KilledHolderDefault) { killed_holder_with_mech(pool, APR_LOCK_DEFAULT, "default"); }
+TEST(TableApr, KilledHolderFcntl) { killed_holder_with_mech(pool, APR_LOCK_FCNTL, "fcntl"); }
+TEST(TableApr, KilledHolderFlock) { killed_holder_with_mech(pool, APR_LOCK_FLOCK, "flock"); }
+TEST(TableApr, KilledHolderSysvsem) { killed_holder_with_mech(pool, APR_LOCK_SYSVSEM, "sysvsem"); }
