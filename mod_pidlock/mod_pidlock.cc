@@ -1002,37 +1002,7 @@ int pidlock_mod_status(request_rec *r, int flags) {
             ap_rputs(render_status_auto(snap, *st->facts, "PidLock").c_str(), r);
             return OK;
         }
-        std::string o = "<hr>\n<h2>PidLock</h2>\n<dl>\n";
-        auto item = [&](const char *name, const std::string &v) {
-            o += "<dt>";
-            o += name;
-            o += ": ";
-            html_escape(o, v);
-            o += "</dt>\n";
-        };
-        item("Backend", st->facts->backend + ", mutex " + st->facts->mutex);
-        item("Table", std::to_string(snap.used) + " of " + std::to_string(snap.capacity) +
-                          " keys in use, high water " + std::to_string(snap.high_water));
-        const Counters &c = snap.counters;
-        item("Acquired", std::to_string(c.acquired_read) + " read, " + std::to_string(c.acquired_write) + " write");
-        item("Waited / timed out", std::to_string(c.waited) + " / " + std::to_string(c.timeouts));
-        item("Reaped / broken", std::to_string(c.reaped) + " / " + std::to_string(c.broken));
-        o += "</dl>\n";
-        size_t shown = 0;
-        for (const LockView &l : snap.locks) {
-            if (shown++ == 0) o += "<table border=\"0\"><tr><th>key</th><th>mode</th><th>holders</th><th>waiting r/w</th></tr>\n";
-            if (shown > 50) break;
-            o += "<tr><td>";
-            html_escape(o, l.key);
-            o += "</td><td>";
-            o += mode_name(l.mode);
-            o += "</td><td>";
-            size_t holding = 0;
-            for (const HolderView &h : l.holders) holding += h.waiting ? 0 : 1;
-            o += std::to_string(holding) + "</td><td>" + std::to_string(l.waiting_read) + " / " +
-                 std::to_string(l.waiting_write) + "</td></tr>\n";
-        }
-        if (shown) o += "</table>\n";
+        const std::string o = render_mod_status_section(snap, *st->facts);
         ap_rputs(o.c_str(), r);
     } catch (...) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: unexpected error in the mod_status section");

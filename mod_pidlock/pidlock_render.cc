@@ -286,6 +286,43 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
     return o;
 }
 
+std::string render_mod_status_section(const TableSnapshot &snap, const ServerFacts &facts,
+                                      size_t max_locks) {
+    std::string o = "<hr>\n<h2>PidLock</h2>\n<dl>\n";
+    auto item = [&](const char *name, const std::string &v) {
+        o += "<dt>";
+        o += name;
+        o += ": ";
+        html_escape(o, v);
+        o += "</dt>\n";
+    };
+    const Counters &c = snap.counters;
+    item("Backend", facts.backend + ", mutex " + facts.mutex);
+    item("Table", std::to_string(snap.used) + " of " + std::to_string(snap.capacity) +
+                      " keys in use, high water " + std::to_string(snap.high_water));
+    item("Acquired", std::to_string(c.acquired_read) + " read, " + std::to_string(c.acquired_write) + " write");
+    item("Waited / timed out", std::to_string(c.waited) + " / " + std::to_string(c.timeouts));
+    item("Reaped / broken / repairs",
+         std::to_string(c.reaped) + " / " + std::to_string(c.broken) + " / " + std::to_string(c.repairs));
+    o += "</dl>\n";
+    if (snap.locks.empty()) return o;
+    o += "<table border=\"0\"><tr><th>key</th><th>mode</th><th>holders</th><th>waiting r/w</th></tr>\n";
+    size_t shown = 0;
+    for (const LockView &l : snap.locks) {
+        if (shown++ == max_locks) break;
+        size_t holding = 0;
+        for (const HolderView &h : l.holders) holding += h.waiting ? 0 : 1;
+        o += "<tr><td>";
+        html_escape(o, l.key);
+        o += "</td><td>";
+        o += mode_name(l.mode);
+        o += "</td><td>" + std::to_string(holding) + "</td><td>" + std::to_string(l.waiting_read) + " / " +
+             std::to_string(l.waiting_write) + "</td></tr>\n";
+    }
+    o += "</table>\n";
+    return o;
+}
+
 std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts) {
     std::string o;
     auto head = [&](const char *name, const char *type, const char *help) {

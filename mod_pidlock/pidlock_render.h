@@ -43,6 +43,10 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
 // `prefix` is put before every name ("PidLock" inside mod_status's page).
 std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts,
                                const char *prefix = "");
+// The PidLock section of mod_status's server-status page (HTML fragment):
+// summary and the first `max_locks` locks.
+std::string render_mod_status_section(const TableSnapshot &snap, const ServerFacts &facts,
+                                      size_t max_locks = 50);
 // Prometheus text exposition format, version 0.0.4.
 std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts);
 

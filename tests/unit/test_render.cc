@@ -286,3 +286,17 @@ TEST(Render, HtmlBreakFormsStaleAndRefresh) {
     h = render_status_html(sample("b\xFF"), facts(), 0, opt);
     CHECK(h.find("name=\"key_hex\" value=\"62ff\"") != std::string::npos);
 }
+
+TEST(Render, ModStatusSection) {
+    const std::string h = render_mod_status_section(sample("<k>"), facts());
+    CHECK(h.find("<h2>PidLock</h2>") != std::string::npos);
+    CHECK(h.find("1 of 400 keys in use, high water 17") != std::string::npos);
+    CHECK(h.find("<td>&lt;k&gt;</td><td>write</td><td>1</td><td>0 / 1</td>") != std::string::npos);
+    CHECK(h.find("<k>") == std::string::npos);
+    TableSnapshot many = sample("a");
+    for (int i = 0; i < 9; ++i) many.locks.push_back(many.locks[0]);
+    const std::string cut = render_mod_status_section(many, facts(), 3);
+    size_t rows = 0;
+    for (size_t p = cut.find("<tr><td>"); p != std::string::npos; p = cut.find("<tr><td>", p + 1)) ++rows;
+    CHECK_EQUAL(3u, rows);
+}
