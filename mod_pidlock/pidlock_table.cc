@@ -119,9 +119,12 @@ uint64_t cached_start() {
     return st;
 }
 
-// How long a waiter sleeps before it checks that the holders of its key are
-// still alive. Well under the 1 s a dead holder may block a waiter.
+// How long a waiter sleeps before it checks that whoever it waits behind is
+// alive: the first in line checks the holders every 100 ms (well under the
+// 1 s a dead holder may block it); the others each check the waiter just
+// ahead of them, less often, so that a long queue costs little CPU.
 constexpr int64_t kLivenessSliceNs = 100 * 1000000LL;
+constexpr int64_t kFollowerSliceNs = 250 * 1000000LL;
 
 }  // namespace
 
@@ -253,9 +256,8 @@ struct alignas(64) LockTable::Stripe {
 };
 
 // One key with holders or waiters. Guarded by its bucket's stripe mutex,
-// except `seq` (the futex word) and `free_next` (the lock-free free list).
+// except `free_next` (the lock-free free list).
 struct alignas(64) LockTable::Entry {
-    std::atomic<uint32_t> seq;
     std::atomic<uint32_t> free_next;
     uint32_t chain;  // next entry in the bucket, index + 1
     uint32_t key_len;
@@ -269,6 +271,9 @@ struct alignas(64) LockTable::Entry {
 // One request's claim on an entry: holding or waiting.
 struct LockTable::Record {
     std::atomic<uint32_t> free_next;
+    // The futex word its waiter sleeps on: bumped when it is granted, so a
+    // release wakes exactly the requests it lets in, not every waiter.
+    std::atomic<uint32_t> wake;
     std::atomic<uint64_t> token;  // changes on every allocation, never 0 then
     uint64_t allocations;
     uint32_t entry;               // index + 1
@@ -486,10 +491,18 @@ void LockTable::unlink_record(Entry *e, uint32_t r1) {
     r->state = kFree;
 }
 
+void LockTable::Wakeups::add(LockTable *t, uint32_t r1) {
+    if (n < kMax) ids[n++] = r1;
+    else futex_wake_all(&t->record(r1)->wake);  // rare: wake now, under the mutex
+}
+
+void LockTable::wake_up(const Wakeups &w) {
+    for (uint32_t i = 0; i < w.n; ++i) futex_wake_all(&record(w.ids[i])->wake);
+}
+
 // Under stripe `si`'s mutex: removes record r1 (holding or waiting) of a
-// process that is gone, and lets in whoever that frees. Returns whether
-// anyone was granted (the caller wakes after unlocking).
-bool LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1) {
+// process that is gone, and lets in whoever that frees (to be woken from w).
+void LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1, Wakeups &w) {
     Entry *e = entry(e1);
     Record *r = record(r1);
     bool writer_gone = false;
@@ -508,47 +521,61 @@ bool LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1) {
     unlink_record(e, r1);
     give_record(st, r1);
     ++st->reaped;
-    const bool granted = dispatch(st, e, writer_gone);
-    if (granted) e->seq.fetch_add(1, std::memory_order_release);
-    return granted;
+    dispatch(st, e, writer_gone, w);
 }
 
-// A waiter's check, with stripe `si` locked on entry and on return: are the
-// other processes on entry e1 alive? Their records are noted under the
-// mutex, checked in /proc without it, and removed only if unchanged.
-int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, int32_t self) {
+// The waiter's check, with stripe `si` locked on entry and on return. The
+// first waiter in line suspects the holders; any other, the waiter just
+// ahead of it. Suspects are noted under the mutex and judged in /proc
+// without it; every record of a process found gone is then removed (a
+// killed child may hold and wait several times on one key).
+int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self) {
     struct Suspect {
-        uint32_t r1;
-        uint64_t token;
         int32_t pid;
         uint64_t start;
-    } sus[16];
+        bool gone;
+    } sus[8];
     int n = 0;
     Entry *e = entry(e1);
-    for (uint32_t r1 = e->first; r1 && n < 16; r1 = record(r1)->next) {
-        const Record *r = record(r1);
-        if (r->pid != self) sus[n++] = {r1, r->token.load(std::memory_order_relaxed), r->pid, r->pid_start};
+    uint32_t ahead = 0;  // the nearest waiting record before ours
+    for (uint32_t x = e->first; x && x != r1; x = record(x)->next)
+        if (record(x)->state == kWaiting) ahead = x;
+    auto note = [&](const Record *r) {
+        if (r->pid == self || n == 8) return;
+        for (int i = 0; i < n; ++i)
+            if (sus[i].pid == r->pid && sus[i].start == r->pid_start) return;
+        sus[n++] = {r->pid, r->pid_start, false};
+    };
+    if (ahead) {
+        note(record(ahead));
+    } else {
+        for (uint32_t x = e->first; x; x = record(x)->next)
+            if (record(x)->state == kHolding) note(record(x));
     }
     if (n == 0) return 0;
     leave(si);
-    bool dead[16];
-    int ndead = 0;
+    int ngone = 0;
     for (int i = 0; i < n; ++i) {
-        dead[i] = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
-        ndead += dead[i];
+        sus[i].gone = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
+        ngone += sus[i].gone;
     }
     const int rc = enter(si);
-    if (rc != 0 || ndead == 0) return rc;
+    if (rc != 0 || ngone == 0) return rc;
     Stripe *st = stripe(si);
-    bool granted = false;
-    for (int i = 0; i < n; ++i) {
-        Record *r = record(sus[i].r1);
-        if (dead[i] && r->entry == e1 && r->token.load(std::memory_order_relaxed) == sus[i].token &&
-            r->state != kFree)
-            granted = remove_dead(st, e1, sus[i].r1) || granted;
+    Wakeups w;
+    for (uint32_t x = e->first; x;) {
+        Record *r = record(x);
+        const uint32_t next = r->next;
+        for (int i = 0; i < n; ++i) {
+            if (sus[i].gone && r->pid == sus[i].pid && r->pid_start == sus[i].start) {
+                remove_dead(st, e1, x, w);
+                break;
+            }
+        }
+        x = next;
     }
-    // The caller's own record keeps the entry alive; it wakes the others.
-    if (granted) wake(e);
+    // Our own record keeps the entry alive. Rare path: wake under the mutex.
+    wake_up(w);
     return 0;
 }
 
@@ -580,7 +607,7 @@ int LockTable::reap(int32_t only_pid) {
             dead[i] = only_pid != 0 || process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
         if (enter(si) != 0) return -1;
         Stripe *st = stripe(si);
-        std::vector<uint32_t> woken;
+        Wakeups w;
         for (size_t i = 0; i < sus.size(); ++i) {
             if (!dead[i]) continue;
             Record *r = record(sus[i].r1);
@@ -588,12 +615,12 @@ int LockTable::reap(int32_t only_pid) {
                 r->token.load(std::memory_order_relaxed) != sus[i].token)
                 continue;
             const uint32_t e1 = sus[i].e1;
-            if (remove_dead(st, e1, sus[i].r1)) woken.push_back(e1);
+            remove_dead(st, e1, sus[i].r1, w);
             ++total;
             free_entry_if_idle(st, static_cast<uint32_t>(entry(e1)->hash) & (hdr_->nbuckets - 1), e1);
         }
         leave(si);
-        for (uint32_t e1 : woken) wake(entry(e1));
+        wake_up(w);
     }
     return total;
 }
@@ -641,10 +668,9 @@ int LockTable::repair(uint32_t held) {
             }
         }
         for (uint32_t s = 0; s < hdr_->stripes; ++s) stripe(s)->inside.store(0, std::memory_order_relaxed);
-        for (uint32_t e1 : woken) entry(e1)->seq.fetch_add(1, std::memory_order_release);
         for (uint32_t s = 0; s < hdr_->stripes; ++s)
             if (s != held || rc != 0) locks_->unlock(s);
-        for (uint32_t e1 : woken) wake(entry(e1));
+        for (uint32_t r1 : woken) futex_wake_all(&record(r1)->wake);
         return rc;
     }
     for (uint32_t s = 0; s < taken; ++s) locks_->unlock(s);
@@ -742,7 +768,11 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
     // A holder that died mid-release may have left waiters ungranted.
     for (uint32_t b = 0; b < hdr_->nbuckets; ++b)
         for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain)
-            if (dispatch(stripe(b & (hdr_->stripes - 1)), entry(e1), true)) woken.push_back(e1);
+        {
+            Wakeups w;
+            dispatch(stripe(b & (hdr_->stripes - 1)), entry(e1), true, w);
+            woken.insert(woken.end(), w.ids, w.ids + w.n);
+        }
 }
 
 // Test hook: enters the stripe of `key` and leaves it as a process killed
@@ -852,7 +882,7 @@ void LockTable::free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1) {
 // Grants what the entry's state allows, in arrival order. `prefer_readers`
 // after a writer's release: every waiting reader enters before the next
 // writer, so neither side starves. True if anyone was granted.
-bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers) {
+bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w) {
     if (e->writer) return false;
     if (e->waiting_read > 0 && (e->waiting_write == 0 || prefer_readers)) {
         const int64_t now = wall_clock_us();
@@ -861,6 +891,8 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers) {
             if (r->state == kWaiting && r->mode == Mode::Read) {
                 r->state = kHolding;
                 r->since_us = now;
+                r->wake.fetch_add(1, std::memory_order_release);
+                w.add(this, r1);
                 ++e->readers;
                 ++st->acquired_read;
             }
@@ -874,6 +906,8 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers) {
             if (r->state == kWaiting && r->mode == Mode::Write) {
                 r->state = kHolding;
                 r->since_us = wall_clock_us();
+                r->wake.fetch_add(1, std::memory_order_release);
+                w.add(this, r1);
                 e->writer = 1;
                 --e->waiting_write;
                 ++st->acquired_write;
@@ -883,8 +917,6 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers) {
     }
     return false;
 }
-
-void LockTable::wake(Entry *e) { futex_wake_all(&e->seq); }
 
 void LockTable::fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const {
     rep.key.assign(key_of(e1), e->key_len);
@@ -1007,16 +1039,19 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             ++st->waited;
             counted_wait = true;
         }
-        const uint32_t seen = e->seq.load(std::memory_order_acquire);
-        const int64_t slice = remaining < 0 || remaining > kLivenessSliceNs ? kLivenessSliceNs : remaining;
+        bool first = true;  // first waiting record in line?
+        for (uint32_t x = e->first; x && x != r1; x = record(x)->next)
+            if (record(x)->state == kWaiting) first = false;
+        const int64_t period = first ? kLivenessSliceNs : kFollowerSliceNs;
+        const int64_t slice = remaining < 0 || remaining > period ? period : remaining;
+        const uint32_t seen = r->wake.load(std::memory_order_acquire);
         leave(si);
-        const bool slept_full = futex_wait(&e->seq, seen, slice) && slice == kLivenessSliceNs;
+        const bool slept_full = futex_wait(&r->wake, seen, slice) && slice == period;
         rc = enter(si);
         if (rc == 0 && slept_full && r->state == kWaiting &&
             r->token.load(std::memory_order_relaxed) == token) {
-            // Nobody released anything for a whole slice: perhaps a holder
-            // died. Checking needs /proc, so not under the mutex.
-            rc = reap_entry_if_dead(si, e1, pid);
+            // Not let in for a whole slice: perhaps whoever is ahead died.
+            rc = reap_entry_if_dead(si, e1, r1, pid);
         }
         if (rc != 0) {
             // Without the mutex the record cannot be unlinked safely; leave it
@@ -1047,13 +1082,13 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         }
     }
     // A writer that gives up may have been all that held readers back.
-    const bool granted = dispatch(st, e, false);
-    if (granted) e->seq.fetch_add(1, std::memory_order_release);
+    Wakeups w;
+    dispatch(st, e, false, w);
     free_entry_if_idle(st, bucket, e1);
     give_record(st, r1);
     ++st->timeouts;
     leave(si);
-    if (granted) wake(e);
+    wake_up(w);
     if (report && report->key.empty()) report->key.assign(key, len);
     return AcquireResult::Busy;
 }
@@ -1085,18 +1120,17 @@ int LockTable::release(LockHandle &h) {
     const Mode mode = r->mode;
     unlink_record(e, mine.record);
     give_record(st, mine.record);
-    bool granted;
+    Wakeups w;
     if (mode == Mode::Write) {
         e->writer = 0;
-        granted = dispatch(st, e, true);
+        dispatch(st, e, true, w);
     } else {
         --e->readers;
-        granted = dispatch(st, e, false);
+        dispatch(st, e, false, w);
     }
-    if (granted) e->seq.fetch_add(1, std::memory_order_release);
     free_entry_if_idle(st, bucket, e1);
     leave(mine.stripe);
-    if (granted) wake(e);
+    wake_up(w);
     return 0;
 }
 
@@ -1133,12 +1167,12 @@ int LockTable::break_key(const char *key, size_t len) {
     }
     // As if the holders had released: readers queued behind a broken writer
     // go first, but breaking readers lets the waiting writer in.
-    const bool granted = dispatch(st, e, writer_broken);
-    if (granted) e->seq.fetch_add(1, std::memory_order_release);
+    Wakeups w;
+    dispatch(st, e, writer_broken, w);
     free_entry_if_idle(st, bucket, e1);
     st->broken += static_cast<uint64_t>(total);
     leave(si);
-    if (granted) wake(e);
+    wake_up(w);
     return total;
 }
 

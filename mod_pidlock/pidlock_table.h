@@ -169,6 +169,14 @@ class LockTable {
     struct Stripe;
     struct Entry;
     struct Record;
+    // Records granted under a stripe's mutex, woken once it is released.
+    struct Wakeups {
+        static constexpr uint32_t kMax = 64;
+        uint32_t ids[kMax];
+        uint32_t n = 0;
+        void add(LockTable *t, uint32_t r1);
+    };
+    void wake_up(const Wakeups &w);
 
     static bool layout(const TableParams &p, void *out);
     Entry *entry(uint32_t idx1) const;
@@ -182,21 +190,20 @@ class LockTable {
     uint32_t take_record(Stripe *st);
     void give_record(Stripe *st, uint32_t r1);
     bool reserve_entry(uint32_t si, Stripe *st);
-    bool remove_dead(Stripe *st, uint32_t e1, uint32_t r1);
+    void remove_dead(Stripe *st, uint32_t e1, uint32_t r1, Wakeups &w);
     int enter(uint32_t si);
     void leave(uint32_t si);
     int repair(uint32_t held);
     void rebuild(std::vector<uint32_t> &woken);
     void note_wait(Stripe *st, int64_t ns);
-    int reap_entry_if_dead(uint32_t si, uint32_t e1, int32_t self);
+    int reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self);
     void note_high_water();
     uint32_t find(uint32_t bucket, uint64_t hash, const char *key,
                   size_t len) const;
     void unlink_record(Entry *e, uint32_t r1);
     void free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1);
-    bool dispatch(Stripe *st, Entry *e, bool prefer_readers);
+    bool dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w);
     void fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const;
-    void wake(Entry *e);
 
     Header *hdr_ = nullptr;
     char *base_ = nullptr;

@@ -249,7 +249,7 @@ int backend_handler(request_rec *r) {
                 if (w == 0) continue;
                 const pid_t op = static_cast<pid_t>((w - 1) >> 1);
                 ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                              "pidlock-testbackend: occupant %zu: process %d %s, %s", i, static_cast<int>(op),
+                              "pidlock-testbackend: occupant %d: process %d %s, %s", static_cast<int>(i), static_cast<int>(op),
                               ((w - 1) & 1) ? "writer" : "reader", process_alive(op) ? "alive" : "gone");
             }
         }
