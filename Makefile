@@ -104,8 +104,10 @@ run: deps
 	@$(MAKE) --no-print-directory $(MODULE) $(BACKEND)
 	@sh scripts/demo.sh $(BUILD)
 
+# BENCH_MODE=full for more rounds (about twenty minutes; quick: under three).
 bench: deps
-	@$(MAKE) --no-print-directory $(BENCH) $(MODULE)
+	@sh scripts/install-deps-bench.sh
+	@$(MAKE) --no-print-directory $(BENCH) $(MODULE) $(BACKEND)
 	@sh bench/run.sh $(BUILD) $(BENCH_MODE)
 
 clean:

@@ -6,6 +6,10 @@ wrk runs alternate between the On and the Off location (the order flips
 every round), and the figure is the median of the per-round ratios, since
 this machine is shared and noisy. Two variants: every request on one key
 (all readers of one PID) and requests spread over 1000 keys (query key).
+A second part puts a slow backend behind the lock (the test backend
+module: each request sleeps 10 ms) and runs many clients on few PIDs and on
+many PIDs, writes and reads: serialization costs only where keys collide.
+
 Only 127.0.0.1 is used; the server is stopped by its pid.
 """
 import os
@@ -13,6 +17,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 import harness  # noqa: E402
@@ -38,6 +43,31 @@ DocumentRoot {root}/htdocs
 </Location>
 """
 
+SLOW_BODY = """
+<Location /slow/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey header X-Test-Pid
+    PidLockTimeout 20
+</Location>
+<Location /slowoff/>
+    SetHandler pidlock-testbackend
+    PidLock Off
+</Location>
+"""
+
+# Random PIDs out of `npids`, each request sleeping SLEEP_MS in the backend.
+SLOW_LUA = """
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+request = function()
+    local pid = "p-" .. math.random(%(npids)d)
+    return wrk.format("%(method)s", "%(base)s" .. pid,
+        {["X-Test-Pid"] = pid, ["X-Test-Sleep-Ms"] = "%(sleep)d"}, %(body)s)
+end
+"""
+SLEEP_MS = 10
+SLOW_CONNS = 32
+
 LUA = """
 counter = 0
 request = function()
@@ -54,8 +84,8 @@ BENCH_MPM = {
 BENCH_MPM["event"] = BENCH_MPM["worker"]
 
 
-def wrk(url, seconds, script=None):
-    cmd = ["wrk", "-t2", "-c8", "-d%ds" % seconds, "--latency"]
+def wrk(url, seconds, script=None, conns=8):
+    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -117,22 +147,109 @@ def run_mpm(mpm, rounds, seconds):
     return results
 
 
+def run_slow(rounds, seconds):
+    """Slow backend, event MPM: On vs Off for writes on 2 PIDs, writes on
+    1000 PIDs, reads on 2 PIDs."""
+    h = harness.Httpd(mpm="event", body=SLOW_BODY, load_backend=True, log_level="warn",
+                      mpm_settings=BENCH_MPM["event"], name="bench-slow")
+    # The test backend tracks at most 256 PIDs (then it skips the sleep), so
+    # "many" is 200.
+    variants = (("PUT", 2), ("PUT", 200), ("GET", 2))
+    scripts = {}
+    for method, npids in variants:
+        for loc in ("slow", "slowoff"):
+            path = os.path.join(h.root, "%s-%s-%d.lua" % (loc, method, npids))
+            # Off sends GETs: the backend does the same 10 ms, and overlapping
+            # unlocked PUTs would only trip its overlap detector.
+            with open(path, "w") as f:
+                f.write(SLOW_LUA % {"npids": npids, "method": method if loc == "slow" else "GET",
+                                    "base": "/%s/" % loc, "loc": loc,
+                                    "sleep": SLEEP_MS, "body": '"x"' if method == "PUT" and loc == "slow" else "nil"})
+            scripts[(loc, method, npids)] = path
+    results = []
+    h.start()
+    try:
+        base = "http://127.0.0.1:%d" % h.port
+        wrk(base + "/slowoff/", 1, scripts[("slowoff", "GET", 2)], conns=SLOW_CONNS)  # warm up
+        time.sleep(0.3)
+        for method, npids in variants:
+            got = {"slow": [], "slowoff": []}
+            for i in range(rounds):
+                order = ("slow", "slowoff") if i % 2 == 0 else ("slowoff", "slow")
+                for loc in order:
+                    got[loc].append(wrk(base + "/%s/" % loc, seconds, scripts[(loc, method, npids)],
+                                        conns=SLOW_CONNS))
+                    time.sleep(0.3)  # requests wrk left behind finish before the next run
+            results.append((method, npids, got["slow"], got["slowoff"]))
+    finally:
+        h.stop()
+        log = h.read_log()
+        h.cleanup()
+    crashes = harness.Httpd.crash_lines(log)
+    if crashes:
+        raise RuntimeError("crash lines in the error log: %s" % crashes)
+    # Off overlaps writers, as it should; On must not.
+    bad = [l for l in log.splitlines() if "OVERLAP" in l and " /slow/" in l]
+    if bad:
+        raise RuntimeError("the test backend saw overlapping writers under PidLock On: %s" % bad[:3])
+    return results
+
+
 def main():
     full = len(sys.argv) > 1 and sys.argv[1] == "full"
-    rounds, seconds = (9, 5) if full else (3, 2)
-    print("### httpd, 1 KiB static file, PidLock On vs Off in the same server "
+    outdir = sys.argv[2] if len(sys.argv) > 2 else None
+    rounds, seconds = (9, 5) if full else (4, 1)
+    slow_only = len(sys.argv) > 3 and sys.argv[3] == "slow-only"
+    if not slow_only:
+        static_part(rounds, seconds, outdir)
+    slow_part(full, outdir)
+
+
+def static_part(rounds, seconds, outdir):
+    print("### 3a. httpd, 1 KiB static file, PidLock On vs Off in the same server "
           "(wrk -t2 -c8, %d alternating rounds of %d s; median [min-max] of per-round ratios)\n"
           % (rounds, seconds))
     print("| MPM | keys | On req/s | Off req/s | On/Off | p50 On / Off (µs) | p99 On / Off (µs) |")
     print("|---|---|---|---|---|---|---|")
+    dat = []
     for mpm in ("event", "worker", "prefork"):
         res = run_mpm(mpm, rounds, seconds)
         for variant, r in res.items():
             print("| %s | %s | %.0f | %.0f | %.3f [%.3f-%.3f] | %.0f / %.0f | %.0f / %.0f |" % (
                 mpm, variant, r["on"], r["off"], r["ratio"], r["ratio_min"], r["ratio_max"],
                 r["on_p50"], r["off_p50"], r["on_p99"], r["off_p99"]))
+            dat.append('"%s, %s" %.4f %.4f %.4f' % (mpm, variant, r["ratio"], r["ratio_min"], r["ratio_max"]))
         sys.stdout.flush()
     print()
+    if outdir:
+        with open(os.path.join(outdir, "httpd.dat"), "w") as f:
+            f.write("# label ratio min max\n" + "\n".join(dat) + "\n")
+
+
+
+def slow_part(full, outdir):
+    srounds, sseconds = (3, 5) if full else (1, 2)
+    print("### 3b. Slow backend (each request sleeps %d ms), event MPM, wrk -t2 -c%d, random PIDs; "
+          "On (PUT or GET as shown) vs Off (GET: same backend work, no lock), %d alternating round(s) of %d s (median)\n" % (SLEEP_MS, SLOW_CONNS, srounds, sseconds))
+    print("| requests | PIDs | On req/s | Off req/s | On/Off | ceiling with the lock (PIDs × 1000 / %d ms) "
+          "| p50 On / Off (ms) | p99 On / Off (ms) |" % SLEEP_MS)
+    print("|---|---|---|---|---|---|---|---|")
+    sdat = []
+    for method, npids, on, off in run_slow(srounds, sseconds):
+        on_rps = statistics.median(r[0] for r in on)
+        off_rps = statistics.median(r[0] for r in off)
+        med = lambda xs, p: statistics.median(x[1].get(p, 0) for x in xs) / 1000.0  # noqa: E731
+        kind = "writes (PUT)" if method == "PUT" else "reads (GET)"
+        ceiling = "%d" % (npids * 1000 // SLEEP_MS) if method == "PUT" else "none (readers share)"
+        print("| %s | %d | %.0f | %.0f | %.3f | %s | %.1f / %.1f | %.1f / %.1f |" % (
+            kind, npids, on_rps, off_rps, on_rps / off_rps, ceiling, med(on, "50"), med(off, "50"),
+            med(on, "99"), med(off, "99")))
+        sdat.append('"%s, %d PIDs" %.1f %.1f' % (kind, npids, on_rps, off_rps))
+        sys.stdout.flush()
+    print()
+    if outdir:
+        with open(os.path.join(outdir, "slow.dat"), "w") as f:
+            f.write("# label on_rps off_rps\n" + "\n".join(sdat) + "\n")
 
 
 if __name__ == "__main__":

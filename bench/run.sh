@@ -1,23 +1,80 @@
 #!/bin/sh
-# make bench [BENCH_MODE=full]: lock-table micro-benchmarks and httpd On/Off,
-# written to bench/results/latest.md (and shown). Quick mode takes about
-# two minutes; full mode about fifteen.
+# make bench [BENCH_MODE=full]: mod_pidlock against the alternatives (lock
+# operations, handoff and fairness, scale), httpd On vs Off, a slow backend,
+# and (full mode) callgrind's instructions per request. Markdown and plot
+# data go to bench/results/<mode>/, the plots (PNG, gnuplot) next to them.
+# Quick mode takes under three minutes, full mode about twenty.
+# A throwaway PostgreSQL cluster (Unix socket in a temp dir) serves the
+# advisory-lock rows and is stopped by its pid file as soon as they are done;
+# without PostgreSQL those rows say so and the rest runs.
 set -e
 BUILD=${1:-build}
 MODE=${2:-quick}
-out=bench/results/latest.md
-mkdir -p bench/results
+[ "$MODE" = full ] || MODE=quick
+out=bench/results/$MODE
+mkdir -p "$out"
+rm -f "$out"/*.dat "$out"/*.png "$out/.failed"
+md="$out/results.md"
+t0=$(date +%s)
+
+pgdir=$(mktemp -d /tmp/pidlock-bench-pg-XXXXXX)
+cleanup() { sh bench/pg.sh stop "$pgdir"; }
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+conninfo=""
+pgnote=""
+if conninfo=$(sh bench/pg.sh start "$pgdir" 2>"$pgdir.err"); then
+    pgver=$(ls -d /usr/lib/postgresql/*/bin | sort -V -r | head -1)
+    pgnote="PostgreSQL $("$pgver/postgres" --version | awk '{print $3}') (throwaway cluster, Unix socket, fsync off)"
+else
+    pgnote="PostgreSQL not measured: $(cat "$pgdir.err" | head -3 | tr '\n' ' ')"
+    conninfo=""
+fi
+rm -f "$pgdir.err"
+[ -n "$conninfo" ] || echo "*** $pgnote" >&2
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- mod_pidlock bench 2>/dev/null || commit="$commit + uncommitted changes"
 {
     echo "# mod_pidlock benchmarks ($MODE mode)"
     echo
-    echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'),"\
-         "$(uname -sr), $(/usr/sbin/apache2 -v | head -1 | cut -d: -f2 | sed 's/^ //'), $(date -u +%Y-%m-%d)."
+    echo "Machine: $(nproc) CPUs ($cpu), $(free -g | awk '/^Mem:/{print $2}') GiB,"\
+         "$(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -sr), glibc $(ldd --version | head -1 | awk '{print $NF}'),"\
+         "APR $(dpkg-query -W -f='${Version}' libapr1 2>/dev/null | cut -d- -f1),"\
+         "$(/usr/sbin/apache2 -v | head -1 | cut -d: -f2 | sed 's/^ //'), $pgnote, $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)."
+    echo "Code: commit $commit. Run: $(date -u '+%Y-%m-%d %H:%M UTC')."
     echo
-    "$BUILD/bench_table" "$MODE"
-    PIDLOCK_BUILD="$BUILD" python3 bench/httpd_bench.py "$MODE"
-    if [ "$MODE" = full ] && command -v valgrind >/dev/null; then
-        PIDLOCK_BUILD="$BUILD" python3 bench/callgrind_cost.py 2000
+} > "$md"
+cat "$md"
+
+# Lock benchmarks, then PostgreSQL goes at once (keeps the machine quiet).
+{ PIDLOCK_PG_CONNINFO="$conninfo" "$BUILD/bench_table" "$MODE" "$out" || echo bench_table > "$out/.failed"; } | tee -a "$md"
+cleanup
+# httpd loads private copies of the modules: a rebuild of $BUILD while the
+# bench runs (make test elsewhere) must not change code under a live server.
+sodir=$(mktemp -d /tmp/pidlock-bench-so-XXXXXX)
+chmod 755 "$sodir"
+trap 'rm -rf "$sodir"' EXIT
+cp "$BUILD/mod_pidlock.so" "$BUILD/mod_pidlock_testbackend.so" "$sodir/"
+
+{ PIDLOCK_BUILD="$sodir" python3 bench/httpd_bench.py "$MODE" "$out" || echo httpd_bench > "$out/.failed"; } | tee -a "$md"
+if [ "$MODE" = full ]; then
+    if command -v valgrind >/dev/null; then
+        { PIDLOCK_BUILD="$sodir" python3 bench/callgrind_cost.py 2000 || echo callgrind > "$out/.failed"; } | tee -a "$md"
+    else
+        echo "callgrind: valgrind not installed, instructions per request not measured." | tee -a "$md"
     fi
-} | tee "$out.tmp"
-mv "$out.tmp" "$out"
-echo "written: $out"
+fi
+if command -v gnuplot >/dev/null; then
+    gnuplot -e "dir='$out'" bench/plots.gp || echo gnuplot > "$out/.failed"
+    echo "Plots: $(cd "$out" && ls *.png | tr '\n' ' ')" | tee -a "$md"
+else
+    echo "Plots: gnuplot not installed (sh scripts/install-deps-bench.sh)." | tee -a "$md"
+fi
+echo "Took $(( $(date +%s) - t0 )) s." | tee -a "$md"
+if [ -f "$out/.failed" ]; then
+    echo "FAILED: $(cat "$out/.failed")" >&2
+    exit 1
+fi
+echo "written: $md"
