@@ -2,6 +2,7 @@
 # Runs every test suite and ends with one line "N passed, M failed".
 # Unit tests run twice: plain, and under AddressSanitizer + UBSan.
 BUILD=${1:-build}
+export PIDLOCK_BUILD="$BUILD"
 passed=0
 failed=0
 log=$(mktemp)
@@ -42,8 +43,11 @@ for m in "mod_pidlock.so pidlock_module" "mod_pidlock_testbackend.so pidlock_tes
 done
 
 run_cpputest "unit tests" "$BUILD/unit_tests"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
+# Exported, not prefixed: an assignment before a function call is not
+# guaranteed to reach the commands inside it.
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
+unset ASAN_OPTIONS UBSAN_OPTIONS
 
 # A short libFuzzer run over key extraction and rendering (make fuzz runs
 # longer); any crash or broken assertion fails it.
@@ -58,37 +62,31 @@ else
     failed=$((failed + 1))
 fi
 
-echo "== integration tests (real httpd: prefork, worker, event)"
-PIDLOCK_BUILD="$BUILD" python3 tests/integration/run.py >"$log" 2>&1
-rc=$?
-cat "$log"
-line=$(grep -E '^integration: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
-if [ -n "$line" ]; then
-    p=$(echo "$line" | sed -n 's/^integration: \([0-9]*\) passed.*/\1/p')
+# A suite whose runner closes with "<name>: N passed, M failed".
+run_counted() {
+    name=$1; shift
+    "$@" >"$log" 2>&1
+    rc=$?
+    cat "$log"
+    line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$log" | tail -n 1)
+    if [ -z "$line" ]; then
+        echo "$name: no result line (exit $rc)"
+        failed=$((failed + 1))
+        return
+    fi
+    p=$(echo "$line" | sed -n "s/^$name: \([0-9]*\) passed.*/\1/p")
     f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
     passed=$((passed + p))
     failed=$((failed + f))
-    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
-else
-    echo "integration: no result line (exit $rc)"
-    failed=$((failed + 1))
-fi
+    # A runner that failed without counting it still fails the run.
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
+}
+
+echo "== integration tests (real httpd: prefork, worker, event)"
+run_counted integration python3 tests/integration/run.py
 
 echo "== browser test (headless Chromium: the status page)"
-PIDLOCK_BUILD="$BUILD" python3 tests/browser/run.py --no-docs-screenshot >"$log" 2>&1
-rc=$?
-cat "$log"
-line=$(grep -E '^browser: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
-if [ -n "$line" ]; then
-    p=$(echo "$line" | sed -n 's/^browser: \([0-9]*\) passed.*/\1/p')
-    f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-    passed=$((passed + p))
-    failed=$((failed + f))
-    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
-else
-    echo "browser: no result line (exit $rc)"
-    failed=$((failed + 1))
-fi
+run_counted browser python3 tests/browser/run.py --no-docs-screenshot
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
