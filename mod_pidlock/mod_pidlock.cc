@@ -1027,8 +1027,17 @@ void register_hooks(apr_pool_t *) {
 }  // namespace
 
 extern "C" {
+// STANDARD20_MODULE_STUFF, but named "mod_pidlock.c" rather than after this
+// C++ file: httpd matches <IfModule mod_pidlock.c> against that name.
 PIDLOCK_EXPORT module AP_MODULE_DECLARE_DATA pidlock_module = {
-    STANDARD20_MODULE_STUFF,
+    MODULE_MAGIC_NUMBER_MAJOR,
+    MODULE_MAGIC_NUMBER_MINOR,
+    -1,
+    "mod_pidlock.c",
+    nullptr,
+    nullptr,
+    MODULE_MAGIC_COOKIE,
+    nullptr,
     create_dir_config,
     merge_dir_config,
     create_server_config,

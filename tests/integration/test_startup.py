@@ -178,7 +178,23 @@ def t_thread_backend_serves(opts):
         h.cleanup()
 
 
+def t_ifmodule_names(opts):
+    """<IfModule pidlock_module> and <IfModule mod_pidlock.c> both match."""
+    extra = ("<IfModule mod_pidlock.c>\n    Define PIDLOCK_BY_FILE\n</IfModule>\n"
+             "<IfModule pidlock_module>\n    Define PIDLOCK_BY_ID\n</IfModule>\n")
+    h = Httpd(mpm="event", body=BASE + extra, name="ifmodule")
+    try:
+        p = subprocess.run([APACHE, "-t", "-D", "DUMP_RUN_CFG", "-f", h.conf_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        out = p.stdout.decode(errors="replace")
+        check("PIDLOCK_BY_FILE" in out, "<IfModule mod_pidlock.c> does not match: %s" % out[-400:])
+        check("PIDLOCK_BY_ID" in out, "<IfModule pidlock_module> does not match: %s" % out[-400:])
+    finally:
+        h.cleanup()
+
+
 STARTUP_TESTS = [
+    ("ifmodule_names", t_ifmodule_names),
     ("thread_backend_refusals", t_thread_backend),
     ("table_size", t_table_size),
     ("mutex_mechanisms", t_mutex),
