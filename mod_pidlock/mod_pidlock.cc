@@ -303,8 +303,6 @@ const command_rec pidlock_cmds[] = {
 // forgotten by a pconf cleanup, so no pointer outlives the config pool.
 struct State {
     bool thread_backend;
-    unsigned stripes;
-    unsigned capacity;
     apr_global_mutex_t **mutexes;  // shared backend
     StripeLocks *locks;
     TableBackend *backend;
@@ -539,15 +537,11 @@ int pidlock_post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, serv
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
             st->locks = new (apr_palloc(pconf, sizeof(PthreadStripeLocks))) PthreadStripeLocks(mem, tp.stripes);
-            st->stripes = tp.stripes;
-            st->capacity = tp.capacity;
             mech = "pthread (in-process)";
         } else {
             base = shared_table(s, ptemp, tp, rd);
             if (!base) return HTTP_INTERNAL_SERVER_ERROR;
             st->mutexes = rd->mutexes;
-            st->stripes = rd->stripes;
-            st->capacity = rd->params.capacity;
             st->locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(rd->mutexes, rd->stripes);
             mech = apr_global_mutex_name(rd->mutexes[0]);
         }
@@ -586,8 +580,9 @@ int pidlock_post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, serv
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                      "PIDLOCK010: lock table ready: backend %s, capacity %u keys, keys up to %u bytes, "
                      "%u stripes, mutex %s, MPM %s, generation %d",
-                     st->backend->name(), st->capacity, st->thread_backend ? tp.key_cap : rd->params.key_cap,
-                     st->stripes, mech.c_str(), mpm.name.c_str(), gen);
+                     st->backend->name(), st->backend->table().params().capacity,
+                     st->backend->table().params().key_cap, st->backend->table().params().stripes,
+                     mech.c_str(), mpm.name.c_str(), gen);
         return OK;
     } catch (...) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK007: lock table setup failed");
@@ -612,7 +607,7 @@ void pidlock_child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_ch
 
 void pidlock_child_init(apr_pool_t *p, server_rec *s) {
     if (!g_state || !g_state->mutexes) return;
-    for (unsigned i = 0; i < g_state->stripes; ++i) {
+    for (unsigned i = 0; i < g_state->backend->table().params().stripes; ++i) {
         const apr_status_t rv = apr_global_mutex_child_init(
             &g_state->mutexes[i], apr_global_mutex_lockfile(g_state->mutexes[i]), p);
         if (rv != APR_SUCCESS)
@@ -802,7 +797,7 @@ int pidlock_fixups(request_rec *r) {
         case AcquireResult::Full:
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                           "PIDLOCK103: lock table full (capacity %u); answering 503. Raise PidLockTableSize "
-                          "or use auto.", st->capacity);
+                          "or use auto.", st->backend->table().params().capacity);
             return answer_busy(r, HTTP_SERVICE_UNAVAILABLE, nullptr, 1.0,
                                "The lock table is full; try again shortly.\n");
         case AcquireResult::Error:
@@ -821,30 +816,16 @@ int pidlock_fixups(request_rec *r) {
 
 // ---------------------------------------------------------- status page
 
-// The value of `name=` in the query, or null.
-const char *arg_value(request_rec *r, const char *name) {
-    if (!r->args) return nullptr;
-    const size_t n = strlen(name);
-    for (const char *p = r->args; p && *p;) {
-        if (!strncmp(p, name, n) && p[n] == '=') {
-            const char *v = p + n + 1;
-            return apr_pstrndup(r->pool, v, strcspn(v, "&"));
-        }
-        p = strchr(p, '&');
-        if (p) ++p;
-    }
-    return nullptr;
+// Status page options come from the query like a query key does: the
+// core's parser serves both. `?json` (no value) is present but empty.
+bool has_arg(const char *args, const char *name) {
+    std::string v;
+    return key_from_query(args, name, 64, v) != KeyStatus::Absent;
 }
 
-bool has_arg(const char *args, const char *name) {
-    if (!args) return false;
-    const size_t n = strlen(name);
-    for (const char *p = args; p && *p;) {
-        if (!strncmp(p, name, n) && (p[n] == '\0' || p[n] == '&' || p[n] == '=')) return true;
-        p = strchr(p, '&');
-        if (p) ++p;
-    }
-    return false;
+std::string arg_value(const char *args, const char *name) {
+    std::string v;
+    return key_from_query(args, name, 64, v) == KeyStatus::Ok ? v : std::string();
 }
 
 bool same_bytes_ct(const char *a, const char *b, size_t n) {
@@ -966,12 +947,14 @@ int pidlock_status_handler(request_rec *r) {
             opt.actions = d->status_actions == 1;
             if (opt.actions) opt.nonce = st->nonce;
             opt.form_action = r->uri;
-            if (const char *v = arg_value(r, "stale")) {
-                const apr_int64_t secs = apr_atoi64(v);
+            const std::string stale = arg_value(r->args, "stale");
+            if (!stale.empty()) {
+                const apr_int64_t secs = apr_atoi64(stale.c_str());
                 if (secs > 0 && secs < 86400 * 365) opt.stale_us = secs * 1000000;
             }
-            if (const char *v = arg_value(r, "refresh")) {
-                const int secs = atoi(v);
+            const std::string refresh = arg_value(r->args, "refresh");
+            if (!refresh.empty()) {
+                const int secs = atoi(refresh.c_str());
                 if (secs > 0 && secs <= 3600) opt.refresh_s = secs;
             }
             // The page embeds a nonce: no caching, no framing by other sites.

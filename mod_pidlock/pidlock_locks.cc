@@ -18,24 +18,24 @@ int PthreadStripeLocks::init(void *mem, unsigned n, bool shared) {
     return rc;
 }
 
+namespace {
+
+// The previous owner died holding it: make it usable again. Repairing the
+// table section it guarded is the table's job, not the mutex's.
+int recover(int rc, pthread_mutex_t *m) {
+    if (rc != EOWNERDEAD) return rc;
+    pthread_mutex_consistent(m);
+    return 0;
+}
+
+}  // namespace
+
 int PthreadStripeLocks::lock(unsigned stripe) {
-    int rc = pthread_mutex_lock(&m_[stripe]);
-    if (rc == EOWNERDEAD) {
-        // The previous owner died holding it; make it usable again. Repairing
-        // the table section it guarded is the table's job, not the mutex's.
-        pthread_mutex_consistent(&m_[stripe]);
-        rc = 0;
-    }
-    return rc;
+    return recover(pthread_mutex_lock(&m_[stripe]), &m_[stripe]);
 }
 
 int PthreadStripeLocks::trylock(unsigned stripe) {
-    int rc = pthread_mutex_trylock(&m_[stripe]);
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(&m_[stripe]);
-        rc = 0;
-    }
-    return rc;
+    return recover(pthread_mutex_trylock(&m_[stripe]), &m_[stripe]);
 }
 
 }  // namespace pidlock

@@ -169,6 +169,14 @@ const LockView *find_lock(const TableSnapshot &s, const char *key) {
     return nullptr;
 }
 
+// Waits (bounded) until `n` requests wait for `key` in `mode`.
+bool wait_waiting(LockTable &t, const char *key, Mode mode, uint32_t n) {
+    return wait_for(t, [&](const TableSnapshot &s) {
+        const LockView *l = find_lock(s, key);
+        return l && (mode == Mode::Read ? l->waiting_read : l->waiting_write) == n;
+    });
+}
+
 unsigned holding(const LockView *l) {
     unsigned n = 0;
     if (l)
@@ -281,10 +289,7 @@ TEST(Table, ReleaseWakesWaiter) {
             got = 2;
         }
     });
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "k");
-        return l && l->waiting_write == 1;
-    }));
+    CHECK(wait_waiting(*st->table, "k", Mode::Write, 1));
     CHECK_EQUAL(0, got.load());
     st->table->release(w);
     t.join();
@@ -304,10 +309,7 @@ TEST(Table, WaitingWriterBlocksLaterReaders) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
         st->table->release(h);
     });
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "k");
-        return l && l->waiting_write == 1;
-    }));
+    CHECK(wait_waiting(*st->table, "k", Mode::Write, 1));
     LockHandle late;
     CHECK(take("k", Mode::Read, 0, late) == AcquireResult::Busy);
     st->table->release(r1);
@@ -334,10 +336,7 @@ TEST(Table, WriterReleaseAdmitsQueuedReadersBeforeNextWriter) {
             }
         });
     }
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "k");
-        return l && l->waiting_read == 2;
-    }));
+    CHECK(wait_waiting(*st->table, "k", Mode::Read, 2));
     ts.emplace_back([&] {
         LockHandle h;
         if (take("k", Mode::Write, 10 * 1000000000LL, h) == AcquireResult::Acquired) {
@@ -345,10 +344,7 @@ TEST(Table, WriterReleaseAdmitsQueuedReadersBeforeNextWriter) {
             st->table->release(h);
         }
     });
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "k");
-        return l && l->waiting_write == 1;
-    }));
+    CHECK(wait_waiting(*st->table, "k", Mode::Write, 1));
     st->table->release(w1);
     CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
         const LockView *l = find_lock(s, "k");
@@ -371,10 +367,7 @@ TEST(Table, WriterTimeoutLetsQueuedReadersIn) {
         take("k", Mode::Write, 150 * 1000000LL, h);  // gives up: r1 holds on
         st->table->release(h);
     });
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "k");
-        return l && l->waiting_write == 1;
-    }));
+    CHECK(wait_waiting(*st->table, "k", Mode::Write, 1));
     std::thread rt([&] {
         LockHandle h;
         reader = take("k", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Acquired ? 1 : 2;
@@ -420,10 +413,7 @@ TEST(Table, BreakReleasesHoldersAndLetsWaiterIn) {
     std::thread t([&] {
         got = take("k", Mode::Write, 10 * 1000000000LL, waiter) == AcquireResult::Acquired ? 1 : 2;
     });
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "k");
-        return l && l->waiting_write == 1;
-    }));
+    CHECK(wait_waiting(*st->table, "k", Mode::Write, 1));
     CHECK_EQUAL(1, st->table->break_key("k", 1));
     t.join();
     CHECK_EQUAL(1, got.load());
@@ -664,10 +654,7 @@ TEST(Table, KilledWaitingWriterDoesNotBlockReaders) {
     CHECK(take("w", Mode::Read, 0, r1) == AcquireResult::Acquired);
     auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
     const pid_t kid = fork_holder(st->table, "w", Mode::Write, flag);
-    CHECK(wait_for(*st->table, [](const TableSnapshot &s) {
-        const LockView *l = find_lock(s, "w");
-        return l && l->waiting_write == 1;
-    }));
+    CHECK(wait_waiting(*st->table, "w", Mode::Write, 1));
     kill(kid, SIGKILL);
     waitpid(kid, nullptr, 0);
     // A later reader queues behind the (dead) waiting writer, finds it dead
