@@ -15,7 +15,7 @@ CXXFLAGS_ALL = -std=c++17 $(WARN) -fPIC -O2 -g -fvisibility=hidden
 
 CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
-            mod_pidlock/pidlock_locks.cc
+            mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc
 HEADERS   = $(wildcard mod_pidlock/*.h)
 UNIT_SRCS = $(wildcard tests/unit/*.cc)
