@@ -26,6 +26,7 @@ UNIT      = $(BUILD)/unit_tests
 UNIT_SAN  = $(BUILD)/unit_tests_asan
 BENCH     = $(BUILD)/bench_table
 FUZZ      = $(BUILD)/fuzz_keys
+FUZZ_FORM = $(BUILD)/fuzz_form
 FUZZ_SECONDS ?= 60
 CLANGXX   = $(shell command -v clang++-14 || command -v clang++)
 
@@ -79,10 +80,16 @@ $(FUZZ): tests/fuzz/fuzz_keys.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
 	    tests/fuzz/fuzz_keys.cc mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_render.cc \
 	    mod_pidlock/pidlock_table.cc -lpthread
 
+# The form-body scanner: whole, chunked and byte-wise feeds must agree.
+$(FUZZ_FORM): tests/fuzz/fuzz_form.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
+	$(CLANGXX) -std=c++17 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -Imod_pidlock -o $@ \
+	    tests/fuzz/fuzz_form.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_key.cc
+
 fuzz: deps
-	@$(MAKE) --no-print-directory $(FUZZ)
-	@mkdir -p $(BUILD)/fuzz-corpus
+	@$(MAKE) --no-print-directory $(FUZZ) $(FUZZ_FORM)
+	@mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-form
 	$(FUZZ) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz-corpus tests/fuzz/corpus
+	$(FUZZ_FORM) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz-corpus-form tests/fuzz/corpus_form
 
 install: deps
 	@$(MAKE) --no-print-directory $(MODULE)
@@ -97,7 +104,7 @@ test: deps
 	@sh scripts/install-deps-browser.sh
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ)
+test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ) $(FUZZ_FORM)
 	@sh tests/run_all.sh $(BUILD)
 
 run: deps

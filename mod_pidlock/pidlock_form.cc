@@ -362,8 +362,12 @@ const char *FormScanner::after_delim(const char *p, const char *end) {
         const char c = *p++;
         if (ad_ == 1) {
             if (c == '-') {
+                // The close dashes may begin a delimiter ("--b--b" holds
+                // "--b" at its fourth byte): the epilogue scan starts with them.
                 state_ = State::Epilogue;
-                bol_ = false;
+                hold_.assign("--");
+                k_ = 2;
+                match_bol_ = bol_ = false;
                 return p;
             }
         } else if (c == '\n') {
@@ -437,6 +441,10 @@ const char *FormScanner::headers(const char *p, const char *end) {
 
 void FormScanner::header_line() {
     const char *p = line_.data(), *end = p + line_.size();
+    if (line_.find(delim_) != std::string::npos) {
+        fail_framing("boundary inside part headers");
+        return;
+    }
     if (is_ows(*p)) {
         fail_framing("folded part header line");
         return;

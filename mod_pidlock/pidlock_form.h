@@ -18,8 +18,9 @@
 //   A preamble before the first delimiter is skipped.
 // - Errors (the scan fails, feed() returns false), conservative because
 //   parsers differ (Django splits at `--BOUNDARY` anywhere):
-//   `--BOUNDARY` inside a line (also in the preamble) or anywhere in the
-//   epilogue; anything else after a delimiter; a header line without a colon
+//   `--BOUNDARY` inside a line (also in the preamble and in part headers) or
+//   anywhere in the epilogue (also `--BOUNDARY--BOUNDARY`); anything else
+//   after a delimiter; a header line without a colon
 //   or folded (starting with a space/tab); a header block over 16 KiB; a part
 //   without Content-Disposition, with two of them, with a type other than
 //   form-data, without `name`, with `name` twice or with bad parameter
@@ -181,7 +182,6 @@ private:
     int cd_count_ = 0;
     bool has_name_ = false, has_filename_ = false;
     std::string part_name_;
-    bool seen_delim_ = false;
 
     // urlencoded
     std::string name_;                // decoded name, up to max_name_ + 1 bytes

@@ -49,18 +49,23 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktra
 run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-# A short libFuzzer run over key extraction and rendering (make fuzz runs
-# longer); any crash or broken assertion fails it.
-echo "== fuzz (libFuzzer, 10 s)"
-mkdir -p "$BUILD/fuzz-corpus"
-if "$BUILD/fuzz_keys" -max_total_time=10 -print_final_stats=1 "$BUILD/fuzz-corpus" tests/fuzz/corpus >"$log" 2>&1; then
-    grep -E "^Done|stat::number_of_executed_units" "$log" | head -2
-    passed=$((passed + 1))
-else
-    tail -n 30 "$log"
-    echo "FAIL fuzz_keys"
-    failed=$((failed + 1))
-fi
+# Short libFuzzer runs (make fuzz runs longer); any crash or broken
+# assertion fails one. Arguments: target, seed corpus, work corpus.
+run_fuzz() {
+    echo "== $1 (libFuzzer, 10 s)"
+    mkdir -p "$BUILD/$3"
+    if "$BUILD/$1" -max_total_time=10 -print_final_stats=1 "$BUILD/$3" "$2" >"$log" 2>&1; then
+        grep -E "^Done|stat::number_of_executed_units" "$log" | head -2
+        passed=$((passed + 1))
+    else
+        tail -n 30 "$log"
+        echo "FAIL $1"
+        failed=$((failed + 1))
+    fi
+}
+# Key extraction and rendering; the form-body scanner.
+run_fuzz fuzz_keys tests/fuzz/corpus fuzz-corpus
+run_fuzz fuzz_form tests/fuzz/corpus_form fuzz-corpus-form
 
 # A suite whose runner closes with "<name>: N passed, M failed".
 run_counted() {
