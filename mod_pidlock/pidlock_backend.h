@@ -1,55 +1,126 @@
-// The lock backend seen by the httpd glue: acquire/release by key, snapshot,
-// break. Today's backends are the lock table in shared memory ("shared") and
-// the same table in process memory ("thread"); a database-backed one for
-// several hosts would implement this interface too.
+// The lock backend seen by the request path: take every key of a request in
+// one global order by one absolute deadline, release them all, break a key,
+// fill the status view. Backends are the lock table in shared memory
+// ("shared"), the same table in process memory ("thread"), and later ones
+// (a PostgreSQL tier for several hosts, edit leases) add to this interface
+// rather than change it. Every backend passes the contract suite in
+// tests/unit/test_contract.cc.
+//
+// Callers rely on: acquire_all takes all of `keys` or none of them; keys are
+// taken in key_order(), so two requests never deadlock whatever keys they
+// share; a LockSet is opaque (only its backend reads it) and fixed-size (no
+// allocation per request); release_all is idempotent and releases in reverse
+// order; maintenance a backend needs (dead processes, repair) stays behind it.
 #ifndef PIDLOCK_BACKEND_H
 #define PIDLOCK_BACKEND_H
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
+#include <vector>
 
-#include "pidlock_table.h"
+#include "pidlock_types.h"
 
 namespace pidlock {
+
+struct KeyRef {
+    const char *data;
+    size_t len;
+};
+
+// The one global order of keys: by bytes, shorter first on a common prefix
+// (memcmp order). The same in every process and on every host.
+bool key_less(const KeyRef &a, const KeyRef &b);
+// Sorts `keys` into key_order and drops duplicates (equal bytes merge).
+void sort_keys(std::vector<std::string> &keys);
+
+// The locks one request holds: opaque slots a backend fills and alone reads.
+class LockSet {
+  public:
+    static constexpr size_t kMaxKeys = 8;
+    struct Slot {
+        uint64_t a, b;
+    };
+    size_t size() const { return n_; }
+    bool empty() const { return n_ == 0; }
+    Mode mode() const { return mode_; }
+    // A write lock's fence number: larger than any granted before it on
+    // this host (0: none).
+    uint64_t fence() const { return fence_; }
+    void set_fence(uint64_t f) { fence_ = f; }
+    // For backends only.
+    Slot &slot(size_t i) { return slots_[i]; }
+    const Slot &slot(size_t i) const { return slots_[i]; }
+    void set(size_t n, Mode m) {
+        n_ = static_cast<uint32_t>(n);
+        mode_ = m;
+    }
+    void clear() {
+        n_ = 0;
+        mode_ = Mode::None;
+        fence_ = 0;
+    }
+
+  private:
+    Slot slots_[kMaxKeys] = {};
+    uint64_t fence_ = 0;
+    uint32_t n_ = 0;
+    Mode mode_ = Mode::None;
+};
+
+// Absolute deadlines on monotonic_ns(); kNoDeadline waits for ever, any
+// value at or before now does not wait.
+constexpr int64_t kNoDeadline = INT64_MAX;
 
 class LockBackend {
   public:
     virtual ~LockBackend() = default;
     virtual const char *name() const = 0;
-    virtual AcquireResult acquire(const char *key, size_t len, Mode mode, int64_t timeout_ns,
-                                  const HolderInfo &info, LockHandle &h, BusyReport *report,
-                                  int *err) = 0;
-    virtual int release(LockHandle &h) = 0;
-    virtual int break_key(const char *key, size_t len) = 0;
+    // Most distinct keys this backend can hold at once (0: no fixed limit).
+    virtual uint32_t capacity() const = 0;
+    // Takes every key of `keys` (sorted by key_less, distinct, at most
+    // LockSet::kMaxKeys) in `mode` by `deadline_ns`. Acquired: `set` holds
+    // them all. Anything else: `set` holds none, and on Busy `report` (if
+    // given) is about the key that was waited for; on Error `*err` holds the
+    // backend's error code.
+    virtual AcquireResult acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
+                                      const HolderInfo &info, LockSet &set, BusyReport *report,
+                                      int *err) = 0;
+    // Releases what `set` holds, last key first, and clears it. 0 or the
+    // first error code (what could not be released stays in `set`, so a
+    // later call tries again).
+    virtual int release_all(LockSet &set) = 0;
+    // Releases every holder of `key`; their own release then does nothing.
+    // Returns how many holders were released, -1 on error.
+    virtual int break_key(const KeyRef &key) = 0;
+    // The status view: a consistent picture of locks and counters.
     virtual bool snapshot(TableSnapshot &out, int *err) = 0;
     virtual void count(Counter c) = 0;
-    // Releases what processes that are gone held or waited for: `pid`, known
-    // dead, or with 0 every dead one found. Returns how many records.
-    virtual int reap(int32_t pid) = 0;
+    // Called now and then by a worker process (never by httpd's parent):
+    // releases what processes reported gone held. Returns records released.
+    virtual int maintain() { return 0; }
 };
 
-// Both of today's backends: the one table algorithm over a region and stripes
-// that the caller provides (shared memory + APR mutexes, or heap + pthread).
+class LockTable;
+
+// Today's two backends: the lock table over a region and stripes the caller
+// provides (shared memory + APR mutexes, or heap + pthread mutexes).
 class TableBackend final : public LockBackend {
   public:
-    TableBackend(const char *name, void *region, StripeLocks *locks)
-        : name_(name), table_(region, locks) {}
-    bool valid() const { return table_.valid(); }
-    LockTable &table() { return table_; }
+    TableBackend(const char *name, LockTable *table) : name_(name), table_(table) {}
     const char *name() const override { return name_; }
-    AcquireResult acquire(const char *key, size_t len, Mode mode, int64_t timeout_ns,
-                          const HolderInfo &info, LockHandle &h, BusyReport *report,
-                          int *err) override {
-        return table_.acquire(key, len, mode, timeout_ns, info, h, report, err);
-    }
-    int release(LockHandle &h) override { return table_.release(h); }
-    int break_key(const char *key, size_t len) override { return table_.break_key(key, len); }
-    bool snapshot(TableSnapshot &out, int *err) override { return table_.snapshot(out, err); }
-    void count(Counter c) override { table_.count(c); }
-    int reap(int32_t pid) override { return table_.reap(pid); }
+    uint32_t capacity() const override;
+    AcquireResult acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
+                              const HolderInfo &info, LockSet &set, BusyReport *report,
+                              int *err) override;
+    int release_all(LockSet &set) override;
+    int break_key(const KeyRef &key) override;
+    bool snapshot(TableSnapshot &out, int *err) override;
+    void count(Counter c) override;
 
   private:
     const char *name_;
-    LockTable table_;
+    LockTable *table_;
 };
 
 }  // namespace pidlock

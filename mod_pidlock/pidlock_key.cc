@@ -21,7 +21,8 @@ int key_status_http(KeyStatus st, KeySource src) {
     case KeyStatus::Absent:
         return 0;
     case KeyStatus::TooLong:
-        return src == KeySource::Header ? 400 : 414;
+        return src == KeySource::Header || src == KeySource::Form ? 400 : 414;
+    case KeyStatus::Repeated:
     case KeyStatus::Empty:
     case KeyStatus::Malformed:
     case KeyStatus::Nul:
@@ -38,6 +39,17 @@ const char *key_status_text(KeyStatus st) {
     case KeyStatus::Malformed: return "malformed percent escape in key";
     case KeyStatus::Nul: return "NUL byte in key";
     case KeyStatus::TooLong: return "key longer than PidLockMaxKeyLength";
+    case KeyStatus::Repeated: return "key source given more than once";
+    }
+    return "?";
+}
+
+const char *key_source_name(KeySource s) {
+    switch (s) {
+    case KeySource::Path: return "path";
+    case KeySource::Query: return "query";
+    case KeySource::Header: return "header";
+    case KeySource::Form: return "form";
     }
     return "?";
 }
@@ -99,6 +111,7 @@ KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
     if (!args || !*args) return KeyStatus::Absent;
     const size_t name_len = std::strlen(name);
     std::string decoded_name;
+    KeyStatus found = KeyStatus::Absent;
     const char *p = args;
     while (true) {
         const char *end = std::strchr(p, '&');
@@ -117,14 +130,19 @@ KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
                 match = true;
         }
         if (match) {
-            if (!eq) return KeyStatus::Empty;
-            return key_decode_component(eq + 1, seg_len - raw_name_len - 1, true,
-                                        max_len, out);
+            // Applications differ in which copy of a repeated argument they
+            // act on: one lock could cover the wrong one, so none is taken.
+            if (found != KeyStatus::Absent) {
+                out.clear();
+                return KeyStatus::Repeated;
+            }
+            found = eq ? key_decode_component(eq + 1, seg_len - raw_name_len - 1, true, max_len, out)
+                       : KeyStatus::Empty;
         }
         if (!end) break;
         p = end + 1;
     }
-    return KeyStatus::Absent;
+    return found;
 }
 
 KeyStatus key_from_header(const char *value, size_t max_len, std::string &out) {

@@ -10,7 +10,8 @@
 
 namespace pidlock {
 
-enum class KeySource { Path, Query, Header };
+enum class KeySource { Path, Query, Header, Form };
+const char *key_source_name(KeySource s);
 
 enum class KeyStatus {
     Ok,          // key decoded into `out`
@@ -19,6 +20,7 @@ enum class KeyStatus {
     Malformed,   // bad percent escape: 400
     Nul,         // decoded NUL byte: 400
     TooLong,     // longer than the limit: 414 (path, query) or 400 (header)
+    Repeated,    // the source appears more than once (?pid=a&pid=b): 400
 };
 
 // HTTP status for a key status that refuses the request (0 for Ok/Absent).
@@ -36,8 +38,9 @@ KeyStatus key_from_path_capture(const char *cap, size_t len, size_t max_len,
 KeyStatus key_decode_component(const char *s, size_t len, bool plus_is_space,
                                size_t max_len, std::string &out);
 
-// The first argument named `name` (compared after decoding) in a raw query
-// string (r->args, may be null). `?pid` without `=` counts as present+empty.
+// The argument named `name` (compared after decoding) in a raw query string
+// (r->args, may be null). `?pid` without `=` counts as present+empty; an
+// argument given twice is Repeated, whatever the copies say.
 KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
                          std::string &out);
 

@@ -209,6 +209,9 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
             dst += iso8601_utc(h.since_us);
             dst += h.waiting ? "\", \"waited_ms\": " : "\", \"held_ms\": ";
             append_i64(dst, now_us > h.since_us ? (now_us - h.since_us) / 1000 : 0);
+            // Holders of one request (PidLockKeys all) share this number.
+            dst += ", \"request\": ";
+            append_i64(dst, static_cast<int64_t>(h.request));
             dst += '}';
         }
         o += "], \"waiters\": [";

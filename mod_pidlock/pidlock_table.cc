@@ -27,7 +27,7 @@ namespace pidlock {
 namespace {
 
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
-constexpr uint32_t kLayoutVersion = 1;
+constexpr uint32_t kLayoutVersion = 2;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
 
@@ -220,6 +220,8 @@ int64_t wall_clock_us() {
     return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
+int64_t monotonic_ns() { return mono_ns(); }
+
 // Read-mostly layout first; every field written at run time sits on a cache
 // line of its own, so processes working on distinct keys share no line.
 struct LockTable::Header {
@@ -233,6 +235,7 @@ struct LockTable::Header {
     std::atomic<uint32_t> generation;
     std::atomic<uint64_t> c_bad_keys;
     std::atomic<uint64_t> c_repairs;
+    alignas(64) std::atomic<uint64_t> fence;
     alignas(64) std::atomic<uint64_t> entry_free;
     alignas(64) std::atomic<uint64_t> record_free;
 };
@@ -284,6 +287,7 @@ struct LockTable::Record {
     uint64_t pid_start;  // the process's start time: tells a reused pid apart
     uint64_t thread;
     int64_t since_us;
+    uint64_t request;    // shared by the records of one request
     uint8_t has_user;
     char method[kMethodCap];
     char client[kClientCap];
@@ -367,6 +371,7 @@ bool LockTable::format(void *base, size_t size, const TableParams &p) {
     h->entry_free.store(1, std::memory_order_relaxed);
     h->record_free.store(1, std::memory_order_relaxed);
     h->budget.store(p.capacity, std::memory_order_relaxed);
+    h->fence.store(static_cast<uint64_t>(wall_clock_us()), std::memory_order_relaxed);
     h->layout_version = kLayoutVersion;
     std::atomic_thread_fence(std::memory_order_release);
     h->magic = kMagic;
@@ -995,6 +1000,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     copy_cut(r->uri, sizeof r->uri, info.uri);
     copy_cut(r->client, sizeof r->client, info.client);
     copy_cut(r->user, sizeof r->user, info.user);
+    r->request = info.request;
 
     Entry *e = entry(e1);
     // Link at the tail: the list is in arrival order, which dispatch() honours.
@@ -1183,6 +1189,10 @@ void LockTable::count(Counter c) {
     }
 }
 
+uint64_t LockTable::next_fence() {
+    return hdr_ ? hdr_->fence.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
+}
+
 void LockTable::set_generation(uint32_t g) {
     if (hdr_) hdr_->generation.store(g, std::memory_order_relaxed);
 }
@@ -1243,6 +1253,7 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
                         hv.has_user = r->has_user != 0;
                         hv.user = r->user;
                         hv.since_us = r->since_us;
+                        hv.request = r->request;
                         if (!hv.waiting && (v.oldest_us == 0 || hv.since_us < v.oldest_us))
                             v.oldest_us = hv.since_us;
                         v.holders.push_back(std::move(hv));

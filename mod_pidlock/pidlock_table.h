@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "pidlock_types.h"
+
 namespace pidlock {
 
 class StripeLocks {
@@ -30,29 +32,10 @@ class StripeLocks {
     virtual int unlock(unsigned stripe) = 0;
 };
 
-enum class Mode : uint8_t { None = 0, Read = 1, Write = 2 };
-const char *mode_name(Mode m);
-
-enum class AcquireResult { Acquired, Busy, Full, Error };
-
 struct TableParams {
     uint32_t capacity = 0;  // distinct keys and in-flight requests
     uint32_t key_cap = 0;   // longest key in bytes
     uint32_t stripes = 0;   // number of stripe mutexes, a power of two
-};
-
-// Field sizes of a holder record; longer values are cut.
-constexpr size_t kMethodCap = 16;
-constexpr size_t kUriCap = 256;
-constexpr size_t kClientCap = 48;
-constexpr size_t kUserCap = 64;
-
-struct HolderInfo {
-    const char *method = "";
-    const char *uri = "";
-    const char *client = "";
-    const char *user = nullptr;  // null: anonymous
-    uint64_t thread = 0;
 };
 
 struct LockHandle {
@@ -62,57 +45,6 @@ struct LockHandle {
     Mode mode = Mode::None;
     bool held() const { return record != 0; }
 };
-
-// What a refused request may be told about the lock it waited for.
-struct BusyReport {
-    std::string key;
-    Mode held_mode = Mode::None;
-    uint32_t holders = 0;
-    uint32_t waiting_read = 0;
-    uint32_t waiting_write = 0;
-    int64_t held_us = 0;  // since the oldest holder took it
-};
-
-struct HolderView {
-    int32_t pid = 0;
-    uint64_t thread = 0;
-    Mode mode = Mode::None;
-    bool waiting = false;
-    std::string method, uri, client, user;
-    bool has_user = false;
-    int64_t since_us = 0;  // wall clock, microseconds since the epoch
-};
-
-struct LockView {
-    std::string key;
-    Mode mode = Mode::None;  // mode held; None while only waiters are there
-    uint32_t waiting_read = 0, waiting_write = 0;
-    std::vector<HolderView> holders;  // holding records first, then waiting
-    int64_t oldest_us = 0;
-};
-
-// Upper bounds (seconds) of the wait-time histogram's buckets; a last,
-// unbounded bucket follows them.
-constexpr double kWaitBounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60};
-constexpr size_t kWaitBuckets = sizeof(kWaitBounds) / sizeof(kWaitBounds[0]) + 1;
-
-struct Counters {
-    uint64_t acquired_read = 0, acquired_write = 0, waited = 0, timeouts = 0,
-             bad_keys = 0, reaped = 0, broken = 0, full = 0,
-             repairs = 0;  // rebuilds after a process died inside the table
-    // Requests that waited, by how long (granted or given up), not cumulative.
-    uint64_t wait_buckets[kWaitBuckets] = {};
-    uint64_t wait_sum_us = 0;
-};
-
-struct TableSnapshot {
-    uint32_t capacity = 0, used = 0, high_water = 0, key_cap = 0, stripes = 0;
-    uint32_t generation = 0;
-    Counters counters;
-    std::vector<LockView> locks;  // oldest first
-};
-
-enum class Counter { BadKeys };
 
 class LockTable {
   public:
@@ -152,6 +84,9 @@ class LockTable {
 
     void count(Counter c);
     void set_generation(uint32_t g);
+    // The next fence number: larger than every one before it, including
+    // those of earlier full starts (it starts from the wall clock in µs).
+    uint64_t next_fence();
 
     // A consistent picture, each stripe copied under its mutex.
     bool snapshot(TableSnapshot &out, int *err = nullptr);
@@ -219,7 +154,6 @@ enum class ProcessState { Alive, Gone };
 ProcessState process_state(int32_t pid, uint64_t start_time);
 // A process's start time in clock ticks since boot (/proc), 0 if unknown.
 uint64_t process_start_time(int32_t pid);
-int64_t wall_clock_us();
 
 }  // namespace pidlock
 

@@ -104,7 +104,7 @@ def t_bad_values(opts):
         ("PidLockBusyStatus 503x", "PidLockBusyStatus"),
         ("PidLockKey path ^/nogroup$", "capture group"),
         ("PidLockKey path ^/(unclosed$", "PidLockKey"),
-        ("PidLockKey cookie pid", "path, query or header"),
+        ("PidLockKey cookie pid", "path, query, header or form"),
         ("PidLockMethod sometimes GET", "PidLockMethod"),
         ("PidLockMethod read", "PidLockMethod"),
         ("PidLockMethod read GE(T", "not an HTTP method"),

@@ -36,10 +36,24 @@ TEST(Key, PathEmptyAndTooLong) {
     CHECK(key_status_http(KeyStatus::Empty, KeySource::Path) == 400);
 }
 
+// Applications differ in which copy of a repeated argument they use (Django
+// and PHP take the last): no copy may be locked while another is acted on.
+TEST(Key, QueryRepeatedIsRefused) {
+    CHECK(key_from_query("pid=decoy&pid=victim", "pid", 1024, out) == KeyStatus::Repeated);
+    CHECK(out.empty());
+    CHECK(key_from_query("pid=a&x=1&p%69d=a", "pid", 1024, out) == KeyStatus::Repeated);
+    CHECK(key_from_query("pid&pid=a", "pid", 1024, out) == KeyStatus::Repeated);
+    CHECK(key_from_query("pid=a&pidx=b&xpid=c", "pid", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("a", out.c_str());
+    CHECK(key_status_http(KeyStatus::Repeated, KeySource::Query) == 400);
+    CHECK(key_status_http(KeyStatus::Repeated, KeySource::Header) == 400);
+    CHECK(key_status_http(KeyStatus::TooLong, KeySource::Form) == 400);
+}
+
 TEST(Key, QueryDecodesOnceWithPlus) {
     CHECK(key_from_query("pid=doi%3A10.5063%2FF1", "pid", 1024, out) == KeyStatus::Ok);
     STRCMP_EQUAL("doi:10.5063/F1", out.c_str());
-    CHECK(key_from_query("a=1&pid=a+b&pid=zzz", "pid", 1024, out) == KeyStatus::Ok);
+    CHECK(key_from_query("a=1&pid=a+b&x=zzz", "pid", 1024, out) == KeyStatus::Ok);
     STRCMP_EQUAL("a b", out.c_str());
     // Decoded once only: %2541 is "%41", not "A".
     CHECK(key_from_query("pid=%2541", "pid", 1024, out) == KeyStatus::Ok);

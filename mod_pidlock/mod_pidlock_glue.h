@@ -1,0 +1,135 @@
+// mod_pidlock's httpd glue, shared by its four files: configuration
+// (mod_pidlock_config.cc), lifecycle (mod_pidlock_lifecycle.cc), the request
+// path (mod_pidlock_request.cc) and the status page (mod_pidlock_status.cc);
+// mod_pidlock.cc holds the module structure and registers the hooks.
+// Everything here lives in the config pool of one generation; no C++
+// exception leaves a function httpd calls.
+#ifndef MOD_PIDLOCK_GLUE_H
+#define MOD_PIDLOCK_GLUE_H
+
+#include <string>
+#include <vector>
+
+#include "pidlock_backend.h"
+#include "pidlock_checks.h"
+#include "pidlock_key.h"
+#include "pidlock_render.h"
+#include "pidlock_table.h"
+
+#include <apr_global_mutex.h>
+
+#include "httpd.h"
+#include "ap_mpm.h"
+#include "ap_regex.h"
+#include "http_config.h"
+#include "util_filter.h"
+
+#define PIDLOCK_VERSION "0.2.0"
+
+// The one symbol httpd looks up; everything else stays hidden.
+#define PIDLOCK_EXPORT __attribute__((visibility("default")))
+extern "C" PIDLOCK_EXPORT module AP_MODULE_DECLARE_DATA pidlock_module;
+
+namespace pidlock {
+namespace glue {
+
+extern const char *const kMutexType;
+extern const char *const kStatusHandler;
+extern const char *const kReleaseFilter;
+extern const char *const kFenceHeader;
+constexpr int kUnset = -1;
+constexpr apr_size_t kDefaultMaxKey = 1024;
+
+// ---------------------------------------------------------------- config
+
+struct KeySpec {
+    KeySource source;
+    const char *name;     // query argument or header name
+    ap_regex_t *regex;    // path
+    const char *prefix;   // literal every path match starts with ("" if none)
+    apr_size_t prefix_len;
+    bool simple;          // ^prefix(.+)$ or ^prefix(.*)$: no regex engine needed
+    bool allow_empty;     // (.*)
+};
+
+struct DirConfig {
+    int enabled;                 // kUnset, 0, 1
+    apr_array_header_t *keys;    // of KeySpec; null: unset
+    apr_table_t *methods;        // method -> "read" | "write" | "none"; null: none
+    apr_int64_t timeout_ms;      // kUnset or >= 0
+    int busy_status;             // 0: unset
+    int status_actions;          // kUnset, 0, 1
+    int keys_all;                // PidLockKeys: kUnset, 0 (first), 1 (all)
+    int key_required;            // PidLockKeyRequired: kUnset, 0, 1
+    const char *where;           // file:line of PidLock or PidLockTimeout, for warnings
+    const char *section;         // "<Location", "<Directory", ... or null (server scope)
+    const char *path;            // the section's path
+};
+
+struct ServerConfig {
+    apr_int64_t max_key_len;  // kUnset or > 0
+    apr_int64_t body_buffer;  // PidLockBodyBuffer: kUnset or bytes
+    // main server only
+    apr_int64_t table_size;   // 0: auto; kUnset: unset
+    int thread_backend;       // kUnset, 0 (shared), 1 (thread)
+    const char *table_size_where;
+};
+
+void *create_dir_config(apr_pool_t *p, char *path);
+void *merge_dir_config(apr_pool_t *p, void *basev, void *addv);
+void *create_server_config(apr_pool_t *p, server_rec *);
+void *merge_server_config(apr_pool_t *p, void *basev, void *addv);
+extern const command_rec pidlock_cmds[];
+
+inline DirConfig *dir_config(request_rec *r) {
+    return static_cast<DirConfig *>(ap_get_module_config(r->per_dir_config, &pidlock_module));
+}
+inline ServerConfig *server_config(server_rec *s) {
+    return static_cast<ServerConfig *>(ap_get_module_config(s->module_config, &pidlock_module));
+}
+inline apr_size_t max_key_len(const ServerConfig *sc) {
+    return sc->max_key_len == kUnset ? kDefaultMaxKey : static_cast<apr_size_t>(sc->max_key_len);
+}
+
+// ----------------------------------------------------------- global state
+
+// Everything one configuration generation needs; allocated in pconf and
+// forgotten by a pconf cleanup, so no pointer outlives the config pool.
+struct State {
+    bool thread_backend;
+    apr_global_mutex_t **mutexes;  // shared backend
+    StripeLocks *locks;
+    LockTable *table;
+    LockBackend *backend;
+    ServerFacts *facts;
+    char nonce[33];
+};
+extern State *g_state;
+
+// ------------------------------------------------------------------ hooks
+
+int pre_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *);
+int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s);
+int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s);
+void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status);
+void child_init(apr_pool_t *p, server_rec *s);
+
+int fixups(request_rec *r);
+int strip_fence(request_rec *r);
+// The keys of the request's `form` sources, read from its body (kept for
+// the handler): appended to `keys` (all of them under PidLockKeys all, else
+// the first found). 0 or the HTTP status refusing the request.
+int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector<std::string> &keys);
+void register_body_filters();
+extern ap_filter_rec_t *g_release_filter;
+apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb);
+
+int status_handler(request_rec *r);
+int mod_status_hook(request_rec *r, int flags);
+
+bool accepts_json(request_rec *r);
+
+}  // namespace glue
+}  // namespace pidlock
+
+#endif

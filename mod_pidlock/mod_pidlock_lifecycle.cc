@@ -1,0 +1,341 @@
+// mod_pidlock glue: the lifecycle. The mutex type (pre_config), the startup
+// checks (check_config), the lock table and its mutexes, retained across
+// graceful restarts (post_config), and each child's attachment (child_init).
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "mod_pidlock_glue.h"
+#include "pidlock_locks.h"
+#include "pidlock_table.h"
+
+#include <apr_shm.h>
+#include <apr_strings.h>
+
+#include "ap_mpm.h"
+#include "http_core.h"
+#include "http_log.h"
+#include "util_mutex.h"
+
+#ifdef APLOG_USE_MODULE
+APLOG_USE_MODULE(pidlock);
+#endif
+
+namespace pidlock {
+namespace glue {
+
+const char *const kMutexType = "pidlock";
+
+// ----------------------------------------------------------- global state
+
+State *g_state = nullptr;
+
+apr_status_t forget_state(void *) {
+    if (g_state) {
+        if (g_state->backend) g_state->backend->~LockBackend();
+        if (g_state->table) g_state->table->~LockTable();
+        if (g_state->facts) g_state->facts->~ServerFacts();
+        if (g_state->locks) g_state->locks->~StripeLocks();
+    }
+    g_state = nullptr;
+    return APR_SUCCESS;
+}
+
+apr_status_t free_region(void *mem) {
+    free(mem);
+    return APR_SUCCESS;
+}
+
+// The MPM's own answers, as the startup checks want them.
+MpmFacts query_mpm() {
+    MpmFacts f;
+    int v = 0;
+    f.name = ap_show_mpm();
+    if (ap_mpm_query(AP_MPMQ_IS_FORKED, &v) == APR_SUCCESS) f.forked = v != AP_MPMQ_NOT_SUPPORTED;
+    if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &v) == APR_SUCCESS) f.server_limit = v > 0 ? v : 1;
+    if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_THREADS, &v) == APR_SUCCESS) f.thread_limit = v > 0 ? v : 1;
+    if (ap_mpm_query(AP_MPMQ_MAX_DAEMONS, &v) == APR_SUCCESS) f.max_daemons = v > 0 ? v : 1;
+    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &v) == APR_SUCCESS) f.max_threads = v > 0 ? v : 1;
+    return f;
+}
+
+ModuleFacts module_facts(server_rec *s) {
+    ModuleFacts m;
+    const ServerConfig *sc = server_config(s);
+    m.table_size = sc->table_size == kUnset ? 0 : static_cast<uint64_t>(sc->table_size);
+    m.thread_backend = sc->thread_backend == 1;
+    m.mutex_mech = "default";
+    for (server_rec *vs = s; vs; vs = vs->next) {
+        const apr_size_t k = max_key_len(server_config(vs));
+        if (k > m.key_cap) m.key_cap = static_cast<uint32_t>(k);
+    }
+    return m;
+}
+
+// ------------------------------------------------------------------ hooks
+
+int pre_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *) {
+    const apr_status_t rv = ap_mutex_register(pconf, kMutexType, nullptr, APR_LOCK_DEFAULT, 0);
+    if (rv != APR_SUCCESS) {
+        ap_log_perror(APLOG_MARK, APLOG_CRIT, rv, pconf, "PIDLOCK001: cannot register the pidlock mutex type");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return OK;
+}
+
+// The mechanism the `Mutex` directive gives pidlock, learnt by creating a
+// throwaway mutex in ptemp: util_mutex keeps its configuration private.
+std::string probe_mutex_mech(server_rec *s, apr_pool_t *ptemp) {
+    apr_global_mutex_t *m = nullptr;
+    const apr_status_t rv = ap_global_mutex_create(&m, nullptr, kMutexType, "probe", s, ptemp, 0);
+    if (rv != APR_SUCCESS) return "unusable";
+    if (!m) return "none";
+    std::string name = apr_global_mutex_name(m);
+    apr_global_mutex_destroy(m);
+    return name;
+}
+
+ScopeFacts scope_facts(const ap_conf_vector_t *v) {
+    ScopeFacts f;
+    const auto *d = static_cast<const DirConfig *>(ap_get_module_config(v, &pidlock_module));
+    if (!d) return f;
+    f.where = d->where ? d->where : "";
+    f.path = d->path ? d->path : "";
+    // Keys set in a section count for sections of its kind below its path.
+    f.kind = d->path ? (d->section ? d->section : "<section") : "";
+    f.on = d->enabled == 1;
+    f.has_keys = d->keys && d->keys->nelts > 0;
+    f.timeout_s = d->timeout_ms == kUnset ? -1.0 : d->timeout_ms / 1000.0;
+    return f;
+}
+
+// Every scope each host sees: its defaults and its sections (httpd has merged
+// the main server's sections into each virtual host's by now).
+std::vector<ServerScopes> gather_scopes(server_rec *s) {
+    std::vector<ServerScopes> out;
+    for (server_rec *vs = s; vs; vs = vs->next) {
+        ServerScopes srv;
+        srv.name = vs->is_virtual ? std::string("virtual host ") + (vs->server_hostname ? vs->server_hostname : "?") +
+                                        " (" + (vs->defn_name ? vs->defn_name : "?") + ":" +
+                                        std::to_string(vs->defn_line_number) + ")"
+                                  : std::string("the main server");
+        srv.httpd_timeout_s = static_cast<double>(apr_time_as_msec(vs->timeout)) / 1000.0;
+        srv.scopes.push_back(scope_facts(vs->lookup_defaults));
+        const auto *core = static_cast<const core_server_config *>(ap_get_core_module_config(vs->module_config));
+        for (const apr_array_header_t *arr : {core->sec_dir, core->sec_url}) {
+            if (!arr) continue;
+            const auto *vecs = reinterpret_cast<ap_conf_vector_t *const *>(arr->elts);
+            for (int i = 0; i < arr->nelts; ++i) srv.scopes.push_back(scope_facts(vecs[i]));
+        }
+        out.push_back(std::move(srv));
+    }
+    return out;
+}
+
+int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
+    try {
+        const MpmFacts mpm = query_mpm();
+        ModuleFacts mod = module_facts(s);
+        mod.mutex_mech = probe_mutex_mech(s, ptemp);
+        bool refused = false;
+        std::vector<Finding> findings = check_startup(mpm, mod);
+        for (Finding &f : check_scopes(gather_scopes(s))) findings.push_back(std::move(f));
+        for (const Finding &f : findings) {
+            // APLOG_STARTUP puts the line on stderr without a log prefix; the
+            // second call puts it in the error log.
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | (f.refuse ? APLOG_EMERG : APLOG_WARNING), 0, s,
+                         "mod_pidlock: %s", f.message.c_str());
+            ap_log_error(APLOG_MARK, f.refuse ? APLOG_EMERG : APLOG_WARNING, 0, s, "%s",
+                         f.message.c_str());
+            refused = refused || f.refuse;
+        }
+        return refused ? HTTP_INTERNAL_SERVER_ERROR : OK;
+    } catch (...) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s, "PIDLOCK002: startup checks failed");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+// What survives a restart of the parent (graceful or not) until a full stop:
+// the shared table and its mutexes, so old-generation children keep their
+// locks and new ones honour them. Plain APR handles only: the module itself
+// (and every vtable in it) is unloaded and reloaded between generations.
+struct Retained {
+    apr_shm_t *shm;
+    apr_global_mutex_t **mutexes;
+    unsigned stripes;
+    TableParams params;
+    char mech[32];
+    char nonce[33];
+};
+const char *const kRetainedKey = "mod_pidlock-retained";
+
+Retained *retained() {
+    auto *rd = static_cast<Retained *>(ap_retained_data_get(kRetainedKey));
+    if (!rd) rd = static_cast<Retained *>(ap_retained_data_create(kRetainedKey, sizeof(Retained)));
+    return rd;
+}
+
+// Creates (first start) or takes over (restart) the shared table; returns its
+// base address or null after logging why.
+void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Retained *rd) {
+    const std::string mech = probe_mutex_mech(s, ptemp);
+    if (rd->shm) {
+        const TableParams &had = rd->params;
+        if (had.capacity != want.capacity || had.key_cap != want.key_cap)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK011: the lock table keeps %u keys of up to %u bytes until a full stop "
+                         "and start (configured now: %u keys of up to %u bytes)",
+                         had.capacity, had.key_cap, want.capacity, want.key_cap);
+        if (mech != rd->mech)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK011: the pidlock mutex stays %s until a full stop and start "
+                         "(configured now: %s)", rd->mech, mech.c_str());
+        return apr_shm_baseaddr_get(rd->shm);
+    }
+    // Allocated in the process pool: they live as long as the parent.
+    apr_pool_t *pglobal = s->process->pool;
+    const apr_size_t region = LockTable::region_size(want);
+    apr_status_t rv = apr_shm_create(&rd->shm, region, nullptr, pglobal);
+    if (rv != APR_SUCCESS) {
+        rd->shm = nullptr;
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK004: cannot create %" APR_SIZE_T_FMT
+                     " bytes of shared memory for the lock table", region);
+        return nullptr;
+    }
+    rd->mutexes = static_cast<apr_global_mutex_t **>(apr_pcalloc(pglobal, sizeof(apr_global_mutex_t *) * want.stripes));
+    for (unsigned i = 0; i < want.stripes; ++i) {
+        rv = ap_global_mutex_create(&rd->mutexes[i], nullptr, kMutexType, apr_psprintf(pglobal, "s%u", i), s, pglobal, 0);
+        if (rv != APR_SUCCESS || !rd->mutexes[i]) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK005: cannot create the table mutexes");
+            apr_shm_destroy(rd->shm);
+            rd->shm = nullptr;
+            return nullptr;
+        }
+    }
+    void *base = apr_shm_baseaddr_get(rd->shm);
+    if (!LockTable::format(base, region, want)) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: cannot lay out the lock table");
+        return nullptr;
+    }
+    rd->stripes = want.stripes;
+    rd->params = want;
+    apr_cpystrn(rd->mech, mech.c_str(), sizeof rd->mech);
+    return base;
+}
+
+int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) return OK;
+    try {
+        const MpmFacts mpm = query_mpm();
+        const ModuleFacts mod = module_facts(s);
+        Retained *rd = retained();
+        TableParams tp;
+        tp.capacity = static_cast<uint32_t>(effective_table_size(mpm, mod));
+        tp.key_cap = mod.key_cap;
+        tp.stripes = LockTable::kDefaultStripes;
+        if (LockTable::region_size(tp) == 0) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: invalid lock table size %u", tp.capacity);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        auto *st = static_cast<State *>(apr_pcalloc(pconf, sizeof(State)));
+        st->thread_backend = mod.thread_backend;
+        void *base = nullptr;
+        std::string mech;
+        if (st->thread_backend) {
+            // Each generation's single child has a table of its own.
+            const apr_size_t region = LockTable::region_size(tp);
+            if (posix_memalign(&base, 4096, region) != 0) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK004: cannot allocate %" APR_SIZE_T_FMT " bytes for the lock table", region);
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            apr_pool_cleanup_register(pconf, base, free_region, apr_pool_cleanup_null);
+            void *mem = apr_palloc(pconf, PthreadStripeLocks::region_size(tp.stripes));
+            const int rc = PthreadStripeLocks::init(mem, tp.stripes, false);
+            if (rc != 0 || !LockTable::format(base, region, tp)) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, rc, s, "PIDLOCK005: cannot create the in-process table");
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            st->locks = new (apr_palloc(pconf, sizeof(PthreadStripeLocks))) PthreadStripeLocks(mem, tp.stripes);
+            mech = "pthread (in-process)";
+        } else {
+            base = shared_table(s, ptemp, tp, rd);
+            if (!base) return HTTP_INTERNAL_SERVER_ERROR;
+            st->mutexes = rd->mutexes;
+            st->locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(rd->mutexes, rd->stripes);
+            mech = apr_global_mutex_name(rd->mutexes[0]);
+        }
+        st->table = new (apr_palloc(pconf, sizeof(LockTable))) LockTable(base, st->locks);
+        st->backend = new (apr_palloc(pconf, sizeof(TableBackend)))
+            TableBackend(st->thread_backend ? "thread" : "shared", st->table);
+        if (!st->table->valid()) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: the retained lock table is not valid");
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        int gen = 0;
+        ap_mpm_query(AP_MPMQ_GENERATION, &gen);
+        st->table->set_generation(static_cast<uint32_t>(gen));
+        // A restart: children of earlier generations that are gone (all of
+        // them after a hard restart) leave nothing behind.
+        const int reaped = st->thread_backend ? 0 : st->table->reap(0);
+        if (reaped > 0)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK012: released %d lock record(s) of processes that are gone", reaped);
+        st->facts = new (apr_palloc(pconf, sizeof(ServerFacts))) ServerFacts();
+        st->facts->version = PIDLOCK_VERSION;
+        st->facts->backend = st->backend->name();
+        st->facts->mutex = mech;
+        st->facts->mpm = mpm.name;
+        // One nonce per full start, the same in every child.
+        if (!rd->nonce[0]) {
+            unsigned char raw[16];
+            if (apr_generate_random_bytes(raw, sizeof raw) != APR_SUCCESS) {
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK006: no random bytes for the status page nonce");
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(rd->nonce + 2 * i, 3, "%02x", raw[i]);
+        }
+        apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
+        g_state = st;
+        apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                     "PIDLOCK010: lock table ready: backend %s, capacity %u keys, keys up to %u bytes, "
+                     "%u stripes, mutex %s, MPM %s, generation %d",
+                     st->backend->name(), st->table->params().capacity,
+                     st->table->params().key_cap, st->table->params().stripes,
+                     mech.c_str(), mpm.name.c_str(), gen);
+        return OK;
+    } catch (...) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK007: lock table setup failed");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+// In the parent: a child has exited (crash, kill -9, OOM, or its normal
+// end); whatever it held or waited for is released now.
+void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status) {
+    if (status != MPM_CHILD_EXITED || !g_state || !g_state->backend || g_state->thread_backend) return;
+    try {
+        const int n = g_state->table->reap(static_cast<int32_t>(pid));
+        if (n > 0)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                         "PIDLOCK013: child %" APR_PID_T_FMT " exited holding or waiting for locks: "
+                         "released %d", pid, n);
+    } catch (...) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "PIDLOCK106: unexpected error reaping child %" APR_PID_T_FMT, pid);
+    }
+}
+
+void child_init(apr_pool_t *p, server_rec *s) {
+    if (!g_state || !g_state->mutexes) return;
+    for (unsigned i = 0; i < g_state->table->params().stripes; ++i) {
+        const apr_status_t rv = apr_global_mutex_child_init(
+            &g_state->mutexes[i], apr_global_mutex_lockfile(g_state->mutexes[i]), p);
+        if (rv != APR_SUCCESS)
+            ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "PIDLOCK008: cannot attach to table mutex %u in child", i);
+    }
+}
+}  // namespace glue
+}  // namespace pidlock
