@@ -192,8 +192,32 @@ bool is_violation(const Slot &s, std::size_t mine, bool write) {
 int backend_handler(request_rec *r) {
     if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend") != 0) return DECLINED;
 
-    int rv = ap_discard_request_body(r);
-    if (rv != OK) return rv;
+    // X-Test-Body: read the body as an application would and report its
+    // length and checksum; a body that ends in an error is never acted on.
+    std::uint64_t body_len = 0, body_sum = 1469598103934665603ULL;
+    const bool sum_body = apr_table_get(r->headers_in, "X-Test-Body") != nullptr;
+    if (sum_body) {
+        int rv = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK);
+        if (rv != OK) return rv;
+        if (ap_should_client_block(r)) {
+            char buf[16384];
+            long n;
+            while ((n = ap_get_client_block(r, buf, sizeof buf)) > 0) {
+                for (long i = 0; i < n; ++i) {
+                    body_sum ^= static_cast<unsigned char>(buf[i]);
+                    body_sum *= 1099511628211ULL;
+                }
+                body_len += static_cast<std::uint64_t>(n);
+            }
+            if (n < 0) {
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "pidlock-testbackend: body read failed; not acting");
+                return HTTP_BAD_REQUEST;
+            }
+        }
+    } else {
+        int rv = ap_discard_request_body(r);
+        if (rv != OK) return rv;
+    }
 
     const char *pid = apr_table_get(r->headers_in, "X-Test-Pid");
     ap_set_content_type(r, "text/plain");
@@ -256,6 +280,9 @@ int backend_handler(request_rec *r) {
     }
 
     ap_rprintf(r, "ok %s %s %ld\n", pid, mode, static_cast<long>(getpid()));
+    if (sum_body)
+        ap_rprintf(r, "body %" APR_UINT64_T_FMT " %016" APR_UINT64_T_HEX_FMT "\n", body_len, body_sum);
+    if (const char *fence = apr_table_get(r->headers_in, "PidLock-Fence")) ap_rprintf(r, "fence %s\n", fence);
     return OK;
 }
 

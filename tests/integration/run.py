@@ -431,6 +431,9 @@ def main():
                 if opts.verbose:
                     traceback.print_exc()
             res.record(name, err)
+        from test_form import run_form_suite
+        for mpm in opts.mpm or MPMS:
+            run_form_suite(mpm, res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 

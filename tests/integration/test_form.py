@@ -1,0 +1,520 @@
+"""Keys from the request body (PidLockKey form NAME) and several keys per
+request (PidLockKeys all), against a real httpd under prefork, worker and
+event: GMN's create (field pid), update (URL + field newPid, both locked),
+the body handed to the handler byte for byte (Content-Length, chunked,
+Expect: 100-continue, HTTP/2 over h2c, through mod_proxy_http), a field after
+a large part, a slow client holding no lock, refusals, a repeated field
+caught while the handler reads, and internal redirects that may not escape.
+"""
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+from harness import HOST, MODDIR, Httpd, check, poll
+
+FNV_OFFSET = 1469598103934665603
+FNV_PRIME = 1099511628211
+
+
+def fnv1a(data):
+    h = FNV_OFFSET
+    for b in data:
+        h ^= b
+        h = (h * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def multipart(fields, boundary="----pidlockXyZ0123"):
+    """fields: list of (name, value bytes, filename or None)."""
+    out = []
+    for name, value, filename in fields:
+        out.append(b"--" + boundary.encode() + b"\r\n")
+        disp = 'Content-Disposition: form-data; name="%s"' % name
+        if filename:
+            disp += '; filename="%s"' % filename
+        out.append(disp.encode() + b"\r\n")
+        if filename:
+            out.append(b"Content-Type: application/octet-stream\r\n")
+        out.append(b"\r\n" + value + b"\r\n")
+    out.append(b"--" + boundary.encode() + b"--\r\n")
+    return b"".join(out), "multipart/form-data; boundary=" + boundary
+
+
+CONFIG = r"""
+PidLockBodyBuffer 65536
+LoadModule proxy_module {moddir}/mod_proxy.so
+LoadModule proxy_http_module {moddir}/mod_proxy_http.so
+<IfModule !mpm_prefork_module>
+LoadModule http2_module {moddir}/mod_http2.so
+Protocols h2c http/1.1
+</IfModule>
+LoadModule alias_module {moddir}/mod_alias.so
+ErrorDocument 410 /f/object/errdoc
+<LocationMatch "^/f/(object|meta)">
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKeys all
+    PidLockKey path ^/f/object/(.+)$
+    PidLockKey form pid
+    PidLockKey form newPid
+    PidLockTimeout 20
+</LocationMatch>
+<Location /g/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey form pid
+    PidLockKeyRequired On
+    PidLockTimeout 20
+</Location>
+<Location /foff/>
+    SetHandler pidlock-testbackend
+    PidLock Off
+</Location>
+<Location /px/>
+    PidLock On
+    PidLockKey form pid
+    PidLockTimeout 20
+    ProxyPass http://127.0.0.1:{port}/foff/
+</Location>
+<Location /redir/>
+    SetHandler pidlock-testbackend-redirect
+    PidLock Off
+</Location>
+<Location /gone/>
+    Redirect gone
+</Location>
+<Location /pidlock-status>
+    SetHandler pidlock-status
+    Require ip 127.0.0.1
+</Location>
+<Location /stats>
+    SetHandler pidlock-testbackend-stats
+</Location>
+"""
+
+
+def server(mpm, name):
+    # The port is known only once the Httpd object exists.
+    h = Httpd(mpm=mpm, body="", name="form-%s-%s" % (name, mpm))
+    h.body = CONFIG.replace("{moddir}", MODDIR).replace("{port}", str(h.port))
+    h.start()
+    return h
+
+
+def stats(h, reset=False):
+    return h.get_json("/stats?reset" if reset else "/stats")
+
+
+def status(h):
+    return h.get_json("/pidlock-status?json")
+
+
+def held_keys(h):
+    return {l["key"]: l for l in status(h)["locks"]}
+
+
+def wait_empty(h, timeout=5):
+    ok = poll(lambda: status(h)["table"]["used"] == 0, timeout=timeout)
+    check(ok, "table not empty: %r" % status(h)["locks"])
+
+
+def post(h, url, fields, headers=None, method="POST", timeout=30, chunked=False):
+    body, ctype = multipart(fields)
+    hdrs = {"Content-Type": ctype, "X-Test-Body": "1"}
+    hdrs.update(headers or {})
+    if chunked:
+        conn = h.connect(timeout)
+        try:
+            def gen():
+                for i in range(0, len(body), 7001):
+                    yield body[i:i + 7001]
+            conn.request(method, url, body=gen(), headers=hdrs, encode_chunked=True)
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, data.decode("utf-8", "replace"), body
+        finally:
+            conn.close()
+    r = h.request(method, url, headers=hdrs, body=body, timeout=timeout)
+    return r.status, r.text, body
+
+
+def body_line(text):
+    for line in text.splitlines():
+        if line.startswith("body "):
+            return line.split()[1:]
+    return None
+
+
+def check_body(text, body, what):
+    got = body_line(text)
+    check(got is not None, "%s: handler reported no body: %r" % (what, text[:300]))
+    check(int(got[0]) == len(body), "%s: handler got %s bytes, sent %d" % (what, got[0], len(body)))
+    check(got[1] == fnv1a(body), "%s: body checksum differs" % what)
+
+
+def hold_in_background(h, url, fields, sleep_ms, result, headers=None, method="POST"):
+    def run():
+        hd = {"X-Test-Sleep-Ms": str(sleep_ms)}
+        hd.update(headers or {})
+        try:
+            result.append(post(h, url, fields, headers=hd, method=method))
+        except Exception as e:  # noqa: BLE001
+            result.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+# ------------------------------------------------------------------- tests
+def _create_load(h, prefix, pids, threads=12, per_thread=15):
+    errors = []
+    lock = threading.Lock()
+
+    def worker(i):
+        rnd = random.Random(i)
+        for _ in range(per_thread):
+            pid = rnd.choice(pids)
+            try:
+                st, text, _ = post(h, prefix + "object", [("pid", pid.encode(), None),
+                                                          ("object", os.urandom(200), "o.bin")],
+                                   headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "3"})
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    errors.append(repr(e))
+                continue
+            if st != 200 or not text.startswith("ok %s write" % pid):
+                with lock:
+                    errors.append("%d %r" % (st, text[:200]))
+    ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return errors
+
+
+def t_creates_serialized(h):
+    pids = ["doi:10.5063/C1", "urn:uuid:c2"]
+    stats(h, reset=True)
+    errors = _create_load(h, "/f/", pids)
+    check(not errors, "%d errors, e.g. %s" % (len(errors), errors[:3]))
+    s = stats(h)
+    check(s["violations"] == 0, "concurrent creates of one PID overlapped %d times" % s["violations"])
+    check(s["requests"] >= 12 * 15, "backend saw only %d requests" % s["requests"])
+    # The witness catches it where nothing locks: the test can fail.
+    stats(h, reset=True)
+    errors = _create_load(h, "/foff/", pids)
+    check(not errors, "%d errors off, e.g. %s" % (len(errors), errors[:3]))
+    check(stats(h)["violations"] > 0, "PidLock Off: the witness saw no overlap (test cannot fail)")
+    stats(h, reset=True)
+    wait_empty(h)
+
+
+def t_update_locks_both(h):
+    res = []
+    t = hold_in_background(h, "/f/object/old%2F1", [("newPid", b"new/2", None),
+                                                     ("object", b"x" * 1000, "o.bin")],
+                           1500, res, method="PUT", headers={"X-Test-Pid": "u"})
+    ok = poll(lambda: {"old/1", "new/2"} <= set(held_keys(h)), timeout=5)
+    check(ok, "update did not hold both PIDs: %r" % list(held_keys(h)))
+    locks = held_keys(h)
+    reqs = {locks[k]["holders"][0]["request"] for k in ("old/1", "new/2")}
+    check(len(reqs) == 1 and 0 not in reqs, "holders of one request differ in `request`: %r" % reqs)
+    check(all(locks[k]["mode"] == "write" for k in ("old/1", "new/2")), "not write locks: %r" % locks)
+    # A create of the new PID waits until the update is done.
+    t0 = time.monotonic()
+    st, text, _ = post(h, "/f/object", [("pid", b"new/2", None)], headers={"X-Test-Pid": "c"})
+    check(st == 200, "create after update: %d %r" % (st, text[:200]))
+    check(time.monotonic() - t0 > 0.5, "create of the update's new PID did not wait")
+    t.join(20)
+    check(res and not isinstance(res[0], Exception) and res[0][0] == 200, "update: %r" % res[:1])
+    check("fence " in res[0][1], "write lock without PidLock-Fence: %r" % res[0][1][:200])
+    wait_empty(h)
+
+
+def t_crossed_updates_end(h):
+    """PUT /object/A newPid=B and PUT /object/B newPid=A at once: both end."""
+    errors = []
+
+    def worker(i):
+        a, b = ("A", "B") if i % 2 else ("B", "A")
+        for _ in range(10):
+            try:
+                st, text, _ = post(h, "/f/object/" + a, [("newPid", b.encode(), None)], method="PUT",
+                                   headers={"X-Test-Pid": "AB", "X-Test-Sleep-Ms": "2"}, timeout=30)
+                if st != 200:
+                    errors.append("%d %r" % (st, text[:100]))
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+    stats(h, reset=True)
+    ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    check(not any(t.is_alive() for t in ts), "crossed updates still running after 60 s (deadlock?)")
+    check(not errors, "%d errors: %s" % (len(errors), errors[:3]))
+    check(stats(h)["violations"] == 0, "crossed updates overlapped")
+    wait_empty(h)
+
+
+def t_field_after_large_part(h):
+    big = os.urandom(3 * 1024 * 1024)
+    res = []
+    t = hold_in_background(h, "/f/object", [("object", big, "big.bin"), ("sysmeta", b"<x/>", "s.xml"),
+                                            ("pid", b"late-pid", None)], 1200, res,
+                           headers={"X-Test-Pid": "late"})
+    ok = poll(lambda: "late-pid" in held_keys(h), timeout=10)
+    check(ok, "pid after a 3 MiB part was not locked: %r" % list(held_keys(h)))
+    t.join(30)
+    check(res and not isinstance(res[0], Exception), "request failed: %r" % res[:1])
+    st, text, body = res[0]
+    check(st == 200, "status %d %r" % (st, text[:200]))
+    check_body(text, body, "3 MiB part then pid")
+    wait_empty(h)
+
+
+def t_chunked_body(h):
+    big = os.urandom(300 * 1024)
+    st, text, body = post(h, "/f/object", [("pid", b"chunky", None), ("object", big, "o.bin")],
+                          headers={"X-Test-Pid": "chunky"}, chunked=True)
+    check(st == 200, "chunked: %d %r" % (st, text[:200]))
+    check_body(text, body, "chunked body")
+    st, text, body = post(h, "/f/object", [("object", big, "o.bin"), ("pid", b"chunky2", None)],
+                          headers={"X-Test-Pid": "chunky2"}, chunked=True)
+    check(st == 200, "chunked, pid last: %d %r" % (st, text[:200]))
+    check_body(text, body, "chunked body, pid last")
+    wait_empty(h)
+
+
+def t_urlencoded(h):
+    body = b"a=1&pid=doi%3A10.5063%2FU1&b=" + b"z" * 100000
+    res = []
+
+    def run():
+        try:
+            res.append(h.request("POST", "/g/x", body=body, timeout=20, headers={
+                "Content-Type": "application/x-www-form-urlencoded", "X-Test-Body": "1",
+                "X-Test-Pid": "u1", "X-Test-Sleep-Ms": "800"}))
+        except Exception as e:  # noqa: BLE001
+            res.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    check(poll(lambda: "doi:10.5063/U1" in held_keys(h), timeout=5), "urlencoded pid not locked: %r"
+          % list(held_keys(h)))
+    t.join(20)
+    r = res[0]
+    check(not isinstance(r, Exception) and r.status == 200, "urlencoded: %r" % r)
+    check_body(r.text, body, "urlencoded")
+    wait_empty(h)
+
+
+def _raw(h, data, timeout=10, read_after=None):
+    s = socket.create_connection((HOST, h.port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if read_after and read_after in out:
+                break
+        return out
+    finally:
+        s.close()
+
+
+def t_expect_100(h):
+    body, ctype = multipart([("pid", b"e100", None), ("object", b"q" * 5000, "o.bin")])
+    s = socket.create_connection((HOST, h.port), timeout=10)
+    try:
+        head = ("POST /f/object HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                "Expect: 100-continue\r\nX-Test-Body: 1\r\nX-Test-Pid: e100\r\nConnection: close\r\n\r\n"
+                % (ctype, len(body))).encode()
+        s.sendall(head)
+        first = s.recv(4096)
+        check(first.startswith(b"HTTP/1.1 100"), "no 100 Continue before the body: %r" % first[:100])
+        s.sendall(body)
+        out = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    finally:
+        s.close()
+    check(b" 200 " in out.split(b"\r\n", 1)[0], "after 100-continue: %r" % out[:200])
+    check_body(out.decode("latin-1"), body, "Expect: 100-continue")
+    wait_empty(h)
+
+
+def t_slow_client_holds_no_lock(h):
+    body, ctype = multipart([("object", b"s" * 20000, "o.bin"), ("pid", b"slowpid", None)])
+    s = socket.create_connection((HOST, h.port), timeout=20)
+    try:
+        s.sendall(("POST /f/object HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                   "X-Test-Body: 1\r\nX-Test-Pid: slow\r\nConnection: close\r\n\r\n"
+                   % (ctype, len(body))).encode())
+        half = len(body) // 2
+        s.sendall(body[:half])
+        time.sleep(0.8)
+        locks = held_keys(h)
+        check(not locks, "a client still sending its body holds a lock: %r" % list(locks))
+        # Another client's write on the PID goes through meanwhile.
+        st, text, _ = post(h, "/f/object", [("pid", b"slowpid", None)], headers={"X-Test-Pid": "o"})
+        check(st == 200, "write beside a slow upload: %d" % st)
+        s.sendall(body[half:])
+        out = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    finally:
+        s.close()
+    check(b" 200 " in out.split(b"\r\n", 1)[0], "slow upload: %r" % out[:200])
+    check_body(out.decode("latin-1"), body, "slow upload")
+    wait_empty(h)
+
+
+def t_refusals(h):
+    cases = [
+        ("no boundary", b"--x\r\n", "multipart/form-data"),
+        ("broken framing", b"--b\r\nContent-Disposition: form-data; name=\"pid\"\r\n\r\nv", "multipart/form-data; boundary=b"),
+        ("empty pid", multipart([("pid", b"", None)])[0], multipart([])[1]),
+        ("NUL in pid", multipart([("pid", b"a\x00b", None)])[0], multipart([])[1]),
+        ("too long", multipart([("pid", b"p" * 5000, None)])[0], multipart([])[1]),
+        ("repeated pid", multipart([("pid", b"a", None), ("pid", b"b", None)])[0], multipart([])[1]),
+        ("urlencoded repeated", b"pid=a&pid=b", "application/x-www-form-urlencoded"),
+        ("urlencoded bad escape", b"pid=%zz", "application/x-www-form-urlencoded"),
+    ]
+    stats(h, reset=True)
+    for name, body, ctype in cases:
+        r = h.request("POST", "/f/object", body=body, headers={"Content-Type": ctype, "X-Test-Pid": "bad"})
+        check(r.status == 400, "%s: %d, expected 400" % (name, r.status))
+    check(stats(h)["requests"] == 0, "the application acted on a refused body")
+    # No key at all where one is required.
+    r = h.request("POST", "/g/x", body=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    check(r.status == 400, "PidLockKeyRequired without a key: %d" % r.status)
+    # Decoys: repeated query arguments and headers are refused, not guessed at.
+    log = h.read_log()
+    check("PIDLOCK121" in log, "no PIDLOCK121 line for a refused body")
+    wait_empty(h)
+
+
+def t_repeated_field_while_streaming(h):
+    """pid first (the lock is had), a large part, then pid again: the
+    handler's read of the body fails before it ends; it never acts."""
+    body, ctype = multipart([("pid", b"rep-a", None), ("object", os.urandom(512 * 1024), "o.bin"),
+                             ("pid", b"rep-b", None)])
+    stats(h, reset=True)
+    r = h.request("POST", "/g/x", body=body, headers={"Content-Type": ctype, "X-Test-Body": "1",
+                                                     "X-Test-Pid": "rep"}, timeout=20)
+    check(r.status == 400, "repeated field after a large part: %d %r" % (r.status, r.body[:200]))
+    check(stats(h)["requests"] == 0, "the application acted on a body with a repeated key field")
+    check("PIDLOCK122" in h.read_log(), "no PIDLOCK122 line")
+    wait_empty(h)
+
+
+def t_proxy(h):
+    big = os.urandom(200 * 1024)
+    res = []
+    t = hold_in_background(h, "/px/object", [("object", big, "o.bin"), ("pid", b"proxied", None)], 800, res,
+                           headers={"X-Test-Pid": "px"})
+    check(poll(lambda: "proxied" in held_keys(h), timeout=5), "proxied create not locked")
+    t.join(20)
+    check(res and not isinstance(res[0], Exception) and res[0][0] == 200, "proxy: %r" % (res[:1],))
+    check_body(res[0][1], res[0][2], "through mod_proxy_http")
+    wait_empty(h)
+
+
+def t_http2(h):
+    if h.mpm == "prefork":
+        return  # mod_http2 does not run under prefork
+    curl = shutil.which("curl")
+    check(curl, "curl missing")
+    body, ctype = multipart([("object", os.urandom(150 * 1024), "o.bin"), ("pid", b"h2pid", None)])
+    path = os.path.join(h.root, "h2body")
+    with open(path, "wb") as f:
+        f.write(body)
+    p = subprocess.run([curl, "-sS", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version}",
+                        "-H", "Content-Type: " + ctype, "-H", "X-Test-Body: 1", "-H", "X-Test-Pid: h2",
+                        "--data-binary", "@" + path, "http://%s:%d/f/object" % (HOST, h.port)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    out = p.stdout.decode("utf-8", "replace")
+    check(p.returncode == 0, "curl: %s" % p.stderr[:300])
+    check(out.rstrip().endswith("2"), "not HTTP/2: %r" % out[-20:])
+    check(out.startswith("ok h2 write"), "h2 create: %r" % out[:200])
+    check_body(out, body, "HTTP/2")
+    wait_empty(h)
+
+
+def t_redirect_cannot_escape(h):
+    """A redirect from an unlocked location into a locked one, and an
+    ErrorDocument, take the lock of the URL they run (the SPEC's rule)."""
+    for url in ("/redir/x?uri=/f/object/esc", "/gone/x"):
+        key = "esc" if url.startswith("/redir") else "errdoc"
+        res = []
+        t = hold_in_background(h, "/f/object/" + key, [("object", b"w", "o.bin")], 1200, res,
+                               method="PUT", headers={"X-Test-Pid": key})
+        check(poll(lambda: key in held_keys(h), timeout=5), "writer did not take %s" % key)
+        stats(h, reset=True)
+        t0 = time.monotonic()
+        r = h.request("GET", url, headers={"X-Test-Pid": key}, timeout=20)
+        waited = time.monotonic() - t0
+        t.join(20)
+        check(stats(h)["violations"] == 0, "%s ran beside the writer on %s" % (url, key))
+        check(waited > 0.5, "%s did not wait for the writer (%.2f s, status %d)" % (url, waited, r.status))
+        wait_empty(h)
+
+
+FORM_TESTS = [
+    ("creates_serialized", t_creates_serialized),
+    ("update_locks_both", t_update_locks_both),
+    ("crossed_updates_end", t_crossed_updates_end),
+    ("field_after_large_part", t_field_after_large_part),
+    ("chunked_body", t_chunked_body),
+    ("urlencoded", t_urlencoded),
+    ("expect_100", t_expect_100),
+    ("slow_client_holds_no_lock", t_slow_client_holds_no_lock),
+    ("refusals", t_refusals),
+    ("repeated_field_while_streaming", t_repeated_field_while_streaming),
+    ("proxy", t_proxy),
+    ("http2", t_http2),
+    ("redirect_cannot_escape", t_redirect_cannot_escape),
+]
+
+
+def run_form_suite(mpm, record, only=None):
+    try:
+        h = server(mpm, "all")
+    except Exception as e:  # noqa: BLE001
+        record("form/%s/start" % mpm, e)
+        return
+    try:
+        for name, fn in FORM_TESTS:
+            if only and name not in only:
+                continue
+            err = None
+            try:
+                fn(h)
+            except Exception as e:  # noqa: BLE001
+                err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
+            crashes = Httpd.crash_lines(h.log_since_mark())
+            if crashes and err is None:
+                err = "error log: " + " | ".join(crashes[:3])
+            record("form/%s/%s" % (mpm, name), err)
+    finally:
+        clean = h.stop()
+        record("form/%s/clean_shutdown" % mpm, None if clean else "httpd did not stop cleanly")
+        h.cleanup()
