@@ -17,7 +17,8 @@ CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
             mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pidlock/mod_pidlock_lifecycle.cc \
-            mod_pidlock/mod_pidlock_request.cc mod_pidlock/mod_pidlock_status.cc mod_pidlock/mod_pidlock_body.cc
+            mod_pidlock/mod_pidlock_request.cc mod_pidlock/mod_pidlock_status.cc mod_pidlock/mod_pidlock_body.cc \
+            mod_pidlock/mod_pidlock_watchdog.cc
 HEADERS   = $(wildcard mod_pidlock/*.h)
 UNIT_SRCS = $(wildcard tests/unit/*.cc)
 

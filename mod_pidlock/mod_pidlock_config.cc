@@ -24,6 +24,7 @@ void *create_dir_config(apr_pool_t *p, char *path) {
     d->status_actions = kUnset;
     d->keys_all = kUnset;
     d->key_required = kUnset;
+    d->max_hold_ms = kUnset;
     return d;
 }
 
@@ -42,6 +43,7 @@ void *merge_dir_config(apr_pool_t *p, void *basev, void *addv) {
     d->status_actions = add->status_actions != kUnset ? add->status_actions : base->status_actions;
     d->keys_all = add->keys_all != kUnset ? add->keys_all : base->keys_all;
     d->key_required = add->key_required != kUnset ? add->key_required : base->key_required;
+    d->max_hold_ms = add->max_hold_ms != kUnset ? add->max_hold_ms : base->max_hold_ms;
     d->where = add->where ? add->where : base->where;
     return d;
 }
@@ -174,6 +176,16 @@ const char *set_timeout(cmd_parms *cmd, void *dv, const char *arg) {
     return nullptr;
 }
 
+const char *set_max_hold(cmd_parms *cmd, void *dv, const char *arg) {
+    char *end = nullptr;
+    errno = 0;
+    const double v = strtod(arg, &end);
+    if (end == arg || *end || errno || !std::isfinite(v) || v < 0 || v > 86400 * 7)
+        return apr_psprintf(cmd->pool, "PidLockMaxHold: '%s' is not a number of seconds from 0 to 604800", arg);
+    static_cast<DirConfig *>(dv)->max_hold_ms = static_cast<apr_int64_t>(std::llround(v * 1000.0));
+    return nullptr;
+}
+
 const char *set_busy_status(cmd_parms *cmd, void *dv, const char *arg) {
     const int v = atoi(arg);
     if (strcmp(arg, apr_itoa(cmd->pool, v)) || (v != 503 && v != 409 && v != 423 && v != 429))
@@ -257,6 +269,8 @@ const command_rec pidlock_cmds[] = {
                   "shared (every MPM) or thread (single-process servers)"),
     AP_INIT_FLAG("PidLockStatusActions", as_cmd(set_status_actions), nullptr,
                  ACCESS_CONF, "On to allow breaking locks from the status page here"),
+    AP_INIT_TAKE1("PidLockMaxHold", as_cmd(set_max_hold), nullptr, RSRC_CONF | ACCESS_CONF,
+                  "abort a request that holds a lock longer, in seconds (default 0: no limit)"),
     {nullptr, {nullptr}, nullptr, 0, RAW_ARGS, nullptr}};
 }  // namespace glue
 }  // namespace pidlock

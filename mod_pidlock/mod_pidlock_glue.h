@@ -61,6 +61,7 @@ struct DirConfig {
     int status_actions;          // kUnset, 0, 1
     int keys_all;                // PidLockKeys: kUnset, 0 (first), 1 (all)
     int key_required;            // PidLockKeyRequired: kUnset, 0, 1
+    apr_int64_t max_hold_ms;     // PidLockMaxHold: kUnset, 0 (no limit) or ms
     const char *where;           // file:line of PidLock or PidLockTimeout, for warnings
     const char *section;         // "<Location", "<Directory", ... or null (server scope)
     const char *path;            // the section's path
@@ -113,6 +114,39 @@ int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s);
 int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s);
 void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status);
 void child_init(apr_pool_t *p, server_rec *s);
+
+// The locks of one initial request and of the internal redirects and
+// sub-requests it runs: taken in its fixup, released together by the
+// release filter at the end of its response, by its pool's cleanup, or by
+// the PidLockMaxHold watchdog.
+struct RequestLocks {
+    LockBackend *backend;
+    request_rec *r;            // the initial request
+    int64_t deadline_ns;       // of the initial request's wait
+    uint64_t request;          // its number on the status page
+    int nsets;
+    LockSet sets[4];           // [0]: the initial request's; then redirects'
+    apr_array_header_t *held;  // of const char * / size: keys in any set
+    apr_array_header_t *held_len;
+    bool released;
+    bool watched;              // in the watchdog's list (under its mutex)
+    bool watchdog;             // PidLockMaxHold applies: releases go through it
+    int64_t hold_deadline_ns;
+    int sock;                  // the client connection's descriptor, -1: none
+    char key_shown[96];        // the first key, for the watchdog's log line
+};
+// Releases every lock of `rl` (idempotent); the watchdog's lock is taken
+// where it may race.
+void release_locks(RequestLocks *rl);
+void release_locks_now(RequestLocks *rl);
+// PidLockMaxHold: after `max_hold_ms` the watchdog aborts the request's
+// connection and releases its locks; hold_unwatch releases them at the
+// request's own end and forgets it.
+void hold_watch(RequestLocks *rl, request_rec *r, apr_int64_t max_hold_ms);
+void hold_unwatch(RequestLocks *rl);
+// Counts a set just acquired by a redirect; false if the watchdog released
+// the request's locks meanwhile (the caller releases the new set).
+bool hold_add_set(RequestLocks *rl);
 
 int fixups(request_rec *r);
 int strip_fence(request_rec *r);

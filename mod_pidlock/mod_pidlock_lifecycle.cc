@@ -70,6 +70,28 @@ ModuleFacts module_facts(server_rec *s) {
     for (server_rec *vs = s; vs; vs = vs->next) {
         const apr_size_t k = max_key_len(server_config(vs));
         if (k > m.key_cap) m.key_cap = static_cast<uint32_t>(k);
+        // Every scope: a request holds one key, or under PidLockKeys all
+        // one per source (at most LockSet::kMaxKeys), and one more for an
+        // internal redirect into another locked scope.
+        auto keys_of = [](const ap_conf_vector_t *v) -> uint32_t {
+            const auto *d = static_cast<const DirConfig *>(ap_get_module_config(v, &pidlock_module));
+            if (!d || !d->keys) return 0;
+            const uint32_t n = d->keys_all == 1 ? static_cast<uint32_t>(d->keys->nelts) : 1;
+            return n < LockSet::kMaxKeys ? n : static_cast<uint32_t>(LockSet::kMaxKeys);
+        };
+        uint32_t most = keys_of(vs->lookup_defaults), scopes = 0;
+        const auto *core = static_cast<const core_server_config *>(ap_get_core_module_config(vs->module_config));
+        for (const apr_array_header_t *arr : {core->sec_dir, core->sec_url}) {
+            if (!arr) continue;
+            const auto *vecs = reinterpret_cast<ap_conf_vector_t *const *>(arr->elts);
+            for (int i = 0; i < arr->nelts; ++i) {
+                const uint32_t n = keys_of(vecs[i]);
+                if (n) ++scopes;
+                if (n > most) most = n;
+            }
+        }
+        const uint32_t need = most + (scopes > 1 ? 1 : 0);
+        if (need > m.keys_per_request) m.keys_per_request = need;
     }
     return m;
 }

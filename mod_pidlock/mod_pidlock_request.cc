@@ -34,19 +34,7 @@ const char *const kFenceHeader = "PidLock-Fence";
 // The locks of one initial request and of the internal redirects and
 // sub-requests it runs: taken in its fixup, released together by the
 // release filter at the end of its response or by its pool's cleanup.
-struct RequestLocks {
-    LockBackend *backend;
-    request_rec *r;            // the initial request
-    int64_t deadline_ns;       // of the initial request's wait
-    uint64_t request;          // its number on the status page
-    int nsets;
-    LockSet sets[4];           // [0]: the initial request's; then redirects'
-    apr_array_header_t *held;  // of const char * / size: keys in any set
-    apr_array_header_t *held_len;
-    bool released;
-};
-
-void release_locks(RequestLocks *rl) {
+void release_locks_now(RequestLocks *rl) {
     if (rl->released) return;
     for (int i = rl->nsets; i-- > 0;) {
         const int rc = rl->backend->release_all(rl->sets[i]);
@@ -56,6 +44,12 @@ void release_locks(RequestLocks *rl) {
         }
     }
     rl->released = true;
+}
+
+void release_locks(RequestLocks *rl) {
+    // A watched request's locks may be released by the watchdog too.
+    if (rl->watchdog) hold_unwatch(rl);
+    else release_locks_now(rl);
 }
 
 apr_status_t release_cleanup(void *data) {
@@ -375,7 +369,10 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
         st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns, info, set, &rep, &err);
     if (res != AcquireResult::Acquired)
         return answer_not_acquired(r, d, res, mode, rep, timeout_s, err, st->backend->capacity());
-    ++rl->nsets;
+    if (!hold_add_set(rl)) {
+        rl->backend->release_all(set);
+        return answer_not_acquired(r, d, AcquireResult::Busy, mode, rep, timeout_s, 0, 0);
+    }
     note_held(rl, missing);
     return DECLINED;
 }
@@ -438,6 +435,7 @@ int fixups(request_rec *r) {
         ap_set_module_config(r->request_config, &pidlock_module, rl);
         apr_pool_cleanup_register(r->pool, rl, release_cleanup, apr_pool_cleanup_null);
         ap_add_output_filter_handle(g_release_filter, rl, r, r->connection);
+        if (d->max_hold_ms > 0) hold_watch(rl, r, d->max_hold_ms);
         if (mode == Mode::Write && rl->sets[0].fence())
             apr_table_setn(r->headers_in, kFenceHeader,
                            apr_psprintf(r->pool, "%" APR_UINT64_T_FMT, rl->sets[0].fence()));

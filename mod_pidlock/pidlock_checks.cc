@@ -16,7 +16,8 @@ uint64_t max_concurrent_requests(const MpmFacts &m) {
 }
 
 uint64_t effective_table_size(const MpmFacts &m, const ModuleFacts &f) {
-    return f.table_size ? f.table_size : auto_table_size(m);
+    return f.table_size ? f.table_size
+                        : auto_table_size(m) * (f.keys_per_request ? f.keys_per_request : 1);
 }
 
 std::vector<Finding> check_startup(const MpmFacts &m, const ModuleFacts &f) {

@@ -25,6 +25,9 @@ struct ModuleFacts {
     bool thread_backend = false;
     std::string mutex_mech;   // "default", "pthread", "fcntl", "posixsem", "none", ...
     uint32_t key_cap = 1024;  // largest PidLockMaxKeyLength of any server
+    // Most keys one request may hold (PidLockKeys all: its sources; plus
+    // the keys internal redirects may add): auto sizes count every one.
+    uint32_t keys_per_request = 1;
 };
 
 struct Finding {

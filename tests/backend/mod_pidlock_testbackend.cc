@@ -283,6 +283,17 @@ int backend_handler(request_rec *r) {
     if (sum_body)
         ap_rprintf(r, "body %" APR_UINT64_T_FMT " %016" APR_UINT64_T_HEX_FMT "\n", body_len, body_sum);
     if (const char *fence = apr_table_get(r->headers_in, "PidLock-Fence")) ap_rprintf(r, "fence %s\n", fence);
+    // X-Test-Resp-Bytes: a large response, for slow readers.
+    if (const char *rb = apr_table_get(r->headers_in, "X-Test-Resp-Bytes")) {
+        apr_int64_t left = apr_atoi64(rb);
+        static char chunk[65536];
+        std::memset(chunk, 'r', sizeof chunk);
+        while (left > 0) {
+            const int n = static_cast<int>(left < static_cast<apr_int64_t>(sizeof chunk) ? left : sizeof chunk);
+            if (ap_rwrite(chunk, n, r) < 0 || ap_rflush(r) < 0) break;
+            left -= n;
+        }
+    }
     return OK;
 }
 

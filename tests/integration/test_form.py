@@ -81,6 +81,19 @@ ErrorDocument 410 /f/object/errdoc
     PidLockTimeout 20
     ProxyPass http://127.0.0.1:{port}/foff/
 </Location>
+<Location /mh/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey path ^/mh/(.+)$
+    PidLockMaxHold 1
+    PidLockTimeout 0.2
+</Location>
+<Location /q/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey query pid
+    PidLockKey header X-Pid
+</Location>
 <Location /redir/>
     SetHandler pidlock-testbackend-redirect
     PidLock Off
@@ -407,6 +420,22 @@ def t_refusals(h):
     r = h.request("POST", "/g/x", body=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     check(r.status == 400, "PidLockKeyRequired without a key: %d" % r.status)
     # Decoys: repeated query arguments and headers are refused, not guessed at.
+    for url, hdrs in (("/q/x?pid=decoy&pid=victim", {}), ("/q/x?pid=decoy&p%69d=victim", {}),
+                      ("/q/x", [("X-Pid", "decoy"), ("X-Pid", "victim")])):
+        conn = h.connect(10)
+        try:
+            conn.putrequest("PUT", url)
+            items = hdrs.items() if isinstance(hdrs, dict) else hdrs
+            for k, v in list(items) + [("X-Test-Pid", "decoy"), ("Content-Length", "0")]:
+                conn.putheader(k, v)
+            conn.endheaders()
+            st = conn.getresponse().status
+        finally:
+            conn.close()
+        check(st == 400, "decoy %s %r: %d, expected 400" % (url, hdrs, st))
+    check(stats(h)["requests"] == 0, "the application acted on a decoy request")
+    r = h.request("PUT", "/q/x?pid=one", body=b"", headers={"X-Test-Pid": "one"})
+    check(r.status == 200, "a single pid argument: %d" % r.status)
     log = h.read_log()
     check("PIDLOCK121" in log, "no PIDLOCK121 line for a refused body")
     wait_empty(h)
@@ -478,6 +507,51 @@ def t_redirect_cannot_escape(h):
         wait_empty(h)
 
 
+def t_max_hold(h):
+    """PidLockMaxHold 1: a slow upload and a slow reader lose their locks
+    (and connections) after a second; others get the key then."""
+    # Slow upload: headers and 10 bytes of a 100 kB body, then nothing.
+    s = socket.create_connection((HOST, h.port), timeout=10)
+    try:
+        s.sendall(b"PUT /mh/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nX-Test-Body: 1\r\n"
+                  b"X-Test-Pid: up\r\n\r\n0123456789")
+        check(poll(lambda: "up" in held_keys(h), timeout=3), "slow upload took no lock")
+        r = h.request("PUT", "/mh/up", body=b"x", headers={"X-Test-Pid": "up2"})
+        check(r.status == 503, "a writer beside the slow upload: %d" % r.status)
+        t0 = time.monotonic()
+        check(poll(lambda: "up" not in held_keys(h), timeout=5), "slow upload still holds its lock")
+        held = time.monotonic() - t0
+        check(held < 3, "released only after %.1f s" % held)
+        r = h.request("PUT", "/mh/up", body=b"x", headers={"X-Test-Pid": "up2"})
+        check(r.status == 200, "after PidLockMaxHold: %d" % r.status)
+        s.settimeout(5)
+        data = b""
+        try:
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                data += c
+        except OSError:
+            pass  # reset: aborted as it should be
+    finally:
+        s.close()
+    # Slow reader: a large response nobody reads.
+    s = socket.create_connection((HOST, h.port), timeout=10)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"PUT /mh/rd HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nX-Test-Pid: rd\r\n"
+                  b"X-Test-Resp-Bytes: 200000000\r\n\r\nx")
+        check(poll(lambda: "rd" in held_keys(h), timeout=3), "slow reader took no lock")
+        check(poll(lambda: "rd" not in held_keys(h), timeout=5), "slow reader still holds its lock")
+        r = h.request("PUT", "/mh/rd", body=b"x", headers={"X-Test-Pid": "rd2"})
+        check(r.status == 200, "after PidLockMaxHold (reader): %d" % r.status)
+    finally:
+        s.close()
+    check("PIDLOCK130" in h.read_log(), "no PIDLOCK130 warning")
+    wait_empty(h)
+
+
 FORM_TESTS = [
     ("creates_serialized", t_creates_serialized),
     ("update_locks_both", t_update_locks_both),
@@ -492,6 +566,7 @@ FORM_TESTS = [
     ("proxy", t_proxy),
     ("http2", t_http2),
     ("redirect_cannot_escape", t_redirect_cannot_escape),
+    ("max_hold", t_max_hold),
 ]
 
 
