@@ -148,6 +148,10 @@ KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
 KeyStatus key_from_header(const char *value, size_t max_len, std::string &out) {
     out.clear();
     if (!value) return KeyStatus::Absent;
+    // httpd (HTTP/1.1 and HTTP/2 alike) merges a repeated header into one
+    // value joined by ", " before any module sees it: a raw comma is how a
+    // repeated key header shows. A PID with a comma sends it as %2C.
+    if (std::strchr(value, ',')) return KeyStatus::Repeated;
     return key_decode_component(value, std::strlen(value), false, max_len, out);
 }
 

@@ -44,7 +44,8 @@ KeyStatus key_decode_component(const char *s, size_t len, bool plus_is_space,
 KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
                          std::string &out);
 
-// A request header's value (null if absent).
+// A request header's value (null if absent). A raw comma means the header
+// was sent more than once (httpd joins the copies with ", "): Repeated.
 KeyStatus key_from_header(const char *value, size_t max_len, std::string &out);
 
 // The literal text every match of an anchored regex must start with ("^/mn/v2/"

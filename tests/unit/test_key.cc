@@ -45,6 +45,9 @@ TEST(Key, QueryRepeatedIsRefused) {
     CHECK(key_from_query("pid&pid=a", "pid", 1024, out) == KeyStatus::Repeated);
     CHECK(key_from_query("pid=a&pidx=b&xpid=c", "pid", 1024, out) == KeyStatus::Ok);
     STRCMP_EQUAL("a", out.c_str());
+    CHECK(key_from_header("decoy, victim", 1024, out) == KeyStatus::Repeated);
+    CHECK(key_from_header("a%2Cb", 1024, out) == KeyStatus::Ok);
+    STRCMP_EQUAL("a,b", out.c_str());
     CHECK(key_status_http(KeyStatus::Repeated, KeySource::Query) == 400);
     CHECK(key_status_http(KeyStatus::Repeated, KeySource::Header) == 400);
     CHECK(key_status_http(KeyStatus::TooLong, KeySource::Form) == 400);
