@@ -570,6 +570,63 @@ FORM_TESTS = [
 ]
 
 
+def t_dataone_example(mpm):
+    """conf/examples/dataone-member-node.conf as shipped, in front of the test
+    backend: create, update (both PIDs), updateSystemMetadata, get and
+    archive take the locks its comments promise."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    example = os.path.join(here, "..", "..", "conf", "examples", "dataone-member-node.conf")
+    body = ("Include %s\n<Location /mn/>\n    SetHandler pidlock-testbackend\n</Location>\n"
+            "<Location /pidlock-status>\n    SetHandler pidlock-status\n</Location>\n"
+            "<Location /stats>\n    SetHandler pidlock-testbackend-stats\n</Location>\n"
+            % os.path.abspath(example))
+    h = Httpd(mpm=mpm, body=body, name="dataone-%s" % mpm)
+    h.start()
+    try:
+        calls = [
+            ("POST", "/mn/v2/object", [("pid", b"doi:10.5063/N1", None), ("object", b"o", "o.bin")],
+             {"doi:10.5063/N1"}, "write"),
+            ("PUT", "/mn/v2/object/doi:10.5063%2FN1", [("newPid", b"doi:10.5063/N2", None)],
+             {"doi:10.5063/N1", "doi:10.5063/N2"}, "write"),
+            ("PUT", "/mn/v2/meta", [("pid", b"doi:10.5063/N2", None)], {"doi:10.5063/N2"}, "write"),
+            ("POST", "/mn/v1/dirtySystemMetadata", [("pid", b"doi:10.5063/N3", None)],
+             {"doi:10.5063/N3"}, "write"),
+            ("GET", "/mn/v2/object/doi%3A10.5063%2fN2", None, {"doi:10.5063/N2"}, "read"),
+            ("PUT", "/mn/v1/archive/doi:10.5063%2FN2", [], {"doi:10.5063/N2"}, "write"),
+        ]
+        for method, url, fields, want, mode in calls:
+            res = []
+            if fields is None:
+                def run():
+                    try:
+                        res.append(h.request(method, url, headers={"X-Test-Pid": "d", "X-Test-Sleep-Ms": "700"},
+                                             timeout=20))
+                    except Exception as e:  # noqa: BLE001
+                        res.append(e)
+                t = threading.Thread(target=run, daemon=True)
+                t.start()
+            else:
+                t = hold_in_background(h, url, fields, 700, res, method=method, headers={"X-Test-Pid": "d"})
+            ok = poll(lambda: want <= set(held_keys(h)), timeout=5)
+            locks = held_keys(h)
+            t.join(20)
+            check(ok, "%s %s: held %r, expected %r" % (method, url, list(locks), want))
+            check(all(locks[k]["mode"] == mode for k in want), "%s %s: modes %r" % (method, url, locks))
+            r = res[0]
+            status = r.status if hasattr(r, "status") else (r[0] if isinstance(r, tuple) else r)
+            check(status == 200, "%s %s -> %r" % (method, url, status))
+        # A create without its pid field never reaches the application.
+        body, ctype = multipart([("object", b"o", "o.bin")])
+        r = h.request("POST", "/mn/v2/object", body=body, headers={"Content-Type": ctype})
+        check(r.status == 400, "create without pid: %d" % r.status)
+        r = h.request("OPTIONS", "/mn/v2/object")
+        check(r.status != 400, "OPTIONS refused: %d" % r.status)
+        wait_empty(h)
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 def run_form_suite(mpm, record, only=None):
     try:
         h = server(mpm, "all")
@@ -593,3 +650,9 @@ def run_form_suite(mpm, record, only=None):
         clean = h.stop()
         record("form/%s/clean_shutdown" % mpm, None if clean else "httpd did not stop cleanly")
         h.cleanup()
+    if not only or "dataone_example" in only:
+        try:
+            t_dataone_example(mpm)
+            record("form/%s/dataone_example" % mpm, None)
+        except Exception as e:  # noqa: BLE001
+            record("form/%s/dataone_example" % mpm, e)
