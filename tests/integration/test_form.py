@@ -54,6 +54,19 @@ LoadModule http2_module {moddir}/mod_http2.so
 Protocols h2c http/1.1
 </IfModule>
 LoadModule alias_module {moddir}/mod_alias.so
+LoadModule rewrite_module {moddir}/mod_rewrite.so
+<IfModule mpm_prefork_module>
+LoadModule cgi_module {moddir}/mod_cgi.so
+</IfModule>
+<IfModule !mpm_prefork_module>
+LoadModule cgid_module {moddir}/mod_cgid.so
+</IfModule>
+ScriptAlias /cgi/ {root}/cgi/
+<Location /rw/>
+    PidLock Off
+    RewriteEngine On
+    RewriteRule ^ /f/object/rwk [PT]
+</Location>
 ErrorDocument 410 /f/object/errdoc
 <LocationMatch "^/f/(object|meta)">
     SetHandler pidlock-testbackend
@@ -115,6 +128,13 @@ def server(mpm, name):
     # The port is known only once the Httpd object exists.
     h = Httpd(mpm=mpm, body="", name="form-%s-%s" % (name, mpm))
     h.body = CONFIG.replace("{moddir}", MODDIR).replace("{port}", str(h.port))
+    # A CGI answering with a local Location: httpd redirects internally.
+    cgi = os.path.join(h.root, "cgi")
+    os.makedirs(cgi, exist_ok=True)
+    os.chmod(cgi, 0o755)
+    with open(os.path.join(cgi, "loc"), "w") as f:
+        f.write("#!/bin/sh\nprintf 'Location: /f/object/cgik\\r\\n\\r\\n'\n")
+    os.chmod(os.path.join(cgi, "loc"), 0o755)
     h.start()
     return h
 
@@ -489,10 +509,11 @@ def t_http2(h):
 
 
 def t_redirect_cannot_escape(h):
-    """A redirect from an unlocked location into a locked one, and an
-    ErrorDocument, take the lock of the URL they run (the SPEC's rule)."""
-    for url in ("/redir/x?uri=/f/object/esc", "/gone/x"):
-        key = "esc" if url.startswith("/redir") else "errdoc"
+    """A redirect from an unlocked location into a locked one (a handler's
+    internal redirect, a per-directory mod_rewrite rule, a CGI Location:) and
+    an ErrorDocument take the lock of the URL they run (the SPEC's rule)."""
+    for url, key in (("/redir/x?uri=/f/object/esc", "esc"), ("/gone/x", "errdoc"),
+                     ("/rw/x", "rwk"), ("/cgi/loc", "cgik")):
         res = []
         t = hold_in_background(h, "/f/object/" + key, [("object", b"w", "o.bin")], 1200, res,
                                method="PUT", headers={"X-Test-Pid": key})
