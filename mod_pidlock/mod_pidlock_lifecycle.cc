@@ -18,6 +18,7 @@
 #include "http_core.h"
 #include "http_log.h"
 #include "util_mutex.h"
+#include "mod_proxy.h"
 
 #ifdef APLOG_USE_MODULE
 APLOG_USE_MODULE(pidlock);
@@ -119,6 +120,15 @@ std::string probe_mutex_mech(server_rec *s, apr_pool_t *ptemp) {
     return name;
 }
 
+// mod_proxy's ProxyTimeout for a host, where it is loaded and sets one.
+double proxy_timeout_s(server_rec *s) {
+    module *proxy = ap_find_linked_module("mod_proxy.c");
+    if (!proxy) return -1;
+    const auto *conf = static_cast<const proxy_server_conf *>(ap_get_module_config(s->module_config, proxy));
+    if (!conf || !conf->timeout_set) return -1;
+    return static_cast<double>(apr_time_as_msec(conf->timeout)) / 1000.0;
+}
+
 ScopeFacts scope_facts(const ap_conf_vector_t *v) {
     ScopeFacts f;
     const auto *d = static_cast<const DirConfig *>(ap_get_module_config(v, &pidlock_module));
@@ -130,6 +140,7 @@ ScopeFacts scope_facts(const ap_conf_vector_t *v) {
     f.on = d->enabled == 1;
     f.has_keys = d->keys && d->keys->nelts > 0;
     f.timeout_s = d->timeout_ms == kUnset ? -1.0 : d->timeout_ms / 1000.0;
+    f.max_hold_s = d->max_hold_ms == kUnset ? -1.0 : d->max_hold_ms / 1000.0;
     return f;
 }
 
@@ -144,6 +155,7 @@ std::vector<ServerScopes> gather_scopes(server_rec *s) {
                                         std::to_string(vs->defn_line_number) + ")"
                                   : std::string("the main server");
         srv.httpd_timeout_s = static_cast<double>(apr_time_as_msec(vs->timeout)) / 1000.0;
+        srv.proxy_timeout_s = proxy_timeout_s(vs);
         srv.scopes.push_back(scope_facts(vs->lookup_defaults));
         const auto *core = static_cast<const core_server_config *>(ap_get_core_module_config(vs->module_config));
         for (const apr_array_header_t *arr : {core->sec_dir, core->sec_url}) {

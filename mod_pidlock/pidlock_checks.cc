@@ -85,7 +85,7 @@ std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers) {
             if (sc.on && !keys_in_reach(sc) && once("305 " + where)) {
                 std::snprintf(buf, sizeof buf,
                               "PIDLOCK305: PidLock On at %s, but no PidLockKey is configured for %s: "
-                              "requests there pass unlocked. Add PidLockKey path|query|header.",
+                              "requests there pass unlocked. Add PidLockKey path|query|header|form.",
                               where.c_str(), srv.name.c_str());
                 out.push_back({false, buf});
             }
@@ -95,6 +95,17 @@ std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers) {
                               "%.3g for %s: clients may give up before the lock is had. Lower "
                               "PidLockTimeout or raise Timeout.",
                               sc.timeout_s, where.c_str(), srv.httpd_timeout_s, srv.name.c_str());
+                out.push_back({false, buf});
+            }
+            const double backend_s = srv.proxy_timeout_s >= 0 ? srv.proxy_timeout_s : srv.httpd_timeout_s;
+            if (sc.max_hold_s > 0 && backend_s < sc.max_hold_s && once("307 " + where)) {
+                std::snprintf(buf, sizeof buf,
+                              "PIDLOCK307: PidLockMaxHold %.3g at %s is longer than the backend timeout "
+                              "%.3g (%s) for %s: httpd may answer 504 and release the lock while a backend "
+                              "still writes. Raise the backend timeout above PidLockMaxHold, or have the "
+                              "application check PidLock-Fence.",
+                              sc.max_hold_s, where.c_str(), backend_s,
+                              srv.proxy_timeout_s >= 0 ? "ProxyTimeout" : "Timeout", srv.name.c_str());
                 out.push_back({false, buf});
             }
         }

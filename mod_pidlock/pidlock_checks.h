@@ -52,6 +52,7 @@ struct ScopeFacts {
     bool on = false;         // PidLock On set here
     bool has_keys = false;   // PidLockKey lines here
     double timeout_s = -1;   // PidLockTimeout set here, or < 0
+    double max_hold_s = -1;  // PidLockMaxHold set here (0: no limit), or < 0
 };
 
 // The scopes one virtual host (or the main server) sees, its own and those it
@@ -59,13 +60,16 @@ struct ScopeFacts {
 struct ServerScopes {
     std::string name;
     double httpd_timeout_s = 60;
+    double proxy_timeout_s = -1;  // ProxyTimeout where mod_proxy sets one, or < 0
     std::vector<ScopeFacts> scopes;
 };
 
 // Legal but risky: PidLock On with no PidLockKey in reach (PIDLOCK305: none
 // in the scope, the server defaults, or an enclosing section of the same kind
 // by path prefix; regex sections are not followed), a
-// PidLockTimeout longer than httpd's Timeout (PIDLOCK306). Each scope is
+// PidLockTimeout longer than httpd's Timeout (PIDLOCK306), a backend timeout
+// (ProxyTimeout, else Timeout) below a PidLockMaxHold (PIDLOCK307: httpd may
+// answer 504 and release the lock while the backend still writes). Each scope is
 // reported once, however many hosts inherit it.
 std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers);
 

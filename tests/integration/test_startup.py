@@ -126,6 +126,11 @@ def t_warnings(opts):
              must=["PIDLOCK305", "PidLock On"])
     accepted("event", "<Location /mn/v2/>\n    PidLockTimeout 45\n</Location>\nTimeout 30\n",
              must=["PIDLOCK306", "45"])
+    accepted("event", "<Location /mn/v2/>\n    PidLockMaxHold 90\n</Location>\nTimeout 30\n",
+             must=["PIDLOCK307", "90"])
+    accepted("event", "LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so\nProxyTimeout 20\n"
+             "Timeout 300\n<Location /mn/v2/>\n    PidLockMaxHold 90\n</Location>\n",
+             must=["PIDLOCK307", "ProxyTimeout"])
 
 
 def t_graceful_into_refused(opts):

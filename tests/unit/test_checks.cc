@@ -116,6 +116,29 @@ TEST(Checks, ScopeWarnings) {
     CHECK_EQUAL(1u, check_scopes({main, vhost}).size());
 }
 
+TEST(Checks, MaxHoldAboveBackendTimeoutWarns) {
+    ServerScopes srv;
+    srv.name = "the main server";
+    srv.httpd_timeout_s = 60;
+    ScopeFacts sc;
+    sc.where = "x.conf:3";
+    sc.max_hold_s = 120;
+    srv.scopes.push_back(sc);
+    std::vector<Finding> f = check_scopes({srv});
+    CHECK_EQUAL(1u, f.size());
+    CHECK(f[0].message.find("PIDLOCK307") == 0);
+    CHECK(f[0].message.find("Timeout") != std::string::npos);
+    CHECK(!f[0].refuse);
+    srv.proxy_timeout_s = 300;  // ProxyTimeout above it: no hazard
+    CHECK_EQUAL(0u, check_scopes({srv}).size());
+    srv.proxy_timeout_s = 10;
+    f = check_scopes({srv});
+    CHECK_EQUAL(1u, f.size());
+    CHECK(f[0].message.find("ProxyTimeout") != std::string::npos);
+    srv.scopes[0].max_hold_s = 0;  // no limit: nothing to compare
+    CHECK_EQUAL(0u, check_scopes({srv}).size());
+}
+
 TEST(Checks, KeysOnlyCountWhereTheyApply) {
     ServerScopes srv;
     srv.name = "the main server";
