@@ -648,6 +648,100 @@ def t_dataone_example(mpm):
         h.cleanup()
 
 
+WSGI_APP = r"""
+import hashlib, os, time
+
+MARK_DIR = %(dir)r
+
+
+def application(environ, start_response):
+    body = environ["wsgi.input"].read()
+    pid = environ.get("HTTP_X_TEST_PID", "")
+    # Overlap witness across daemon processes and threads: a writer owns
+    # the PID while its marker file exists.
+    mark = os.path.join(MARK_DIR, "in-" + hashlib.sha1(pid.encode()).hexdigest())
+    overlap = False
+    try:
+        fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+        owned = True
+    except FileExistsError:
+        overlap, owned = True, False
+    time.sleep(float(environ.get("HTTP_X_TEST_SLEEP_MS", "3")) / 1000.0)
+    if owned:
+        os.unlink(mark)
+    if overlap:
+        with open(os.path.join(MARK_DIR, "violations"), "a") as f:
+            f.write(pid + "\n")
+    out = ("wsgi %%s %%d %%s\n" %% (pid, len(body), hashlib.sha256(body).hexdigest())).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))])
+    return [out]
+"""
+
+
+def t_wsgi(mpm):
+    """GMN's usual setup: mod_wsgi in daemon mode (2 processes x 4 threads).
+    Creates of one PID through a multipart body are serialized, and the
+    application reads the body intact; with PidLock Off its witness sees
+    overlaps (the test can fail)."""
+    import hashlib
+    wsgi_so = os.path.join(MODDIR, "mod_wsgi.so")
+    check(os.path.exists(wsgi_so), "mod_wsgi missing (libapache2-mod-wsgi-py3)")
+    h = Httpd(mpm=mpm, body="", name="wsgi-%s" % mpm)
+    marks = os.path.join(h.root, "marks")
+    os.makedirs(marks)
+    os.chmod(marks, 0o777)
+    app = os.path.join(h.root, "app.wsgi")
+    with open(app, "w") as f:
+        f.write(WSGI_APP % {"dir": marks})
+    h.body = ("LoadModule wsgi_module %s\nWSGIDaemonProcess gmn processes=2 threads=4\n"
+              "WSGIScriptAlias /w %s\n<Location /w>\n    WSGIProcessGroup gmn\n    PidLock On\n"
+              "    PidLockKey form pid\n    PidLockTimeout 30\n</Location>\n"
+              "WSGIScriptAlias /woff %s\n<Location /woff>\n    WSGIProcessGroup gmn\n    PidLock Off\n"
+              "</Location>\n<Location /pidlock-status>\n    SetHandler pidlock-status\n</Location>\n"
+              % (wsgi_so, app, app))
+    h.start()
+    try:
+        def load(prefix):
+            errors = []
+
+            def worker(i):
+                rnd = random.Random(i)
+                for _ in range(10):
+                    pid = rnd.choice(["w1", "w2"])
+                    obj = os.urandom(rnd.randint(1, 300000))
+                    body, ctype = multipart([("object", obj, "o.bin"), ("pid", pid.encode(), None)])
+                    try:
+                        r = h.request("POST", prefix + "/object", body=body, timeout=60, headers={
+                            "Content-Type": ctype, "X-Test-Pid": pid, "X-Test-Sleep-Ms": "5"})
+                    except Exception as e:  # noqa: BLE001
+                        errors.append(repr(e))
+                        continue
+                    want = "wsgi %s %d %s" % (pid, len(body), hashlib.sha256(body).hexdigest())
+                    if r.status != 200 or r.text.strip() != want:
+                        errors.append("%d %r" % (r.status, r.text[:200]))
+            ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(120)
+            vf = os.path.join(marks, "violations")
+            n = len(open(vf).read().split()) if os.path.exists(vf) else 0
+            if os.path.exists(vf):
+                os.unlink(vf)
+            return errors, n
+        errors, n = load("/w")
+        check(not errors, "under mod_wsgi: %d errors, e.g. %s" % (len(errors), errors[:2]))
+        check(n == 0, "under mod_wsgi with PidLock On: %d overlaps" % n)
+        errors, n = load("/woff")
+        check(not errors, "PidLock Off: %d errors, e.g. %s" % (len(errors), errors[:2]))
+        check(n > 0, "PidLock Off: the WSGI witness saw no overlap (test cannot fail)")
+        wait_empty(h)
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 def run_form_suite(mpm, record, only=None):
     try:
         h = server(mpm, "all")
@@ -671,9 +765,12 @@ def run_form_suite(mpm, record, only=None):
         clean = h.stop()
         record("form/%s/clean_shutdown" % mpm, None if clean else "httpd did not stop cleanly")
         h.cleanup()
-    if not only or "dataone_example" in only:
+    # Suites with servers of their own.
+    for name, fn in (("wsgi", t_wsgi), ("dataone_example", t_dataone_example)):
+        if only and name not in only:
+            continue
         try:
-            t_dataone_example(mpm)
-            record("form/%s/dataone_example" % mpm, None)
+            fn(mpm)
+            record("form/%s/%s" % (mpm, name), None)
         except Exception as e:  # noqa: BLE001
-            record("form/%s/dataone_example" % mpm, e)
+            record("form/%s/%s" % (mpm, name), e)
