@@ -573,6 +573,31 @@ def t_max_hold(h):
     wait_empty(h)
 
 
+def fence_of(text):
+    for line in text.splitlines():
+        if line.startswith("fence "):
+            return int(line.split()[1])
+    return None
+
+
+def t_fence(h):
+    """PidLock-Fence: never the client's; on every write lock, growing."""
+    r = h.request("GET", "/f/object/fk", headers={"X-Test-Pid": "fk", "PidLock-Fence": "99999999999999999"})
+    check(r.status == 200 and fence_of(r.text) is None, "a read saw a fence: %r" % r.text[:200])
+    r = h.request("GET", "/foff/x", headers={"X-Test-Pid": "fk", "PidLock-Fence": "7"})
+    check(fence_of(r.text) is None, "a client's fence reached an unlocked handler: %r" % r.text[:200])
+    seen = []
+    for _ in range(3):
+        st, text, _ = post(h, "/f/object/fk", [("object", b"x", "o.bin")], method="PUT",
+                           headers={"X-Test-Pid": "fk", "PidLock-Fence": "99999999999999999"})
+        f = fence_of(text)
+        check(st == 200 and f is not None, "write without a fence: %r" % text[:200])
+        check(f != 99999999999999999, "the client's fence reached the handler")
+        seen.append(f)
+    check(seen == sorted(seen) and len(set(seen)) == 3, "fences do not grow: %r" % seen)
+    wait_empty(h)
+
+
 FORM_TESTS = [
     ("creates_serialized", t_creates_serialized),
     ("update_locks_both", t_update_locks_both),
@@ -588,6 +613,7 @@ FORM_TESTS = [
     ("http2", t_http2),
     ("redirect_cannot_escape", t_redirect_cannot_escape),
     ("max_hold", t_max_hold),
+    ("fence", t_fence),
 ]
 
 
