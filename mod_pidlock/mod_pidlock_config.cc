@@ -25,6 +25,7 @@ void *create_dir_config(apr_pool_t *p, char *path) {
     d->keys_all = kUnset;
     d->key_required = kUnset;
     d->max_hold_ms = kUnset;
+    d->release_sent = kUnset;
     return d;
 }
 
@@ -44,6 +45,7 @@ void *merge_dir_config(apr_pool_t *p, void *basev, void *addv) {
     d->keys_all = add->keys_all != kUnset ? add->keys_all : base->keys_all;
     d->key_required = add->key_required != kUnset ? add->key_required : base->key_required;
     d->max_hold_ms = add->max_hold_ms != kUnset ? add->max_hold_ms : base->max_hold_ms;
+    d->release_sent = add->release_sent != kUnset ? add->release_sent : base->release_sent;
     d->where = add->where ? add->where : base->where;
     return d;
 }
@@ -176,6 +178,14 @@ const char *set_timeout(cmd_parms *cmd, void *dv, const char *arg) {
     return nullptr;
 }
 
+const char *set_release(cmd_parms *cmd, void *dv, const char *arg) {
+    auto *d = static_cast<DirConfig *>(dv);
+    if (!strcasecmp(arg, "eos")) d->release_sent = 0;
+    else if (!strcasecmp(arg, "sent")) d->release_sent = 1;
+    else return apr_psprintf(cmd->pool, "PidLockRelease: must be eos or sent, not '%s'", arg);
+    return nullptr;
+}
+
 const char *set_max_hold(cmd_parms *cmd, void *dv, const char *arg) {
     char *end = nullptr;
     errno = 0;
@@ -271,6 +281,8 @@ const command_rec pidlock_cmds[] = {
                  ACCESS_CONF, "On to allow breaking locks from the status page here"),
     AP_INIT_TAKE1("PidLockMaxHold", as_cmd(set_max_hold), nullptr, RSRC_CONF | ACCESS_CONF,
                   "abort a request that holds a lock longer, in seconds (default 0: no limit)"),
+    AP_INIT_TAKE1("PidLockRelease", as_cmd(set_release), nullptr, RSRC_CONF | ACCESS_CONF,
+                  "when a request's locks end: eos (response handed to output) or sent (request ended)"),
     {nullptr, {nullptr}, nullptr, 0, RAW_ARGS, nullptr}};
 }  // namespace glue
 }  // namespace pidlock

@@ -62,6 +62,7 @@ struct DirConfig {
     int keys_all;                // PidLockKeys: kUnset, 0 (first), 1 (all)
     int key_required;            // PidLockKeyRequired: kUnset, 0, 1
     apr_int64_t max_hold_ms;     // PidLockMaxHold: kUnset, 0 (no limit) or ms
+    int release_sent;            // PidLockRelease: kUnset, 0 (eos), 1 (sent)
     const char *where;           // file:line of PidLock or PidLockTimeout, for warnings
     const char *section;         // "<Location", "<Directory", ... or null (server scope)
     const char *path;            // the section's path

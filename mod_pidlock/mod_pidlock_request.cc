@@ -352,7 +352,7 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
         rl->deadline_ns = monotonic_ns() + static_cast<int64_t>(timeout_s * 1e9);
         ap_set_module_config(init->request_config, &pidlock_module, rl);
         apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
-        ap_add_output_filter_handle(g_release_filter, rl, init, init->connection);
+        if (d->release_sent != 1) ap_add_output_filter_handle(g_release_filter, rl, init, init->connection);
     }
     if (rl->released || rl->nsets >= static_cast<int>(sizeof rl->sets / sizeof rl->sets[0])) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
@@ -434,7 +434,9 @@ int fixups(request_rec *r) {
         note_held(rl, keys);
         ap_set_module_config(r->request_config, &pidlock_module, rl);
         apr_pool_cleanup_register(r->pool, rl, release_cleanup, apr_pool_cleanup_null);
-        ap_add_output_filter_handle(g_release_filter, rl, r, r->connection);
+        // PidLockRelease sent: the pool cleanup alone, when httpd ends the
+        // request after its last byte went to the connection.
+        if (d->release_sent != 1) ap_add_output_filter_handle(g_release_filter, rl, r, r->connection);
         if (d->max_hold_ms > 0) hold_watch(rl, r, d->max_hold_ms);
         if (mode == Mode::Write && rl->sets[0].fence())
             apr_table_setn(r->headers_in, kFenceHeader,

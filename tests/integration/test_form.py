@@ -107,6 +107,22 @@ ErrorDocument 410 /f/object/errdoc
     PidLockKey query pid
     PidLockKey header X-Pid
 </Location>
+Alias /static/ {root}/static/
+Alias /static-sent/ {root}/static/
+<Directory {root}/static>
+    Require all granted
+</Directory>
+<Location /static/>
+    PidLock On
+    PidLockKey path ^/static/(.+)$
+    PidLockTimeout 0.3
+</Location>
+<Location /static-sent/>
+    PidLock On
+    PidLockKey path ^/static-sent/(.+)$
+    PidLockRelease sent
+    PidLockTimeout 0.3
+</Location>
 <Location /redir/>
     SetHandler pidlock-testbackend-redirect
     PidLock Off
@@ -135,6 +151,12 @@ def server(mpm, name):
     with open(os.path.join(cgi, "loc"), "w") as f:
         f.write("#!/bin/sh\nprintf 'Location: /f/object/cgik\\r\\n\\r\\n'\n")
     os.chmod(os.path.join(cgi, "loc"), 0o755)
+    static = os.path.join(h.root, "static")
+    os.makedirs(static, exist_ok=True)
+    os.chmod(static, 0o755)
+    with open(os.path.join(static, "big.bin"), "wb") as f:
+        f.write(os.urandom(8 * 1024 * 1024))
+    os.chmod(os.path.join(static, "big.bin"), 0o644)
     h.start()
     return h
 
@@ -598,6 +620,27 @@ def t_fence(h):
     wait_empty(h)
 
 
+def t_release_eos_vs_sent(h):
+    """PidLockRelease eos: a static file's lock ends when its response is
+    handed to the output, while a slow client still reads; sent: only once
+    httpd has sent it all and ended the request."""
+    for prefix, expect_busy in (("/static/", False), ("/static-sent/", True)):
+        s = socket.create_connection((HOST, h.port), timeout=10)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(("GET %sbig.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % prefix).encode())
+            s.recv(4096)
+            time.sleep(0.5)  # the transfer stalls on the client's window
+            r = h.request("PUT", prefix + "big.bin", body=b"x")
+            if expect_busy:
+                check(r.status == 503, "%s: a writer got in while the file was being sent (%d)" % (prefix, r.status))
+            else:
+                check(r.status != 503, "%s: the writer waited for a slow reader (eos)" % prefix)
+        finally:
+            s.close()
+    wait_empty(h)
+
+
 FORM_TESTS = [
     ("creates_serialized", t_creates_serialized),
     ("update_locks_both", t_update_locks_both),
@@ -614,6 +657,7 @@ FORM_TESTS = [
     ("redirect_cannot_escape", t_redirect_cannot_escape),
     ("max_hold", t_max_hold),
     ("fence", t_fence),
+    ("release_eos_vs_sent", t_release_eos_vs_sent),
 ]
 
 
