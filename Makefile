@@ -21,6 +21,7 @@ GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pid
             mod_pidlock/mod_pidlock_watchdog.cc
 HEADERS   = $(wildcard mod_pidlock/*.h)
 UNIT_SRCS = $(wildcard tests/unit/*.cc)
+UNIT_HDRS = $(wildcard tests/unit/*.h)
 
 MODULE    = $(BUILD)/mod_pidlock.so
 BACKEND   = $(BUILD)/mod_pidlock_testbackend.so
@@ -56,11 +57,11 @@ $(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) Makefile | $(BUILD)
 $(BACKEND): tests/backend/mod_pidlock_testbackend.cc Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $<
 
-$(UNIT): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) Makefile | $(BUILD)
+$(UNIT): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) $(UNIT_HDRS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
 
-$(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) Makefile | $(BUILD)
+$(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) $(UNIT_HDRS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	    -fno-sanitize-recover=undefined $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread

@@ -22,6 +22,7 @@ void *create_dir_config(apr_pool_t *p, char *path) {
     d->enabled = kUnset;
     d->timeout_ms = kUnset;
     d->status_actions = kUnset;
+    d->status_query = kUnset;
     d->keys_all = kUnset;
     d->key_required = kUnset;
     d->max_hold_ms = kUnset;
@@ -42,6 +43,7 @@ void *merge_dir_config(apr_pool_t *p, void *basev, void *addv) {
     d->timeout_ms = add->timeout_ms != kUnset ? add->timeout_ms : base->timeout_ms;
     d->busy_status = add->busy_status ? add->busy_status : base->busy_status;
     d->status_actions = add->status_actions != kUnset ? add->status_actions : base->status_actions;
+    d->status_query = add->status_query != kUnset ? add->status_query : base->status_query;
     d->keys_all = add->keys_all != kUnset ? add->keys_all : base->keys_all;
     d->key_required = add->key_required != kUnset ? add->key_required : base->key_required;
     d->max_hold_ms = add->max_hold_ms != kUnset ? add->max_hold_ms : base->max_hold_ms;
@@ -105,6 +107,11 @@ const char *set_keys_mode(cmd_parms *cmd, void *dv, const char *arg) {
 
 const char *set_status_actions(cmd_parms *, void *dv, int on) {
     static_cast<DirConfig *>(dv)->status_actions = on ? 1 : 0;
+    return nullptr;
+}
+
+const char *set_status_query(cmd_parms *, void *dv, int on) {
+    static_cast<DirConfig *>(dv)->status_query = on ? 1 : 0;
     return nullptr;
 }
 
@@ -279,6 +286,8 @@ const command_rec pidlock_cmds[] = {
                   "shared (every MPM) or thread (single-process servers)"),
     AP_INIT_FLAG("PidLockStatusActions", as_cmd(set_status_actions), nullptr,
                  ACCESS_CONF, "On to allow breaking locks from the status page here"),
+    AP_INIT_FLAG("PidLockStatusQuery", as_cmd(set_status_query), nullptr,
+                 ACCESS_CONF, "On to show holders' query strings on the status page here"),
     AP_INIT_TAKE1("PidLockMaxHold", as_cmd(set_max_hold), nullptr, RSRC_CONF | ACCESS_CONF,
                   "abort a request that holds a lock longer, in seconds (default 0: no limit)"),
     AP_INIT_TAKE1("PidLockRelease", as_cmd(set_release), nullptr, RSRC_CONF | ACCESS_CONF,

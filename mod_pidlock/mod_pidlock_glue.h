@@ -59,6 +59,7 @@ struct DirConfig {
     apr_int64_t timeout_ms;      // kUnset or >= 0
     int busy_status;             // 0: unset
     int status_actions;          // kUnset, 0, 1
+    int status_query;            // PidLockStatusQuery: kUnset, 0, 1
     int keys_all;                // PidLockKeys: kUnset, 0 (first), 1 (all)
     int key_required;            // PidLockKeyRequired: kUnset, 0, 1
     apr_int64_t max_hold_ms;     // PidLockMaxHold: kUnset, 0 (no limit) or ms

@@ -144,9 +144,10 @@ int status_handler(request_rec *r) {
         apr_table_setn(r->headers_out, "Cache-Control", "no-store");
         std::string body;
         const int64_t now = wall_clock_us();
+        const bool show_query = d->status_query == 1;
         if (has_arg(r->args, "json")) {
             ap_set_content_type(r, "application/json");
-            body = render_status_json(snap, *st->facts, now);
+            body = render_status_json(snap, *st->facts, now, show_query);
         } else if (has_arg(r->args, "auto")) {
             ap_set_content_type(r, "text/plain; charset=utf-8");
             body = render_status_auto(snap, *st->facts);
@@ -158,6 +159,7 @@ int status_handler(request_rec *r) {
             opt.actions = d->status_actions == 1;
             if (opt.actions) opt.nonce = st->nonce;
             opt.form_action = r->uri;
+            opt.show_query = show_query;
             const std::string stale = arg_value(r->args, "stale");
             if (!stale.empty()) {
                 const apr_int64_t secs = apr_atoi64(stale.c_str());

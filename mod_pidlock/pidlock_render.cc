@@ -130,8 +130,25 @@ std::string iso8601_utc(int64_t us) {
     return buf;
 }
 
+std::string status_uri(const std::string &uri, bool show_query) {
+    const size_t q = uri.find('?');
+    if (show_query || q == std::string::npos) return uri;
+    return uri.substr(0, q + 1) + "\xE2\x80\xA6";  // U+2026
+}
+
+bool key_fits_form(const std::string &key) {
+    for (size_t i = 0; i < key.size();) {
+        const unsigned char c = static_cast<unsigned char>(key[i]);
+        if (c < 0x20 || c == 0x7F) return false;
+        const size_t n = utf8_seq_len(key, i);
+        if (n == 0) return false;
+        i += n;
+    }
+    return true;
+}
+
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us) {
+                               int64_t now_us, bool show_query) {
     std::string o;
     o.reserve(512 + snap.locks.size() * 400);
     o += "{\"version\": ";
@@ -200,7 +217,7 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
             dst += "\", \"method\": ";
             json_string(dst, h.method);
             dst += ", \"uri\": ";
-            json_string(dst, h.uri);
+            json_string(dst, status_uri(h.uri, show_query));
             dst += ", \"client\": ";
             json_string(dst, h.client);
             dst += ", \"user\": ";
@@ -489,7 +506,7 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
                     o += "</td><td>";
                     html_escape(o, h->method);
                     o += "</td><td><code>";
-                    html_escape(o, h->uri);
+                    html_escape(o, status_uri(h->uri, opt.show_query));
                     o += "</code></td><td>";
                     html_escape(o, h->client);
                     o += "</td><td>";
@@ -516,10 +533,9 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
                         o += "\"><form method=\"post\" action=\"";
                         html_escape(o, opt.form_action);
                         o += "\"><input type=\"hidden\" name=\"action\" value=\"break\">";
-                        // Keys that are not UTF-8 would not survive a form:
-                        // those travel as hex.
-                        std::string probe;
-                        if (json_string(probe, l.key)) {
+                        // Keys a form would mangle (invalid UTF-8 and
+                        // control bytes become U+FFFD) travel as hex.
+                        if (key_fits_form(l.key)) {
                             o += "<input type=\"hidden\" name=\"key\" value=\"";
                             html_escape(o, l.key);
                         } else {

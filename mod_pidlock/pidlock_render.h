@@ -27,8 +27,15 @@ std::string hex_bytes(const std::string &s);
 // RFC 3339 UTC with milliseconds: 2026-11-22T01:02:03.456Z
 std::string iso8601_utc(int64_t us);
 
+// A holder's URI as the status page shows it: its query string (which may
+// carry tokens) as "?…" unless `show_query` (PidLockStatusQuery On).
+std::string status_uri(const std::string &uri, bool show_query);
+// True if `key` survives an HTML form field as text: valid UTF-8 without C0
+// control bytes or DEL. Other keys travel as `key_hex`.
+bool key_fits_form(const std::string &key);
+
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us);
+                               int64_t now_us, bool show_query = false);
 // What the HTML page offers at this location.
 struct PageOptions {
     bool actions = false;       // PidLockStatusActions On: a Break form per lock
@@ -36,6 +43,7 @@ struct PageOptions {
     std::string form_action;    // the status page's own path, where forms post
     int64_t stale_us = 60 * 1000000LL;  // held longer than this: highlighted
     int refresh_s = 0;          // reload every N seconds (0: never)
+    bool show_query = false;    // PidLockStatusQuery On: holders' query strings shown
 };
 
 std::string render_status_html(const TableSnapshot &snap, const ServerFacts &facts,

@@ -57,6 +57,8 @@ CONFIG = r"""
     SetHandler pidlock-status
     Require ip 127.0.0.1
     PidLockStatusActions On
+    # The holder and the waiter are told apart by their query strings.
+    PidLockStatusQuery On
 </Location>
 """
 

@@ -300,3 +300,57 @@ TEST(Render, ModStatusSection) {
     for (size_t p = cut.find("<tr><td>"); p != std::string::npos; p = cut.find("<tr><td>", p + 1)) ++rows;
     CHECK_EQUAL(3u, rows);
 }
+
+TEST(Render, KeysAFormWouldMangleTravelAsHex) {
+    CHECK_TRUE(key_fits_form("doi:10.5063/F1"));
+    CHECK_TRUE(key_fits_form("caf\xC3\xA9 x"));
+    CHECK_FALSE(key_fits_form(std::string("a\x01z", 3)));
+    CHECK_FALSE(key_fits_form(std::string("nul\0x", 5)));
+    CHECK_FALSE(key_fits_form("tab\there"));
+    CHECK_FALSE(key_fits_form("line\nbreak"));
+    CHECK_FALSE(key_fits_form("del\x7F"));
+    CHECK_FALSE(key_fits_form("bad\xFF"));
+    PageOptions opt;
+    opt.actions = true;
+    opt.nonce = "0123456789abcdef0123456789abcdef";
+    const struct {
+        std::string key;
+        const char *field;
+    } cases[] = {{std::string("a\x01" "b", 3), "name=\"key_hex\" value=\"610162\""},
+                 {"x\x1Fy", "name=\"key_hex\" value=\"781f79\""},
+                 {"d\x7F", "name=\"key_hex\" value=\"647f\""},
+                 {"caf\xC3\xA9", "name=\"key\" value=\"caf\xC3\xA9\""}};
+    for (const auto &c : cases) {
+        const std::string h = render_status_html(sample(c.key), facts(), 0, opt);
+        if (h.find(c.field) == std::string::npos) FAIL((std::string("no ") + c.field + " in the form").c_str());
+        // One key field per form, never both.
+        CHECK_EQUAL(1u, static_cast<size_t>((h.find("name=\"key\"") != std::string::npos) +
+                                            (h.find("name=\"key_hex\"") != std::string::npos)));
+    }
+}
+
+TEST(Render, QueryStringsHiddenUnlessShown) {
+    STRCMP_EQUAL("/o/x?\xE2\x80\xA6", status_uri("/o/x?pid=x&token=SECRET123", false).c_str());
+    STRCMP_EQUAL("/o/x?pid=x&token=SECRET123", status_uri("/o/x?pid=x&token=SECRET123", true).c_str());
+    STRCMP_EQUAL("/o/x", status_uri("/o/x", false).c_str());
+    STRCMP_EQUAL("/o/x?\xE2\x80\xA6", status_uri("/o/x?", false).c_str());
+    TableSnapshot s = sample("k");
+    s.locks[0].holders[0].uri = "/mn/v2/other?pid=x&token=SECRET123";
+    HolderView waiter = s.locks[0].holders[0];
+    waiter.waiting = true;
+    s.locks[0].holders.push_back(waiter);
+    PageOptions opt;
+    const std::string hidden[] = {render_status_html(s, facts(), 0, opt), render_status_json(s, facts(), 0),
+                                  render_status_auto(s, facts()), render_status_metrics(s, facts()),
+                                  render_mod_status_section(s, facts())};
+    for (const std::string &out : hidden)
+        if (out.find("SECRET123") != std::string::npos) FAIL(("query string shown: " + out).c_str());
+    CHECK(hidden[0].find("/mn/v2/other?\xE2\x80\xA6</code>") != std::string::npos);
+    CHECK(hidden[1].find("\"uri\": \"/mn/v2/other?\xE2\x80\xA6\"") != std::string::npos);
+    opt.show_query = true;
+    CHECK(render_status_html(s, facts(), 0, opt).find("/mn/v2/other?pid=x&amp;token=SECRET123") !=
+          std::string::npos);
+    const std::string j = render_status_json(s, facts(), 0, true);
+    CHECK(valid_json(j));
+    CHECK(j.find("\"uri\": \"/mn/v2/other?pid=x&token=SECRET123\"") != std::string::npos);
+}

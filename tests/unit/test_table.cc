@@ -18,6 +18,7 @@
 #include <apr_global_mutex.h>
 #include <apr_pools.h>
 
+#include "concurrency.h"
 #include "pidlock_locks.h"
 #include "pidlock_table.h"
 
@@ -57,12 +58,6 @@ void witness_leave(Witness *w, int k, Mode m) {
     }
 }
 
-void hold_briefly(std::mt19937 &rng) {
-    const int spins = static_cast<int>(rng() % 200);
-    for (volatile int i = 0; i < spins; ++i) {}
-    if (rng() % 4 == 0) sched_yield();
-}
-
 // One worker's randomized loop. `locking` false: the same loop unlocked.
 void worker(LockTable *t, Witness *w, unsigned seed, int ops, bool locking) {
     std::mt19937 rng(seed);
@@ -87,11 +82,6 @@ void worker(LockTable *t, Witness *w, unsigned seed, int ops, bool locking) {
         if (locking) t->release(h);
         ++w->ops;
     }
-}
-
-void *map_shared(size_t n) {
-    void *p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? nullptr : p;
 }
 
 struct SharedTable {
