@@ -51,8 +51,12 @@ $(BUILD): | check-apxs
 
 # apxs compiles only C, so g++ compiles and links; module symbols stay
 # hidden but for pidlock_module (exported by AP_MODULE_DECLARE_DATA).
-$(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) Makefile | $(BUILD)
-	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $(CORE_SRCS) $(GLUE_SRCS)
+# -fno-gnu-unique: no STB_GNU_UNIQUE symbol pins the old copy in memory,
+# so a graceful restart loads a new build; the version script exports
+# pidlock_module alone.
+$(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) mod_pidlock/pidlock.map Makefile | $(BUILD)
+	$(CXX) $(CXXFLAGS_ALL) -fno-gnu-unique $(CPPFLAGS_ALL) -shared -Wl,--version-script=mod_pidlock/pidlock.map \
+	    -o $@ $(CORE_SRCS) $(GLUE_SRCS)
 
 $(BACKEND): tests/backend/mod_pidlock_testbackend.cc Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $<

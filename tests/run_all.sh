@@ -42,6 +42,18 @@ for m in "mod_pidlock.so pidlock_module" "mod_pidlock_testbackend.so pidlock_tes
     fi
 done
 
+# Only pidlock_module: nothing else of the module's may bind to another
+# module's symbols, and no STB_GNU_UNIQUE symbol may pin it in memory
+# (a graceful restart must load a new build).
+extra=$(nm -D --defined-only "$BUILD/mod_pidlock.so" | awk '{print $3}' | grep -v '^pidlock_module$')
+unique=$(readelf --dyn-syms -W "$BUILD/mod_pidlock.so" | grep -c UNIQUE)
+if [ -z "$extra" ] && [ "$unique" -eq 0 ]; then
+    passed=$((passed + 1))
+else
+    echo "FAIL mod_pidlock.so exports more than pidlock_module: $(echo $extra | head -c 300); UNIQUE symbols: $unique"
+    failed=$((failed + 1))
+fi
+
 run_cpputest "unit tests" "$BUILD/unit_tests"
 # Exported, not prefixed: an assignment before a function call is not
 # guaranteed to reach the commands inside it.

@@ -58,7 +58,7 @@ def t_killed_holder(mpm):
         # Threaded MPMs may queue a waiter in the holder's own process, which
         # the kill takes down too: queue waiters until one is elsewhere.
         ts = []
-        for n in range(8):
+        for n in range(14):
             t = threading.Thread(target=wait_writer, args=(n,), daemon=True)
             t.start()
             ts.append(t)
