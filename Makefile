@@ -33,7 +33,7 @@ FUZZ_FORM = $(BUILD)/fuzz_form
 FUZZ_SECONDS ?= 60
 CLANGXX   = $(shell command -v clang++-14 || command -v clang++)
 
-.PHONY: all deps install run test test-run unit integration bench fuzz clean check-apxs
+.PHONY: all deps install run test test-run unit integration bench fuzz clean check-apxs deb
 
 # Targets that compile go through deps first, so a fresh machine works; the
 # recursive make then sees apxs and the headers.
@@ -109,6 +109,7 @@ unit: deps
 
 test: deps
 	@sh scripts/install-deps-browser.sh
+	@sh scripts/install-deps-deb.sh
 	@$(MAKE) --no-print-directory test-run
 
 test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ) $(FUZZ_FORM)
@@ -123,6 +124,11 @@ bench: deps
 	@sh scripts/install-deps-bench.sh
 	@$(MAKE) --no-print-directory $(BENCH) $(MODULE) $(BACKEND)
 	@sh bench/run.sh $(BUILD) $(BENCH_MODE)
+
+# The Debian package (debhelper + dh_apache2), built from a copy of the tree.
+deb: deps
+	@sh scripts/install-deps-deb.sh
+	@sh scripts/build-deb.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD)

@@ -102,6 +102,9 @@ run_counted() {
 echo "== integration tests (real httpd: prefork, worker, event)"
 run_counted integration python3 tests/integration/run.py
 
+echo "== Debian package (build, lintian, install, configtest, upgrade, purge)"
+run_counted deb python3 tests/deb/run.py "$BUILD"
+
 echo "== browser test (headless Chromium: the status page)"
 run_counted browser python3 tests/browser/run.py --no-docs-screenshot
 
