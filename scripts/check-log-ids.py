@@ -54,7 +54,7 @@ def main():
             if not ids:
                 # check_config logs each startup finding, whose text starts
                 # with its own id (counted below).
-                if finding or level not in ("INFO", "DEBUG") and not level.startswith("TRACE"):
+                if not finding and level not in ("INFO", "DEBUG") and not level.startswith("TRACE"):
                     missing.append(where)
                 continue
             sites.setdefault(ids[0], []).append(where)
