@@ -216,9 +216,9 @@ int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vecto
     void *had = nullptr;
     apr_pool_userdata_get(&had, kBodyKey, r->pool);
     if (had || r->kept_body) return 0;
-    // A request without a body has no form key (and nothing to read).
-    if (!apr_table_get(r->headers_in, "Content-Length") && !apr_table_get(r->headers_in, "Transfer-Encoding"))
-        return 0;
+    // No Content-Length or Transfer-Encoding test here: an HTTP/2 request
+    // may carry a body with neither, and reading a body that is not there
+    // costs one EOS.
 
     const ServerConfig *sc = server_config(r->server);
     const apr_size_t buffer = sc->body_buffer == kUnset ? kDefaultBodyBuffer : static_cast<apr_size_t>(sc->body_buffer);

@@ -84,6 +84,12 @@ ErrorDocument 410 /f/object/errdoc
     PidLockKeyRequired On
     PidLockTimeout 20
 </Location>
+<Location /lim/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey form pid
+    LimitRequestBody 1000
+</Location>
 <Location /foff/>
     SetHandler pidlock-testbackend
     PidLock Off
@@ -458,6 +464,10 @@ def t_refusals(h):
         r = h.request("POST", "/f/object", body=body, headers={"Content-Type": ctype, "X-Test-Pid": "bad"})
         check(r.status == 400, "%s: %d, expected 400" % (name, r.status))
     check(stats(h)["requests"] == 0, "the application acted on a refused body")
+    # httpd's LimitRequestBody applies while the module reads: 413.
+    body, ctype = multipart([("object", b"z" * 5000, "o.bin"), ("pid", b"lim", None)])
+    r = h.request("POST", "/lim/x", body=body, headers={"Content-Type": ctype, "X-Test-Pid": "lim"})
+    check(r.status == 413, "LimitRequestBody while looking for the field: %d" % r.status)
     # No key at all where one is required.
     r = h.request("POST", "/g/x", body=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     check(r.status == 400, "PidLockKeyRequired without a key: %d" % r.status)
@@ -527,6 +537,18 @@ def t_http2(h):
     check(out.rstrip().endswith("2"), "not HTTP/2: %r" % out[-20:])
     check(out.startswith("ok h2 write"), "h2 create: %r" % out[:200])
     check_body(out, body, "HTTP/2")
+    # A body of unknown length (read from a pipe): no content-length on the
+    # HTTP/2 stream at all.
+    with open(path, "rb") as f:
+        p = subprocess.run([curl, "-sS", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version}",
+                            "-H", "Content-Type: " + ctype, "-H", "X-Test-Body: 1", "-H", "X-Test-Pid: h2",
+                            "-H", "Transfer-Encoding: chunked", "--data-binary", "@-",
+                            "http://%s:%d/f/object" % (HOST, h.port)],
+                           stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    out = p.stdout.decode("utf-8", "replace")
+    check(p.returncode == 0 and out.rstrip().endswith("2"), "h2 without length: %r %r" % (out[-40:], p.stderr[:200]))
+    check(out.startswith("ok h2 write"), "h2 create without length: %r" % out[:200])
+    check_body(out, body, "HTTP/2 without content-length")
     wait_empty(h)
 
 
