@@ -16,8 +16,12 @@ import harness  # noqa: E402
 from httpd_bench import BODY  # noqa: E402
 
 
-def run(path, n):
-    h = harness.Httpd(mpm="event", body=BODY, load_backend=False, log_level="warn", name="cg")
+def run(path, n, body=BODY, load_backend=False, method="GET", headers=None, data=None, check=None):
+    """Total instructions of a callgrind'ed `httpd -X` that started, answered
+    the readiness probe and then served n keep-alive requests `method path`
+    (with headers and body data; check(response) may reject a response).
+    body: the configuration (it must keep /off/1k.html for the probe)."""
+    h = harness.Httpd(mpm="event", body=body, load_backend=load_backend, log_level="warn", name="cg")
     for d in ("on", "off", "onq", "offq"):
         os.makedirs(os.path.join(h.root, "htdocs", d), exist_ok=True)
         with open(os.path.join(h.root, "htdocs", d, "1k.html"), "w") as f:
@@ -43,8 +47,10 @@ def run(path, n):
                 time.sleep(0.2)
         cl = harness.KeepAliveClient(h, timeout=30)
         for _ in range(n):
-            r = cl.request("GET", path)
-            assert r.status == 200, r.status
+            r = cl.request(method, path, headers=headers, body=data)
+            assert r.status == 200, (r.status, r.body[:200])
+            if check:
+                check(r)
         cl.close()
     finally:
         p.terminate()

@@ -99,6 +99,18 @@ def wrk(url, seconds, script=None, conns=8):
     return rps, lat
 
 
+def stop_checked(h):
+    """Stops the server, removes its root and returns its error log; raises
+    if a child crashed."""
+    h.stop()
+    log = h.read_log()
+    h.cleanup()
+    crashes = harness.Httpd.crash_lines(log)
+    if crashes:
+        raise RuntimeError("crash lines in the error log: %s" % crashes[:3])
+    return log
+
+
 def run_mpm(mpm, rounds, seconds):
     h = harness.Httpd(mpm=mpm, body=BODY, load_backend=False, log_level="warn",
                       mpm_settings=BENCH_MPM[mpm], name="bench-" + mpm)
@@ -139,11 +151,7 @@ def run_mpm(mpm, rounds, seconds):
                 "off_p99": statistics.median(l.get("99", 0) for l in off_lat),
             }
     finally:
-        h.stop()
-        crashes = harness.Httpd.crash_lines(h.read_log())
-        h.cleanup()
-    if crashes:
-        raise RuntimeError("crash lines in the error log: %s" % crashes)
+        stop_checked(h)
     return results
 
 
@@ -182,12 +190,7 @@ def run_slow(rounds, seconds):
                     time.sleep(0.3)  # requests wrk left behind finish before the next run
             results.append((method, npids, got["slow"], got["slowoff"]))
     finally:
-        h.stop()
-        log = h.read_log()
-        h.cleanup()
-    crashes = harness.Httpd.crash_lines(log)
-    if crashes:
-        raise RuntimeError("crash lines in the error log: %s" % crashes)
+        log = stop_checked(h)
     # Off overlaps writers, as it should; On must not.
     bad = [l for l in log.splitlines() if "OVERLAP" in l and " /slow/" in l]
     if bad:

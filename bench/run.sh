@@ -1,9 +1,9 @@
 #!/bin/sh
 # make bench [BENCH_MODE=full]: mod_pidlock against the alternatives (lock
 # operations, handoff and fairness, scale), httpd On vs Off, a slow backend,
-# and (full mode) callgrind's instructions per request. Markdown and plot
+# form keys (bench/form_bench.py), and (full mode) callgrind's instructions per request. Markdown and plot
 # data go to bench/results/<mode>/, the plots (PNG, gnuplot) next to them.
-# Quick mode takes under three minutes, full mode about twenty.
+# Quick mode takes under five minutes, full mode about thirty.
 # A throwaway PostgreSQL cluster (Unix socket in a temp dir) serves the
 # advisory-lock rows and is stopped by its pid file as soon as they are done;
 # without PostgreSQL those rows say so and the rest runs.
@@ -59,6 +59,9 @@ trap 'rm -rf "$sodir"' EXIT
 cp "$BUILD/mod_pidlock.so" "$BUILD/mod_pidlock_testbackend.so" "$sodir/"
 
 { PIDLOCK_BUILD="$sodir" python3 bench/httpd_bench.py "$MODE" "$out" || echo httpd_bench > "$out/.failed"; } | tee -a "$md"
+# Keys from the request body: callgrind, 1 MiB uploads, memory and temp files
+# under 64 concurrent 100 MiB uploads (about 1.5 minutes in quick mode).
+{ PIDLOCK_BUILD="$sodir" python3 bench/form_bench.py "$MODE" "$out" || echo form_bench >> "$out/.failed"; } | tee -a "$md"
 if [ "$MODE" = full ]; then
     if command -v valgrind >/dev/null; then
         { PIDLOCK_BUILD="$sodir" python3 bench/callgrind_cost.py 2000 || echo callgrind > "$out/.failed"; } | tee -a "$md"

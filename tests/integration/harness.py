@@ -363,6 +363,16 @@ class KeepAliveClient:
             self.conn = None
 
 
+def read_to_close(sock, bufsize=65536):
+    """Everything the peer sends until it closes the connection."""
+    chunks = []
+    while True:
+        d = sock.recv(bufsize)
+        if not d:
+            return b"".join(chunks)
+        chunks.append(d)
+
+
 # ------------------------------------------------------------------ tiny runner
 class TestFailure(AssertionError):
     pass
