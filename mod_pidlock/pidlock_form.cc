@@ -302,16 +302,28 @@ void FormScanner::content(const char *p, size_t n) {
     if (n > room) fail_field(static_cast<size_t>(target_), FieldStatus::TooLong, "value too long");
 }
 
+const char *FormScanner::first_delim(const char *p, const char *end) const {
+    const size_t n = static_cast<size_t>(end - p), dl = delim_.size();
+    if (const void *hit = memmem(p, n, delim_.data(), dl)) return static_cast<const char *>(hit);
+    for (const char *x = n >= dl ? end - (dl - 1) : p; x < end; ++x) {
+        x = static_cast<const char *>(std::memchr(x, '-', static_cast<size_t>(end - x)));
+        if (!x) break;
+        if (std::memcmp(x, delim_.data(), static_cast<size_t>(end - x)) == 0) return x;
+    }
+    return end;
+}
+
 // Looks for delim_ in content, streaming what cannot be part of a delimiter
 // (or of the line break before it) to content(). Stops right after a
 // delimiter (found; at_bol when it began a line) or at end.
 const char *FormScanner::scan_content(const char *p, const char *end, bool &found, bool &at_bol) {
     while (p < end && !failed_) {
         if (k_ == 0) {
-            // No '-' before q: no delimiter starts there, only a line break
-            // at its end may be framing.
-            const char *q = static_cast<const char *>(std::memchr(p, '-', static_cast<size_t>(end - p)));
-            if (!q) q = end;
+            // No delimiter starts before q, so only a line break at its end
+            // may be framing: q is the first whole delimiter, else the start
+            // of one that the next bytes may complete. memmem keeps binary
+            // content (a '-' every 256 bytes) at a fraction of a byte's work.
+            const char *q = first_delim(p, end);
             if (q > p) {
                 if (q - p == 1 && *p == '\n' && hold_ == "\r") {
                     hold_.push_back('\n');

@@ -142,6 +142,7 @@ private:
 
     // multipart pieces
     const char *scan_content(const char *p, const char *end, bool &found, bool &at_bol);
+    const char *first_delim(const char *p, const char *end) const;
     void content(const char *p, size_t n);
     void release_hold(size_t n);
     const char *after_delim(const char *p, const char *end);
