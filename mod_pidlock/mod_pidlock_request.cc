@@ -400,7 +400,11 @@ int fixups(request_rec *r) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK107: lock table unavailable; refusing to run unlocked");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
-        st->backend->maintain();
+        // Exits the parent reported: this child releases what they held.
+        const int reaped = st->backend->maintain();
+        if (reaped > 0)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                          "PIDLOCK313: released %d lock record(s) of child processes that exited", reaped);
         std::vector<std::string> keys;
         const int bad = keys_for(d, r, max_key_len(server_config(r->server)), keys);
         if (bad) {

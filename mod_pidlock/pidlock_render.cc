@@ -158,7 +158,8 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
     const std::pair<const char *, uint64_t> counters[] = {
         {"acquired_read", c.acquired_read}, {"acquired_write", c.acquired_write},
         {"waited", c.waited}, {"timeouts", c.timeouts}, {"bad_keys", c.bad_keys},
-        {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs}};
+        {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs},
+        {"refused_waiters", c.refused_waiters}};
     o += "},\n \"counters\": {";
     bool first = true;
     for (const auto &kv : counters) {
@@ -286,6 +287,7 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
     line("Broken", c.broken);
     line("Full", c.full);
     line("Repairs", c.repairs);
+    line("RefusedWaiters", c.refused_waiters);
     return o;
 }
 
@@ -377,6 +379,8 @@ std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &
     sample("pidlock_table_full_total", "", c.full);
     head("pidlock_repairs_total", "counter", "Table rebuilds after a process died inside its critical section.");
     sample("pidlock_repairs_total", "", c.repairs);
+    head("pidlock_refused_waiters_total", "counter", "Requests refused at once: PidLockMaxWaiters were already waiting.");
+    sample("pidlock_refused_waiters_total", "", c.refused_waiters);
     head("pidlock_table_capacity", "gauge", "Distinct keys the table can hold.");
     sample("pidlock_table_capacity", "", snap.capacity);
     head("pidlock_table_used", "gauge", "Distinct keys held or waited for now.");
