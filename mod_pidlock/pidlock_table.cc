@@ -962,6 +962,33 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
         }
 }
 
+bool LockTable::test_corrupt(Corruption c, void *target, size_t size) {
+    if (!hdr_) return false;
+    uint32_t r1 = 1;
+    if (c == Corruption::RecordAt) {
+        // The index a chain would need to make record() land in the target.
+        const auto t = reinterpret_cast<uintptr_t>(target), rec = reinterpret_cast<uintptr_t>(records_);
+        if (t < rec) return false;
+        const uintptr_t idx = (t - rec + sizeof(Record) - 1) / sizeof(Record) + 1;
+        if (idx > UINT32_MAX) return false;
+        r1 = static_cast<uint32_t>(idx);
+        const auto at = reinterpret_cast<uintptr_t>(record(r1));
+        if (at < t || at + sizeof(Record) > t + size) return false;
+    }
+    Entry *e = entry(1);
+    e->chain = c == Corruption::SelfLinkedChain ? 1 : 0;
+    e->first = e->last = r1;
+    e->key_len = 1;
+    if (c == Corruption::SelfLinkedChain) {
+        Record *r = record(1);
+        r->next = r->prev = 1;
+        r->entry = 1;
+        r->state = kHolding;
+    }
+    for (uint32_t b = 0; b < nbuckets_; ++b) buckets_[b] = 1;
+    return true;
+}
+
 // Test hook: enters the stripe of `key` and leaves it as a process killed
 // in the middle of an update would, at one of a few points, without
 // releasing the mutex. Only for tests that then end the calling process.

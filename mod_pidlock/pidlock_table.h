@@ -123,6 +123,13 @@ class LockTable {
     // points compile to nothing and this returns false.
     static constexpr int kCrashPoints = 22;
     bool test_crash_at(int point);
+    // For tests: what a hostile child may write, without any mutex.
+    // SelfLinkedChain: every bucket leads to an entry chained to itself,
+    // whose record list loops too. RecordAt: every bucket leads to an entry
+    // whose first record lies inside [target, target + size) of the caller's
+    // memory (false if no record index lands there).
+    enum class Corruption { SelfLinkedChain, RecordAt };
+    bool test_corrupt(Corruption c, void *target = nullptr, size_t size = 0);
 
   private:
     struct Header;
