@@ -1057,3 +1057,117 @@ TEST(Table, WaiterWhoseGrantWasBrokenQueuesAgain) {
     STRCMP_EQUAL("", st->table->check_consistency().c_str());
     munmap(flag, sizeof(std::atomic<int>));
 }
+
+// ------------------------------------------------------- PidLockMaxWaiters
+
+namespace {
+
+// `n` threads wait for `key` in `mode` (with a long timeout) on `t`.
+struct Waiters {
+    std::vector<std::thread> ts;
+    std::atomic<int> acquired{0}, refused{0};
+    void start(LockTable *t, const char *key, Mode mode, int n) {
+        for (int i = 0; i < n; ++i)
+            ts.emplace_back([this, t, key, mode] {
+                HolderInfo info;
+                LockHandle h;
+                const AcquireResult r = t->acquire(key, std::strlen(key), mode, 10 * 1000000000LL, info, h);
+                (r == AcquireResult::Acquired ? acquired : refused)++;
+                t->release(h);
+            });
+    }
+    void join() {
+        for (auto &t : ts) t.join();
+    }
+};
+
+}  // namespace
+
+TEST(Table, SeventeenthWaiterOnAKeyIsRefusedAtOnce) {
+    st->table->set_wait_limits(16, 0);
+    LockHandle w;
+    CHECK(take("k", Mode::Write, 0, w) == AcquireResult::Acquired);
+    Waiters ws;
+    ws.start(st->table, "k", Mode::Read, 16);
+    CHECK(wait_waiting(*st->table, "k", Mode::Read, 16));
+    const auto t0 = std::chrono::steady_clock::now();
+    LockHandle h;
+    BusyReport rep;
+    CHECK(take("k", Mode::Write, 10 * 1000000000LL, h, &rep) == AcquireResult::Busy);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(100));
+    STRCMP_EQUAL("k", rep.key.c_str());
+    CHECK_EQUAL(16u, rep.waiting_read);
+    // A request that can enter at once is never refused, nor one on another key.
+    LockHandle other;
+    CHECK(take("other", Mode::Write, 10 * 1000000000LL, other) == AcquireResult::Acquired);
+    st->table->release(other);
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(1u, s.counters.refused_waiters);
+    st->table->release(w);
+    ws.join();
+    CHECK_EQUAL(16, ws.acquired.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, TotalWaitersAcrossKeysAreLimited) {
+    st->table->set_wait_limits(16, 5);
+    LockHandle a, b;
+    CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
+    CHECK(take("b", Mode::Write, 0, b) == AcquireResult::Acquired);
+    Waiters wa, wb;
+    wa.start(st->table, "a", Mode::Write, 3);
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 3));
+    wb.start(st->table, "b", Mode::Read, 2);
+    CHECK(wait_waiting(*st->table, "b", Mode::Read, 2));
+    LockHandle h;
+    CHECK(take("b", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Busy);
+    CHECK(take("a", Mode::Write, 10 * 1000000000LL, h) == AcquireResult::Busy);
+    st->table->release(a);  // one waiter on "a" is let in: room for one more
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 2));
+    Waiters wc;
+    wc.start(st->table, "b", Mode::Read, 1);
+    CHECK(wait_waiting(*st->table, "b", Mode::Read, 3));
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(2u, s.counters.refused_waiters);
+    st->table->release(b);
+    wa.join();
+    wb.join();
+    wc.join();
+    CHECK_EQUAL(3, wa.acquired.load());
+    CHECK_EQUAL(3, wb.acquired.load() + wc.acquired.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    // Every wait is over: the table-wide count is back to zero, so the full
+    // limit is there again.
+    CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
+    Waiters wd;
+    wd.start(st->table, "a", Mode::Read, 5);
+    CHECK(wait_waiting(*st->table, "a", Mode::Read, 5));
+    st->table->release(a);
+    wd.join();
+    CHECK_EQUAL(5, wd.acquired.load());
+}
+
+// Waiters of a killed process are counted out of the total too.
+TEST(Table, KilledWaitersLeaveTheTotal) {
+    st->table->set_wait_limits(16, 1);
+    LockHandle a;
+    CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "a", Mode::Write, flag);
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 1));
+    LockHandle h;
+    CHECK(take("a", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Busy);
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    CHECK_EQUAL(1, st->table->reap(kid));
+    Waiters ws;
+    ws.start(st->table, "a", Mode::Read, 1);
+    CHECK(wait_waiting(*st->table, "a", Mode::Read, 1));
+    st->table->release(a);
+    ws.join();
+    CHECK_EQUAL(1, ws.acquired.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
