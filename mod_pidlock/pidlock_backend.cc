@@ -101,7 +101,9 @@ int TableBackend::maintain() {
     size_t n = 0;
     switch (exits_.poll(pids, n)) {
     case ExitReader::Poll::Nothing: return 0;
-    case ExitReader::Poll::Lost: return table_->reap(0);
+    case ExitReader::Poll::Lost:  // rare (256 exits unseen) or scribbled: check everything
+        table_->audit();
+        return table_->reap(0);
     case ExitReader::Poll::Some: break;
     }
     int total = 0;
@@ -113,6 +115,7 @@ int TableBackend::maintain() {
 }
 
 int TableBackend::start_child() {
+    table_->audit();
     exits_.skip_to_now();
     return table_->reap(0);
 }

@@ -688,7 +688,7 @@ int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t
         int32_t pid;
         uint64_t start;
         bool gone;
-    } sus[8];
+    } sus[8] = {};
     int n = 0;
     Entry *e = entry(e1);
     uint32_t ahead = 0;  // the nearest waiting record before ours
@@ -804,30 +804,48 @@ void LockTable::leave(uint32_t si) {
 // repairs cannot deadlock. Returns holding stripe `held` only.
 int LockTable::repair(uint32_t held) {
     locks_->unlock(held);
+    return stop_the_world(false, held, nullptr);
+}
+
+int LockTable::audit() {
+    if (!hdr_) return 0;
+    bool repaired = false;
+    const int rc = stop_the_world(true, params_.stripes, &repaired);
+    return rc != 0 ? -1 : repaired ? 1 : 0;
+}
+
+// Takes every stripe (in index order) and rebuilds the table if a process
+// died inside it or, with `audit`, if any invariant fails. Returns holding
+// stripe `keep` only (none if keep >= stripes, or on an error).
+int LockTable::stop_the_world(bool audit, uint32_t keep, bool *repaired) {
     uint32_t taken = 0;
     int rc = 0;
     for (; taken < params_.stripes; ++taken)
         if ((rc = locks_->lock(taken)) != 0) break;
-    if (rc == 0) {
+    if (rc != 0) {
+        for (uint32_t s = 0; s < taken; ++s) locks_->unlock(s);
+        return rc;
+    }
+    std::vector<uint32_t> woken;
+    try {
         bool needed = false;
         for (uint32_t s = 0; s < params_.stripes; ++s)
             needed = needed || stripe(s)->inside.load(std::memory_order_relaxed) != 0;
-        std::vector<uint32_t> woken;
+        // Every walk of check_consistency() is bounded and checks each index
+        // before it follows it: safe on whatever a process left behind.
+        if (!needed && audit) needed = !check_consistency().empty();
         if (needed) {
-            try {
-                rebuild(woken);
-                hdr_->c_repairs.fetch_add(1, std::memory_order_relaxed);
-            } catch (...) {
-                rc = ENOMEM;
-            }
+            rebuild(woken);
+            hdr_->c_repairs.fetch_add(1, std::memory_order_relaxed);
+            if (repaired) *repaired = true;
         }
-        for (uint32_t s = 0; s < params_.stripes; ++s) stripe(s)->inside.store(0, std::memory_order_relaxed);
-        for (uint32_t s = 0; s < params_.stripes; ++s)
-            if (s != held || rc != 0) locks_->unlock(s);
-        for (uint32_t r1 : woken) futex_wake_all(&record(r1)->wake);
-        return rc;
+    } catch (...) {
+        rc = ENOMEM;
     }
-    for (uint32_t s = 0; s < taken; ++s) locks_->unlock(s);
+    for (uint32_t s = 0; s < params_.stripes; ++s) stripe(s)->inside.store(0, std::memory_order_relaxed);
+    for (uint32_t s = 0; s < params_.stripes; ++s)
+        if (s != keep || rc != 0) locks_->unlock(s);
+    for (uint32_t r1 : woken) futex_wake_all(&record(r1)->wake);
     return rc;
 }
 

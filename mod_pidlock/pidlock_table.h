@@ -101,6 +101,13 @@ class LockTable {
     // many.
     int reap(int32_t pid);
 
+    // Takes every stripe, checks every invariant (bounded walks, each index
+    // checked before use) and rebuilds the table if one fails, as after a
+    // death inside it. For a process joining a table others may have
+    // scribbled (a new httpd child). 1 if it rebuilt, 0 if sound, -1 on a
+    // mutex error.
+    int audit();
+
     void count(Counter c);
     // The next fence number: larger than every one before it, including
     // those of earlier full starts (it starts from the wall clock in µs).
@@ -169,6 +176,7 @@ class LockTable {
     int enter(uint32_t si);
     void leave(uint32_t si);
     int repair(uint32_t held);
+    int stop_the_world(bool audit, uint32_t keep, bool *repaired);
     void rebuild(std::vector<uint32_t> &woken);
     void note_wait(Stripe *st, int64_t ns);
     int reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self);

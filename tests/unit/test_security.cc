@@ -439,3 +439,36 @@ TEST(SipHash, TablesUseTheirOwnKey) {
     munmap(m2, size);
     munmap(lm, PthreadStripeLocks::region_size(4));
 }
+
+// A new child audits the table before it uses it: whatever a hostile
+// process left (random words, self-linked chains) is rebuilt, and live
+// locks survive.
+TEST(ParentDistrust, NewChildAuditRebuildsAScribbledTable) {
+    for (int kind = 0; kind < 2; ++kind) {
+        Arena a;
+        LockTable t(a.table, a.size, a.p, a.locks);
+        HolderInfo info;
+        LockHandle first, live;
+        // The corruption reuses the first entry and record: not the live lock's.
+        CHECK(t.acquire("first", 5, Mode::Write, 0, info, first) == AcquireResult::Acquired);
+        CHECK(t.acquire("live", 4, Mode::Write, 0, info, live) == AcquireResult::Acquired);
+        t.release(first);
+        CHECK_EQUAL(0, t.audit());
+        if (kind == 0) {
+            CHECK(t.test_corrupt(LockTable::Corruption::SelfLinkedChain));
+        } else {
+            // Random words past the fixed header fields.
+            std::mt19937_64 rng(7);
+            auto *w = static_cast<uint64_t *>(a.table);
+            for (size_t i = 64 / 8; i < a.size / 8; i += 1 + rng() % 16) w[i] = rng() % 3 ? rng() : rng() % 64;
+        }
+        CHECK(t.audit() >= 0);
+        STRCMP_EQUAL_TEXT("", t.check_consistency().c_str(), kind ? "random words" : "self-linked chain");
+        CHECK(t.reap(0) >= 0);
+        LockHandle h;
+        CHECK(t.acquire("other", 5, Mode::Write, 0, info, h) == AcquireResult::Acquired);
+        t.release(h);
+        t.release(live);
+        STRCMP_EQUAL("", t.check_consistency().c_str());
+    }
+}

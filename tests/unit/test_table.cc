@@ -1066,13 +1066,15 @@ namespace {
 struct Waiters {
     std::vector<std::thread> ts;
     std::atomic<int> acquired{0}, refused{0};
-    void start(LockTable *t, const char *key, Mode mode, int n) {
+    // Each holds what it gets for `hold_ms`.
+    void start(LockTable *t, const char *key, Mode mode, int n, int hold_ms = 0) {
         for (int i = 0; i < n; ++i)
-            ts.emplace_back([this, t, key, mode] {
+            ts.emplace_back([this, t, key, mode, hold_ms] {
                 HolderInfo info;
                 LockHandle h;
                 const AcquireResult r = t->acquire(key, std::strlen(key), mode, 10 * 1000000000LL, info, h);
                 (r == AcquireResult::Acquired ? acquired : refused)++;
+                std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
                 t->release(h);
             });
     }
@@ -1116,7 +1118,7 @@ TEST(Table, TotalWaitersAcrossKeysAreLimited) {
     CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
     CHECK(take("b", Mode::Write, 0, b) == AcquireResult::Acquired);
     Waiters wa, wb;
-    wa.start(st->table, "a", Mode::Write, 3);
+    wa.start(st->table, "a", Mode::Write, 3, 300);
     CHECK(wait_waiting(*st->table, "a", Mode::Write, 3));
     wb.start(st->table, "b", Mode::Read, 2);
     CHECK(wait_waiting(*st->table, "b", Mode::Read, 2));
