@@ -272,6 +272,71 @@ def t_chaos(mpm):
         h.cleanup()
 
 
+SCRIBBLE_CONFIG = CONFIG + r"""
+<Location /scribble>
+    SetHandler pidlock-testbackend-scribble
+</Location>
+"""
+
+
+def _retry(fn, attempts=20, pause=0.25):
+    """fn() until it returns without a socket error (a scribbled child may
+    die under a request)."""
+    for _ in range(attempts - 1):
+        try:
+            return fn()
+        except OSError:
+            time.sleep(pause)
+    return fn()
+
+
+def t_parent_distrust(mpm):
+    """A child scribbles the lock table and the exit list (random bytes, then
+    self-linked chains); children are killed with -9. httpd's parent keeps
+    running and replacing children, unlocked URLs keep answering, and it stops
+    cleanly on SIGTERM."""
+    import os
+    import signal
+    from harness import pid_alive
+    h = Httpd(mpm=mpm, body=SCRIBBLE_CONFIG, name="distrust-" + mpm)
+    try:
+        h.start()
+        r = h.request("GET", "/mn/v2/object/before", headers={"X-Test-Pid": "before"})
+        check(r.status == 200, "locked URL before: %d" % r.status)
+        for what in ("random", "selflink"):
+            before = set(h.child_pids())
+            r = _retry(lambda: h.request("GET", "/scribble?what=" + what))
+            check(r.status == 200 and b"scribbled" in r.body, "scribble %s: %r" % (what, r))
+            victims = sorted(before)[:2]
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            check(poll(lambda: pid_alive(h.pid) and bool(set(h.child_pids()) - before), timeout=15,
+                       interval=0.1),
+                  "%s: no new child after kill -9 (parent alive: %s)" % (what, pid_alive(h.pid)))
+            for i in range(10):
+                r = _retry(lambda: h.request("GET", "/off/v2/object/u%d" % i,
+                                             headers={"X-Test-Pid": "u%d" % i}, timeout=5))
+                check(r.status == 200, "%s: unlocked URL answered %d" % (what, r.status))
+                r = _retry(lambda: h.request("GET", "/stats", timeout=5))
+                check(r.status == 200, "%s: /stats answered %d" % (what, r.status))
+            check(pid_alive(h.pid), "%s: the parent died" % what)
+        # The parent wrote nothing it was steered to: it is still the same
+        # process, and it answers SIGTERM in time.
+        check(h.stop(timeout=20), "httpd did not stop cleanly on SIGTERM")
+        log = h.read_log()
+        parent_crash = [l for l in log.splitlines() if "seg fault or similar nasty error detected in the parent" in l
+                        or "AH00059" in l]
+        check(not parent_crash, "parent trouble: %s" % parent_crash[:3])
+        print("# %s: parent %d survived random and self-linked scribbles; %d repair/audit line(s) logged"
+              % (mpm, h.pid, log.count("PIDLOCK012") + log.count("PIDLOCK313")))
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 RELIABILITY_TESTS = []
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
@@ -279,4 +344,5 @@ for _mpm in ("prefork", "event"):
         ("%s/graceful_keeps_locks" % _mpm, (lambda m: lambda opts: t_graceful_keeps_locks(m))(_mpm)),
         ("%s/fuzz" % _mpm, (lambda m: lambda opts: t_fuzz(m))(_mpm)),
         ("%s/chaos" % _mpm, (lambda m: lambda opts: t_chaos(m))(_mpm)),
+        ("%s/parent_distrust" % _mpm, (lambda m: lambda opts: t_parent_distrust(m))(_mpm)),
     ]
