@@ -337,7 +337,58 @@ def t_parent_distrust(mpm):
         h.cleanup()
 
 
-RELIABILITY_TESTS = []
+def t_max_waiters(mpm):
+    """One held lock, then 70 GETs on its PID, each sent and its socket
+    closed at once: with the default PidLockMaxWaiters (16 auto) at most 16
+    wait, the rest are refused at once, and an unrelated URL answers within
+    a second (it took PidLockTimeout when every worker sat in the wait)."""
+    h = Httpd(mpm=mpm, body=CONFIG, name="maxwait-" + mpm)
+    try:
+        h.start()
+        url = "/mn/v2/object/hot"
+        held = threading.Event()
+
+        def hold():
+            try:
+                h.request("PUT", url, headers={"X-Test-Pid": "hot", "X-Test-Sleep-Ms": "6000"},
+                          body=b"x", timeout=30)
+            finally:
+                held.set()
+
+        threading.Thread(target=hold, daemon=True).start()
+        check(poll(lambda: _holder_pid(h, "hot") is not None, timeout=5), "holder never showed up")
+        socks = []
+        req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test-Pid: hot\r\n\r\n" % url).encode()
+        for _ in range(70):
+            try:
+                s = socket.create_connection((HOST, h.port), timeout=5)
+                s.sendall(req)
+                socks.append(s)
+            except OSError:
+                pass
+        for s in socks:
+            s.close()
+        time.sleep(0.3)  # let the pile land on the workers
+        t0 = time.monotonic()
+        r = h.request("GET", "/mn/v2/object/cold", headers={"X-Test-Pid": "cold"}, timeout=30)
+        took = time.monotonic() - t0
+        st = status_json(h)
+        waiting = [lk["waiting_read"] + lk["waiting_write"] for lk in st["locks"] if lk["key"] == "hot"]
+        refused = st["counters"].get("refused_waiters", 0)
+        print("# %s: unrelated URL answered in %.0f ms with 70 clients piled on a held key; "
+              "%s waiting on it, %d refused at once" % (mpm, took * 1000, waiting, refused))
+        check(r.status == 200, "unrelated URL: %d" % r.status)
+        check(took < 1.0, "unrelated URL took %.2f s" % took)
+        check(not waiting or waiting[0] <= 16, "%s waiting on the held key" % waiting)
+        check(refused >= 70 - 16 - 10, "only %d refused at once" % refused)
+        held.wait(30)
+        wait_table_empty(h, timeout=30)
+    finally:
+        h.stop()
+        h.cleanup()
+
+
+RELIABILITY_TESTS = [("event/max_waiters", lambda opts: t_max_waiters("event"))]
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
         ("%s/killed_holder" % _mpm, (lambda m: lambda opts: t_killed_holder(m))(_mpm)),
