@@ -156,7 +156,7 @@ TEST(Render, StatusJsonHasContractFields) {
                           "\"mpm\": \"event\"", "\"generation\": 0", "\"capacity\": 400", "\"used\": 1",
                           "\"high_water\": 17", "\"acquired_read\": 0", "\"acquired_write\": 3",
                           "\"waited\": 0", "\"timeouts\": 0", "\"bad_keys\": 0", "\"reaped\": 0",
-                          "\"broken\": 0", "\"key\": \"doi:10.5063/F1\"", "\"mode\": \"write\"",
+                          "\"broken\": 0", "\"refused_waiters\": 0", "\"key\": \"doi:10.5063/F1\"", "\"mode\": \"write\"",
                           "\"waiting_read\": 0", "\"waiting_write\": 1", "\"pid\": 4242",
                           "\"method\": \"PUT\"", "\"client\": \"127.0.0.1\"", "\"user\": null",
                           "\"since\": \"2026-11-22T01:02:03.456Z\"", "\"held_ms\": 1234"};

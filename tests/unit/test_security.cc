@@ -423,7 +423,7 @@ TEST(SipHash, TablesUseTheirOwnKey) {
     LockTable t1(m1, size, p, &locks), t2(m2, size, p, &locks);
     HolderInfo info;
     LockHandle h1[20], h2[20];
-    char key[8];
+    char key[16];
     for (int i = 0; i < 20; ++i) {
         std::snprintf(key, sizeof key, "k%d", i);
         CHECK(t1.acquire(key, std::strlen(key), Mode::Read, 0, info, h1[i]) == AcquireResult::Acquired);
