@@ -1171,15 +1171,12 @@ void LockTable::fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const 
 AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
                                  int64_t timeout_ns, const HolderInfo &info,
                                  LockHandle &h, BusyReport *report, int *err) {
-    const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
+    // <0: for ever; 0: no wait; else the absolute deadline on mono_ns().
+    int64_t deadline = timeout_ns < 0 ? -1 : 0;
+    if (timeout_ns > 0) deadline = mono_ns() + timeout_ns;
     for (;;) {
-        int64_t left = timeout_ns;
-        if (timeout_ns > 0) {
-            left = start + timeout_ns - mono_ns();
-            if (left <= 0) left = 0;  // one last look, without waiting
-        }
         bool vanished = false;
-        const AcquireResult res = acquire_once(key, len, mode, left, info, h, report, err, vanished);
+        const AcquireResult res = acquire_once(key, len, mode, deadline, info, h, report, err, vanished);
         // A record taken from its waiter (a lock granted and broken before
         // the waiter woke, or anything else that freed it) is not a grant:
         // queue again, by the same deadline.
@@ -1188,7 +1185,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
 }
 
 AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
-                                      int64_t timeout_ns, const HolderInfo &info,
+                                      int64_t deadline, const HolderInfo &info,
                                       LockHandle &h, BusyReport *report, int *err,
                                       bool &vanished) {
     h = LockHandle();
@@ -1200,7 +1197,6 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
     const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
     const uint32_t si = bucket & (params_.stripes - 1);
     Stripe *st = stripe(si);
-    const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
     const int32_t pid = cached_pid();
     const uint64_t pid_start = cached_start();
 
@@ -1246,7 +1242,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
                               ? (!e->writer && e->waiting_write == 0)
                               : (!e->writer && e->readers == 0 && e->waiting_write == 0 &&
                                  e->waiting_read == 0);
-    if (!free_now && timeout_ns != 0 &&
+    if (!free_now && deadline != 0 &&
         ((max_wait_key_ && e->waiting_read + e->waiting_write >= max_wait_key_) ||
          (max_wait_total_ && hdr_->waiting.load(std::memory_order_relaxed) >= max_wait_total_))) {
         // PidLockMaxWaiters: no more waiters here, or in all; busy at once.
@@ -1318,8 +1314,8 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
     const int64_t wait_start = mono_ns();
     for (;;) {
         int64_t remaining = -1;
-        if (timeout_ns >= 0) remaining = timeout_ns > 0 ? start + timeout_ns - mono_ns() : 0;
-        if (timeout_ns >= 0 && remaining <= 0) break;
+        if (deadline >= 0) remaining = deadline > 0 ? deadline - mono_ns() : 0;
+        if (deadline >= 0 && remaining <= 0) break;
         if (!counted_wait) {
             ++st->waited;
             counted_wait = true;

@@ -156,7 +156,7 @@ class LockTable {
     static bool read_header(void *base, size_t size, TableParams &p, uint64_t sip[2]);
     void attach(void *base, const TableParams &p, const uint64_t sip[2]);
     uint64_t hash(const char *key, size_t len) const;
-    AcquireResult acquire_once(const char *key, size_t len, Mode mode, int64_t timeout_ns,
+    AcquireResult acquire_once(const char *key, size_t len, Mode mode, int64_t deadline,
                                const HolderInfo &info, LockHandle &h, BusyReport *report,
                                int *err, bool &vanished);
     void refuse_or_time_out(Stripe *st, Entry *e, uint32_t bucket, uint32_t e1, uint32_t r1,
