@@ -310,6 +310,13 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
     switch (res) {
     case AcquireResult::Busy: {
         const int status = d->busy_status ? d->busy_status : HTTP_SERVICE_UNAVAILABLE;
+        if (rep.too_many_waiting) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                          "PIDLOCK314: %s lock on key of %" APR_SIZE_T_FMT " bytes refused at once: %u/%u "
+                          "requests already wait (PidLockMaxWaiters); answering %d",
+                          mode_name(mode), rep.key.size(), rep.waiting_read, rep.waiting_write, status);
+            return answer_busy(r, status, &rep, 0.0, nullptr);
+        }
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "PIDLOCK102: %s lock on key of %" APR_SIZE_T_FMT " bytes not had within %.3f s "
                       "(held %s by %u, %u/%u waiting); answering %d",

@@ -566,6 +566,7 @@ std::string render_busy_json(const BusyReport &rep, double timeout_s) {
     append_u64(o, rep.waiting_write);
     o += ", \"held_ms\": ";
     append_i64(o, rep.held_us / 1000);
+    if (rep.too_many_waiting) o += ", \"too_many_waiting\": true";
     char buf[40];
     std::snprintf(buf, sizeof buf, ", \"waited_s\": %.3f}\n", timeout_s);
     o += buf;
@@ -577,7 +578,7 @@ std::string render_busy_text(const BusyReport &rep, double timeout_s) {
     char buf[40];
     std::snprintf(buf, sizeof buf, "%.3f", timeout_s);
     o += buf;
-    o += " s.\nkey: ";
+    o += rep.too_many_waiting ? " s: too many requests are waiting for it.\nkey: " : " s.\nkey: ";
     // Plain text, but still no raw control bytes into a terminal.
     for (char ch : rep.key) {
         const unsigned char u = static_cast<unsigned char>(ch);

@@ -1255,6 +1255,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
             } catch (...) {
                 *report = BusyReport();
             }
+            report->too_many_waiting = true;
         }
         leave(si);
         if (report && report->key.empty()) report->key.assign(key, len);

@@ -39,6 +39,7 @@ struct BusyReport {
     uint32_t waiting_read = 0;
     uint32_t waiting_write = 0;
     int64_t held_us = 0;  // since the oldest holder took it
+    bool too_many_waiting = false;  // refused at once: PidLockMaxWaiters reached
 };
 
 struct HolderView {

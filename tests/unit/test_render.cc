@@ -215,6 +215,11 @@ TEST(Render, BusyReportNeverShowsClientsOrUsers) {
     BusyReport c;
     c.key = std::string("a\x1b[2Jb", 6);
     CHECK(render_busy_text(c, 1).find("\x1b") == std::string::npos);
+    CHECK(j.find("too_many_waiting") == std::string::npos);
+    r.too_many_waiting = true;  // PidLockMaxWaiters said no
+    CHECK_TRUE(valid_json(render_busy_json(r, 0)));
+    CHECK(render_busy_json(r, 0).find("\"too_many_waiting\": true") != std::string::npos);
+    CHECK(render_busy_text(r, 0).find("too many requests are waiting") != std::string::npos);
 }
 
 TEST(Render, Iso8601) {
