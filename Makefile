@@ -15,7 +15,8 @@ CXXFLAGS_ALL = -std=c++17 $(WARN) -fPIC -O2 -g -fvisibility=hidden
 
 CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
-            mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc
+            mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc \
+            mod_pidlock/pidlock_exits.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pidlock/mod_pidlock_lifecycle.cc \
             mod_pidlock/mod_pidlock_request.cc mod_pidlock/mod_pidlock_status.cc mod_pidlock/mod_pidlock_body.cc \
             mod_pidlock/mod_pidlock_watchdog.cc
@@ -62,12 +63,12 @@ $(BACKEND): tests/backend/mod_pidlock_testbackend.cc Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $<
 
 $(UNIT): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) $(UNIT_HDRS) Makefile | $(BUILD)
-	$(CXX) -std=c++17 $(WARN) -O1 -g $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
+	$(CXX) -std=c++17 $(WARN) -O1 -g $(CPPFLAGS_ALL) -DPIDLOCK_CRASH_POINTS -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
 
 $(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) $(UNIT_HDRS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	    -fno-sanitize-recover=undefined $(CPPFLAGS_ALL) -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
+	    -fno-sanitize-recover=undefined $(CPPFLAGS_ALL) -DPIDLOCK_CRASH_POINTS -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
 	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
 
 # libpq (libpq-dev) for the PostgreSQL advisory-lock rows; without it the

@@ -58,6 +58,8 @@ void *create_server_config(apr_pool_t *p, server_rec *) {
     s->body_buffer = kUnset;
     s->table_size = kUnset;
     s->thread_backend = kUnset;
+    s->max_waiters_key = kUnset;
+    s->max_waiters_total = kUnset;
     return s;
 }
 
@@ -69,6 +71,8 @@ void *merge_server_config(apr_pool_t *p, void *basev, void *addv) {
     s->body_buffer = add->body_buffer != kUnset ? add->body_buffer : base->body_buffer;
     s->table_size = base->table_size;
     s->thread_backend = base->thread_backend;
+    s->max_waiters_key = base->max_waiters_key;
+    s->max_waiters_total = base->max_waiters_total;
     return s;
 }
 
@@ -253,6 +257,20 @@ const char *set_backend(cmd_parms *cmd, void *, const char *arg) {
     return nullptr;
 }
 
+// PidLockMaxWaiters PER_KEY [TOTAL|auto]
+const char *set_max_waiters(cmd_parms *cmd, void *, const char *per_key, const char *total) {
+    if (const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) return err;
+    apr_int64_t k = 0, t = 0;
+    if (!parse_count(per_key, 1, 1 << 20, &k))
+        return apr_psprintf(cmd->pool, "PidLockMaxWaiters: '%s' is not a count from 1 to 1048576", per_key);
+    if (total && strcasecmp(total, "auto") && !parse_count(total, 1, 1 << 24, &t))
+        return apr_psprintf(cmd->pool, "PidLockMaxWaiters: '%s' is neither auto nor a count from 1 to 16777216",
+                            total);
+    server_config(cmd->server)->max_waiters_key = k;
+    server_config(cmd->server)->max_waiters_total = t;
+    return nullptr;
+}
+
 // httpd keeps every directive handler as one generic pointer type.
 template <typename F>
 cmd_func as_cmd(F f) {
@@ -284,6 +302,8 @@ const command_rec pidlock_cmds[] = {
                   "lock table capacity: N or auto"),
     AP_INIT_TAKE1("PidLockBackend", as_cmd(set_backend), nullptr, RSRC_CONF,
                   "shared (every MPM) or thread (single-process servers)"),
+    AP_INIT_TAKE12("PidLockMaxWaiters", as_cmd(set_max_waiters), nullptr, RSRC_CONF,
+                   "most requests waiting on one key, and in all: PER_KEY [TOTAL|auto] (default 16 auto)"),
     AP_INIT_FLAG("PidLockStatusActions", as_cmd(set_status_actions), nullptr,
                  ACCESS_CONF, "On to allow breaking locks from the status page here"),
     AP_INIT_FLAG("PidLockStatusQuery", as_cmd(set_status_query), nullptr,

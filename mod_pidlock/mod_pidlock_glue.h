@@ -76,7 +76,16 @@ struct ServerConfig {
     apr_int64_t table_size;   // 0: auto; kUnset: unset
     int thread_backend;       // kUnset, 0 (shared), 1 (thread)
     const char *table_size_where;
+    apr_int64_t max_waiters_key;    // PidLockMaxWaiters: kUnset or >= 1
+    apr_int64_t max_waiters_total;  // kUnset or 0 (auto) or >= 1
 };
+
+// PidLockMaxWaiters as it applies: per key, and in all (auto resolved).
+struct WaitLimits {
+    uint32_t per_key, total;
+};
+constexpr apr_int64_t kDefaultMaxWaitersKey = 16;
+WaitLimits wait_limits(const MpmFacts &mpm, const ServerConfig *sc);
 
 void *create_dir_config(apr_pool_t *p, char *path);
 void *merge_dir_config(apr_pool_t *p, void *basev, void *addv);
@@ -103,8 +112,11 @@ struct State {
     apr_global_mutex_t **mutexes;  // shared backend
     StripeLocks *locks;
     LockTable *table;
-    LockBackend *backend;
+    LockBackend *backend;  // a TableBackend
     ServerFacts *facts;
+    uint32_t generation;        // the MPM's, asked in post_config and child_init
+    void *exits;                // the exit list (shared backend); null: none
+    uint64_t *exits_published;  // the parent's own count (retained)
     char nonce[33];
 };
 extern State *g_state;

@@ -1,6 +1,7 @@
 // mod_pidlock glue: the lifecycle. The mutex type (pre_config), the startup
 // checks (check_config), the lock table and its mutexes, retained across
 // graceful restarts (post_config), and each child's attachment (child_init).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "mod_pidlock_glue.h"
+#include "pidlock_exits.h"
 #include "pidlock_locks.h"
 #include "pidlock_table.h"
 
@@ -194,13 +196,21 @@ int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
 
 // What survives a restart of the parent (graceful or not) until a full stop:
 // the shared table and its mutexes, so old-generation children keep their
-// locks and new ones honour them. Plain APR handles only: the module itself
-// (and every vtable in it) is unloaded and reloaded between generations.
+// locks and new ones honour them, and the exit list. Plain APR handles only:
+// the module itself (and every vtable in it) is unloaded and reloaded
+// between generations.
+//
+// Contract with tests/backend/mod_pidlock_testbackend.cc, which finds this
+// through ap_retained_data_get("mod_pidlock-retained") to play a hostile
+// child: the first member is the table's segment, the second the exit
+// list's. Keep them first, in this order.
 struct Retained {
-    apr_shm_t *shm;
+    apr_shm_t *shm;        // the lock table (first: see above)
+    apr_shm_t *exits_shm;  // the exit list (second: see above)
     apr_global_mutex_t **mutexes;
     unsigned stripes;
-    TableParams params;
+    TableParams params;    // the parent's own copy: never read back from the table
+    uint64_t exits_published;  // the parent's own count of exits published
     char mech[32];
     char nonce[33];
 };
@@ -249,8 +259,28 @@ void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Re
             return nullptr;
         }
     }
+    // The exit list: the parent writes it, children read it.
+    rv = apr_shm_create(&rd->exits_shm, ExitList::region_size(), nullptr, pglobal);
+    if (rv != APR_SUCCESS) {
+        rd->exits_shm = nullptr;
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK310: cannot create shared memory for the exit list");
+        apr_shm_destroy(rd->shm);
+        rd->shm = nullptr;
+        return nullptr;
+    }
+    ExitList::format(apr_shm_baseaddr_get(rd->exits_shm), ExitList::region_size());
+    rd->exits_published = 0;
+    // The bucket hash's key: 128 random bits per full start.
+    unsigned char hash_key[16];
+    rv = apr_generate_random_bytes(hash_key, sizeof hash_key);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK311: no random bytes for the lock table's hash key");
+        apr_shm_destroy(rd->shm);
+        rd->shm = nullptr;
+        return nullptr;
+    }
     void *base = apr_shm_baseaddr_get(rd->shm);
-    if (!LockTable::format(base, region, want)) {
+    if (!LockTable::format(base, region, want, hash_key)) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: cannot lay out the lock table");
         return nullptr;
     }
@@ -301,22 +331,32 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             st->locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(rd->mutexes, rd->stripes);
             mech = apr_global_mutex_name(rd->mutexes[0]);
         }
-        st->table = new (apr_palloc(pconf, sizeof(LockTable))) LockTable(base, st->locks);
-        st->backend = new (apr_palloc(pconf, sizeof(TableBackend)))
+        // The parent attaches without trusting the region: the parameters are
+        // its own (retained), where things lie is computed from them, and
+        // only the fixed header fields are read, once, to check them. From
+        // here on it never reads, locks or writes the table: the children
+        // do all of that (child_init, and maintain() on their requests).
+        const TableParams &have = st->thread_backend ? tp : rd->params;
+        const apr_size_t region = st->thread_backend ? LockTable::region_size(tp) : apr_shm_size_get(rd->shm);
+        st->table = new (apr_palloc(pconf, sizeof(LockTable))) LockTable(base, region, have, st->locks);
+        auto *tb = new (apr_palloc(pconf, sizeof(TableBackend)))
             TableBackend(st->thread_backend ? "thread" : "shared", st->table);
+        st->backend = tb;
         if (!st->table->valid()) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: the retained lock table is not valid");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
         int gen = 0;
         ap_mpm_query(AP_MPMQ_GENERATION, &gen);
-        st->table->set_generation(static_cast<uint32_t>(gen));
-        // A restart: children of earlier generations that are gone (all of
-        // them after a hard restart) leave nothing behind.
-        const int reaped = st->thread_backend ? 0 : st->table->reap(0);
-        if (reaped > 0)
-            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
-                         "PIDLOCK012: released %d lock record(s) of processes that are gone", reaped);
+        st->generation = static_cast<uint32_t>(gen);
+        tb->set_generation(st->generation);
+        if (!st->thread_backend && rd->exits_shm) {
+            st->exits = apr_shm_baseaddr_get(rd->exits_shm);
+            st->exits_published = &rd->exits_published;
+            tb->attach_exits(st->exits);
+        }
+        const WaitLimits wl = wait_limits(mpm, server_config(s));
+        st->table->set_wait_limits(wl.per_key, wl.total);
         st->facts = new (apr_palloc(pconf, sizeof(ServerFacts))) ServerFacts();
         st->facts->version = PIDLOCK_VERSION;
         st->facts->backend = st->backend->name();
@@ -336,10 +376,10 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                      "PIDLOCK010: lock table ready: backend %s, capacity %u keys, keys up to %u bytes, "
-                     "%u stripes, mutex %s, MPM %s, generation %d",
+                     "%u stripes, mutex %s, MPM %s, generation %d, at most %u waiters per key and %u in all",
                      st->backend->name(), st->table->params().capacity,
                      st->table->params().key_cap, st->table->params().stripes,
-                     mech.c_str(), mpm.name.c_str(), gen);
+                     mech.c_str(), mpm.name.c_str(), gen, wl.per_key, wl.total);
         return OK;
     } catch (...) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK007: lock table setup failed");
@@ -347,28 +387,51 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
     }
 }
 
-// In the parent: a child has exited (crash, kill -9, OOM, or its normal
-// end); whatever it held or waited for is released now.
-void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status) {
-    if (status != MPM_CHILD_EXITED || !g_state || !g_state->backend || g_state->thread_backend) return;
-    try {
-        const int n = g_state->table->reap(static_cast<int32_t>(pid));
-        if (n > 0)
-            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
-                         "PIDLOCK013: child %" APR_PID_T_FMT " exited holding or waiting for locks: "
-                         "released %d", pid, n);
-    } catch (...) {
-        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "PIDLOCK106: unexpected error reaping child %" APR_PID_T_FMT, pid);
+WaitLimits wait_limits(const MpmFacts &mpm, const ServerConfig *sc) {
+    WaitLimits w;
+    w.per_key = static_cast<uint32_t>(sc->max_waiters_key == kUnset ? kDefaultMaxWaitersKey : sc->max_waiters_key);
+    if (sc->max_waiters_total > 0) {
+        w.total = static_cast<uint32_t>(sc->max_waiters_total);
+    } else {
+        // auto: half of MaxRequestWorkers, so the other half always serves.
+        const uint64_t workers = static_cast<uint64_t>(mpm.max_daemons) * static_cast<uint64_t>(mpm.max_threads);
+        w.total = static_cast<uint32_t>(std::max<uint64_t>(1, std::min<uint64_t>(workers / 2, 1u << 24)));
     }
+    return w;
+}
+
+// In the parent: a child has exited (crash, kill -9, OOM, or its normal
+// end). The parent only notes it in the exit list; the children release
+// what it held (maintain(), on their next locking request). It never
+// touches the table: a child may have scribbled anything there.
+void child_status(server_rec *, pid_t pid, ap_generation_t, int, mpm_child_status status) {
+    if (status != MPM_CHILD_EXITED || !g_state || !g_state->exits || !g_state->exits_published) return;
+    ExitList::publish(g_state->exits, *g_state->exits_published, static_cast<int32_t>(pid));
 }
 
 void child_init(apr_pool_t *p, server_rec *s) {
-    if (!g_state || !g_state->mutexes) return;
+    if (!g_state) return;
+    int gen = 0;
+    if (ap_mpm_query(AP_MPMQ_GENERATION, &gen) == APR_SUCCESS) {
+        g_state->generation = static_cast<uint32_t>(gen);
+        if (g_state->backend) static_cast<TableBackend *>(g_state->backend)->set_generation(g_state->generation);
+    }
+    if (!g_state->mutexes) return;
     for (unsigned i = 0; i < g_state->table->params().stripes; ++i) {
         const apr_status_t rv = apr_global_mutex_child_init(
             &g_state->mutexes[i], apr_global_mutex_lockfile(g_state->mutexes[i]), p);
         if (rv != APR_SUCCESS)
             ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "PIDLOCK008: cannot attach to table mutex %u in child", i);
+    }
+    // What processes of earlier generations left (all of them after a hard
+    // restart) is cleaned up here, by a child, not by the parent.
+    try {
+        const int reaped = static_cast<TableBackend *>(g_state->backend)->start_child();
+        if (reaped > 0)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "PIDLOCK012: released %d lock record(s) of processes that are gone", reaped);
+    } catch (...) {
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, s, "PIDLOCK312: unexpected error cleaning up after exited processes");
     }
 }
 }  // namespace glue

@@ -304,6 +304,13 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
     switch (res) {
     case AcquireResult::Busy: {
         const int status = d->busy_status ? d->busy_status : HTTP_SERVICE_UNAVAILABLE;
+        if (rep.too_many_waiting) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                          "PIDLOCK314: %s lock on key of %" APR_SIZE_T_FMT " bytes refused at once: %u/%u "
+                          "requests already wait (PidLockMaxWaiters); answering %d",
+                          mode_name(mode), rep.key.size(), rep.waiting_read, rep.waiting_write, status);
+            return answer_busy(r, status, &rep, 0.0, nullptr);
+        }
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "PIDLOCK102: %s lock on key of %" APR_SIZE_T_FMT " bytes not had within %.3f s "
                       "(held %s by %u, %u/%u waiting); answering %d",
@@ -397,7 +404,11 @@ int fixups(request_rec *r) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK107: lock table unavailable; refusing to run unlocked");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
-        st->backend->maintain();
+        // Exits the parent reported: this child releases what they held.
+        const int reaped = st->backend->maintain();
+        if (reaped > 0)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                          "PIDLOCK313: released %d lock record(s) of child processes that exited", reaped);
         std::vector<std::string> keys;
         const int bad = keys_for(d, r, max_key_len(server_config(r->server)), keys);
         if (bad) {

@@ -90,7 +90,35 @@ int TableBackend::release_all(LockSet &set) {
 
 int TableBackend::break_key(const KeyRef &key) { return table_->break_key(key.data, key.len); }
 
-bool TableBackend::snapshot(TableSnapshot &out, int *err) { return table_->snapshot(out, err); }
+bool TableBackend::snapshot(TableSnapshot &out, int *err) {
+    const bool ok = table_->snapshot(out, err);
+    out.generation = generation_;
+    return ok;
+}
+
+int TableBackend::maintain() {
+    int32_t pids[ExitList::kSlots];
+    size_t n = 0;
+    switch (exits_.poll(pids, n)) {
+    case ExitReader::Poll::Nothing: return 0;
+    case ExitReader::Poll::Lost:  // rare (256 exits unseen) or scribbled: check everything
+        table_->audit();
+        return table_->reap(0);
+    case ExitReader::Poll::Some: break;
+    }
+    int total = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const int r = table_->reap(pids[i]);
+        if (r > 0) total += r;
+    }
+    return total;
+}
+
+int TableBackend::start_child() {
+    table_->audit();
+    exits_.skip_to_now();
+    return table_->reap(0);
+}
 
 void TableBackend::count(Counter c) { table_->count(c); }
 

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "pidlock_exits.h"
 #include "pidlock_types.h"
 
 namespace pidlock {
@@ -117,10 +118,23 @@ class TableBackend final : public LockBackend {
     int break_key(const KeyRef &key) override;
     bool snapshot(TableSnapshot &out, int *err) override;
     void count(Counter c) override;
+    // Reads the exit list (see pidlock_exits.h) and releases what the
+    // processes it names held; all of the dead if some exits were missed.
+    int maintain() override;
+
+    // Set up by the glue. The exit list to read (null: none, as in tests).
+    void attach_exits(const void *region) { exits_.attach(region); }
+    // In a child, at its start: exits published so far are forgotten, and
+    // every process of earlier generations found gone is cleaned up instead.
+    int start_child();
+    // The MPM's generation, shown by snapshot() (the table holds none).
+    void set_generation(uint32_t g) { generation_ = g; }
 
   private:
     const char *name_;
     LockTable *table_;
+    ExitReader exits_;
+    uint32_t generation_ = 0;
 };
 
 }  // namespace pidlock

@@ -175,7 +175,8 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
     const std::pair<const char *, uint64_t> counters[] = {
         {"acquired_read", c.acquired_read}, {"acquired_write", c.acquired_write},
         {"waited", c.waited}, {"timeouts", c.timeouts}, {"bad_keys", c.bad_keys},
-        {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs}};
+        {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs},
+        {"refused_waiters", c.refused_waiters}};
     o += "},\n \"counters\": {";
     bool first = true;
     for (const auto &kv : counters) {
@@ -303,6 +304,7 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
     line("Broken", c.broken);
     line("Full", c.full);
     line("Repairs", c.repairs);
+    line("RefusedWaiters", c.refused_waiters);
     return o;
 }
 
@@ -394,6 +396,8 @@ std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &
     sample("pidlock_table_full_total", "", c.full);
     head("pidlock_repairs_total", "counter", "Table rebuilds after a process died inside its critical section.");
     sample("pidlock_repairs_total", "", c.repairs);
+    head("pidlock_refused_waiters_total", "counter", "Requests refused at once: PidLockMaxWaiters were already waiting.");
+    sample("pidlock_refused_waiters_total", "", c.refused_waiters);
     head("pidlock_table_capacity", "gauge", "Distinct keys the table can hold.");
     sample("pidlock_table_capacity", "", snap.capacity);
     head("pidlock_table_used", "gauge", "Distinct keys held or waited for now.");
@@ -578,6 +582,7 @@ std::string render_busy_json(const BusyReport &rep, double timeout_s) {
     append_u64(o, rep.waiting_write);
     o += ", \"held_ms\": ";
     append_i64(o, rep.held_us / 1000);
+    if (rep.too_many_waiting) o += ", \"too_many_waiting\": true";
     char buf[40];
     std::snprintf(buf, sizeof buf, ", \"waited_s\": %.3f}\n", timeout_s);
     o += buf;
@@ -589,7 +594,7 @@ std::string render_busy_text(const BusyReport &rep, double timeout_s) {
     char buf[40];
     std::snprintf(buf, sizeof buf, "%.3f", timeout_s);
     o += buf;
-    o += " s.\nkey: ";
+    o += rep.too_many_waiting ? " s: too many requests are waiting for it.\nkey: " : " s.\nkey: ";
     // Plain text, but still no raw control bytes into a terminal.
     for (char ch : rep.key) {
         const unsigned char u = static_cast<unsigned char>(ch);

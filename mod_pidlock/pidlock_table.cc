@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <mutex>
 #include <new>
 
@@ -16,10 +17,24 @@
 #include <cstdlib>
 
 #include <sched.h>
+#include <sys/random.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#endif
+
+// Test builds only (the unit tests define PIDLOCK_CRASH_POINTS): a process
+// told test_crash_at(n) ends at point n, inside the stripe's mutex.
+#ifdef PIDLOCK_CRASH_POINTS
+#define PIDLOCK_CRASH_POINT(n)         \
+    do {                               \
+        if (crash_at_ == (n)) _exit(0); \
+    } while (0)
+#else
+#define PIDLOCK_CRASH_POINT(n) \
+    do {                       \
+    } while (0)
 #endif
 
 namespace pidlock {
@@ -27,7 +42,7 @@ namespace pidlock {
 namespace {
 
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
-constexpr uint32_t kLayoutVersion = 2;
+constexpr uint32_t kLayoutVersion = 3;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
 
@@ -190,26 +205,72 @@ const char *mode_name(Mode m) {
     return "none";
 }
 
-uint64_t key_hash(const char *key, size_t len) {
-    // Eight bytes a step, multiply-xorshift mixing; the final mix spreads the
-    // low bits (bucket) and the stripe bits even for keys that differ only in
-    // their last byte. Not for adversaries: a chain only costs its own stripe.
-    const uint64_t k = 0x9E3779B97F4A7C15ull;
-    uint64_t h = len * k;
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, key + i, 8);
-        h = (h ^ w) * k;
-        h ^= h >> 29;
+namespace {
+
+uint64_t load_le64(const unsigned char *p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+inline uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+
+// One SipRound: the ARX network of the SipHash paper (Aumasson, Bernstein,
+// 2012), section 2.
+inline void sip_round(uint64_t &v0, uint64_t &v1, uint64_t &v2, uint64_t &v3) {
+    v0 += v1;
+    v1 = rotl(v1, 13);
+    v1 ^= v0;
+    v0 = rotl(v0, 32);
+    v2 += v3;
+    v3 = rotl(v3, 16);
+    v3 ^= v2;
+    v0 += v3;
+    v3 = rotl(v3, 21);
+    v3 ^= v0;
+    v2 += v1;
+    v1 = rotl(v1, 17);
+    v1 ^= v2;
+    v2 = rotl(v2, 32);
+}
+
+}  // namespace
+
+uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len) {
+    // Initialization: the key xored into the four constants
+    // "somepseudorandomlygeneratedbytes".
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ull;
+    uint64_t v1 = k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ull;
+    uint64_t v3 = k1 ^ 0x7465646279746573ull;
+    const auto *in = static_cast<const unsigned char *>(data);
+    // Compression: each 64-bit little-endian word, c = 2 rounds.
+    const size_t whole = len & ~static_cast<size_t>(7);
+    for (size_t i = 0; i < whole; i += 8) {
+        const uint64_t m = load_le64(in + i);
+        v3 ^= m;
+        sip_round(v0, v1, v2, v3);
+        sip_round(v0, v1, v2, v3);
+        v0 ^= m;
     }
-    uint64_t tail = 0;
-    std::memcpy(&tail, key + i, len - i);
-    h = (h ^ tail) * k;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
+    // The last word: the remaining bytes, and the length mod 256 in its top byte.
+    uint64_t last = static_cast<uint64_t>(len & 0xff) << 56;
+    for (size_t i = whole; i < len; ++i) last |= static_cast<uint64_t>(in[i]) << (8 * (i - whole));
+    v3 ^= last;
+    sip_round(v0, v1, v2, v3);
+    sip_round(v0, v1, v2, v3);
+    v0 ^= last;
+    // Finalization: d = 4 rounds.
+    v2 ^= 0xff;
+    for (int i = 0; i < 4; ++i) sip_round(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+uint64_t siphash24(const unsigned char key[16], const void *data, size_t len) {
+    return siphash24(load_le64(key), load_le64(key + 8), data, len);
 }
 
 int64_t wall_clock_us() {
@@ -224,17 +285,29 @@ int64_t monotonic_ns() { return mono_ns(); }
 
 // Read-mostly layout first; every field written at run time sits on a cache
 // line of its own, so processes working on distinct keys share no line.
-struct LockTable::Header {
+// Only the fixed fields up to `sip` are read at attach time (and checked
+// against what the attacher expects); where things are is computed from
+// the parameters by layout(), never read from here.
+namespace {
+struct HeaderFixed {
     uint32_t magic;
     uint32_t layout_version;
     uint32_t capacity, key_cap, stripes, nbuckets, slots;
-    uint64_t buckets_off, entries_off, records_off, keys_off, stripes_off, total_size;
+    uint64_t total_size;
+    uint64_t sip[2];  // the key of the bucket hash, random per full start
+};
+}  // namespace
+
+struct LockTable::Header {
+    HeaderFixed fixed;
     // Entries no stripe has reserved: capacity = budget + reserves + in use.
     alignas(64) std::atomic<int64_t> budget;
     std::atomic<uint32_t> high_water;
-    std::atomic<uint32_t> generation;
     std::atomic<uint64_t> c_bad_keys;
     std::atomic<uint64_t> c_repairs;
+    // Records in state waiting, table-wide (PidLockMaxWaiters' total): changed
+    // only when a request starts or stops waiting, never on the uncontended path.
+    alignas(64) std::atomic<uint32_t> waiting;
     alignas(64) std::atomic<uint64_t> fence;
     alignas(64) std::atomic<uint64_t> entry_free;
     alignas(64) std::atomic<uint64_t> record_free;
@@ -244,6 +317,7 @@ struct LockTable::Header {
 // free entries and records, so the common path touches no shared line.
 struct alignas(64) LockTable::Stripe {
     uint64_t acquired_read, acquired_write, waited, timeouts, broken, reaped, full;
+    uint64_t refused_waiters;  // PidLockMaxWaiters said no
     std::atomic<uint32_t> used;  // keys in this stripe; read unlocked for the high water
     std::atomic<uint32_t> reserve;  // capacity taken from the budget, not in use;
                                     // other stripes may take single units from it
@@ -339,27 +413,36 @@ size_t LockTable::region_size(const TableParams &p) {
     return l.end + kRegionSlack;
 }
 
-bool LockTable::format(void *base, size_t size, const TableParams &p) {
+bool LockTable::format(void *base, size_t size, const TableParams &p, const unsigned char *hash_key) {
     Layout l;
     if (!layout(p, &l) || base == nullptr || size < l.end + kRegionSlack) return false;
+    unsigned char key[16];
+    if (hash_key) {
+        std::memcpy(key, hash_key, sizeof key);
+    } else if (getrandom(key, sizeof key, 0) != static_cast<ssize_t>(sizeof key)) {
+        // No kernel randomness (tests and benches only pass no key): still
+        // different per call.
+        const uint64_t a = static_cast<uint64_t>(mono_ns()) ^ reinterpret_cast<uintptr_t>(base);
+        const uint64_t b = static_cast<uint64_t>(wall_clock_us()) * 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(getpid());
+        std::memcpy(key, &a, 8);
+        std::memcpy(key + 8, &b, 8);
+    }
     base = align_base(base);
     std::memset(base, 0, l.end);
     Header *h = new (base) Header;
-    h->capacity = p.capacity;
-    h->key_cap = p.key_cap;
-    h->stripes = p.stripes;
-    h->nbuckets = l.nbuckets;
-    h->slots = l.slots;
-    h->buckets_off = l.buckets_off;
-    h->stripes_off = l.stripes_off;
-    h->entries_off = l.entries_off;
-    h->records_off = l.records_off;
-    h->keys_off = l.keys_off;
-    h->total_size = l.end;
+    HeaderFixed &f = h->fixed;
+    f.capacity = p.capacity;
+    f.key_cap = p.key_cap;
+    f.stripes = p.stripes;
+    f.nbuckets = l.nbuckets;
+    f.slots = l.slots;
+    f.total_size = l.end;
+    f.sip[0] = load_le64(key);
+    f.sip[1] = load_le64(key + 8);
     char *b = static_cast<char *>(base);
-    Entry *entries = reinterpret_cast<Entry *>(b + h->entries_off);
-    Record *records = reinterpret_cast<Record *>(b + h->records_off);
-    Stripe *stripes = reinterpret_cast<Stripe *>(b + h->stripes_off);
+    Entry *entries = reinterpret_cast<Entry *>(b + l.entries_off);
+    Record *records = reinterpret_cast<Record *>(b + l.records_off);
+    Stripe *stripes = reinterpret_cast<Stripe *>(b + l.stripes_off);
     for (uint32_t i = 0; i < p.stripes; ++i) new (&stripes[i]) Stripe();
     for (uint32_t i = 0; i < l.slots; ++i) {
         new (&entries[i]) Entry();
@@ -372,30 +455,97 @@ bool LockTable::format(void *base, size_t size, const TableParams &p) {
     h->record_free.store(1, std::memory_order_relaxed);
     h->budget.store(p.capacity, std::memory_order_relaxed);
     h->fence.store(static_cast<uint64_t>(wall_clock_us()), std::memory_order_relaxed);
-    h->layout_version = kLayoutVersion;
+    f.layout_version = kLayoutVersion;
     std::atomic_thread_fence(std::memory_order_release);
-    h->magic = kMagic;
+    f.magic = kMagic;
     return true;
 }
 
+// Reads the fixed header fields once (a copy: whatever another process
+// writes meanwhile, each is looked at once) and checks them. Nothing the
+// header says is followed: where things are comes from layout().
+bool LockTable::read_header(void *base, size_t size, TableParams &p, uint64_t sip[2]) {
+    if (!base) return false;
+    const auto *h = static_cast<const Header *>(align_base(base));
+    HeaderFixed f;
+    std::memcpy(&f, &h->fixed, sizeof f);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (f.magic != kMagic || f.layout_version != kLayoutVersion) return false;
+    p.capacity = f.capacity;
+    p.key_cap = f.key_cap;
+    p.stripes = f.stripes;
+    Layout l;
+    if (!layout(p, &l)) return false;
+    if (f.nbuckets != l.nbuckets || f.slots != l.slots || f.total_size != l.end) return false;
+    if (size != 0 && size < l.end + kRegionSlack) return false;
+    sip[0] = f.sip[0];
+    sip[1] = f.sip[1];
+    return true;
+}
+
+bool LockTable::check_region(void *base, size_t size, const TableParams &expect) {
+    TableParams got;
+    uint64_t sip[2];
+    return read_header(base, size, got, sip) && got.capacity == expect.capacity &&
+           got.key_cap == expect.key_cap && got.stripes == expect.stripes;
+}
+
 LockTable::LockTable(void *base, StripeLocks *locks) : locks_(locks) {
-    Header *h = base ? static_cast<Header *>(align_base(base)) : nullptr;
-    if (!h || h->magic != kMagic || h->layout_version != kLayoutVersion) return;
-    hdr_ = h;
-    base_ = reinterpret_cast<char *>(h);
-    params_.capacity = h->capacity;
-    params_.key_cap = h->key_cap;
-    params_.stripes = h->stripes;
+    TableParams p;
+    uint64_t sip[2];
+    if (read_header(base, 0, p, sip)) attach(base, p, sip);
+}
+
+LockTable::LockTable(void *base, size_t size, const TableParams &expect, StripeLocks *locks)
+    : locks_(locks) {
+    TableParams p;
+    uint64_t sip[2];
+    if (read_header(base, size, p, sip) && p.capacity == expect.capacity && p.key_cap == expect.key_cap &&
+        p.stripes == expect.stripes)
+        attach(base, p, sip);
+}
+
+void LockTable::attach(void *base, const TableParams &p, const uint64_t sip[2]) {
+    Layout l;
+    layout(p, &l);
+    hdr_ = static_cast<Header *>(align_base(base));
+    base_ = reinterpret_cast<char *>(hdr_);
+    params_ = p;
+    nbuckets_ = l.nbuckets;
+    slots_ = l.slots;
+    buckets_ = reinterpret_cast<uint32_t *>(base_ + l.buckets_off);
+    stripes_ = reinterpret_cast<Stripe *>(base_ + l.stripes_off);
+    entries_ = reinterpret_cast<Entry *>(base_ + l.entries_off);
+    records_ = reinterpret_cast<Record *>(base_ + l.records_off);
+    keys_ = base_ + l.keys_off;
+    sip_[0] = sip[0];
+    sip_[1] = sip[1];
+}
+
+uint64_t LockTable::hash(const char *key, size_t len) const { return siphash24(sip_[0], sip_[1], key, len); }
+
+bool LockTable::test_crash_at(int point) {
+    crash_at_ = point;
+#ifdef PIDLOCK_CRASH_POINTS
+    return true;
+#else
+    return false;
+#endif
+}
+
+void LockTable::set_wait_limits(uint32_t per_key, uint32_t total) {
+    max_wait_key_ = per_key;
+    max_wait_total_ = total;
 }
 
 LockTable::Entry *LockTable::entry(uint32_t idx1) const {
-    return reinterpret_cast<Entry *>(base_ + hdr_->entries_off) + (idx1 - 1);
+    return entries_ + (idx1 - 1);
 }
 LockTable::Record *LockTable::record(uint32_t idx1) const {
-    return reinterpret_cast<Record *>(base_ + hdr_->records_off) + (idx1 - 1);
+    return records_ + (idx1 - 1);
 }
 LockTable::Stripe *LockTable::stripe(uint32_t i) const {
-    return reinterpret_cast<Stripe *>(base_ + hdr_->stripes_off) + i;
+    return stripes_ + i;
 }
 
 // Under the stripe's mutex: its cache first, then the shared pool.
@@ -441,7 +591,7 @@ void LockTable::give_record(Stripe *st, uint32_t r1) {
 }
 
 char *LockTable::key_of(uint32_t idx1) const {
-    return base_ + hdr_->keys_off + static_cast<size_t>(idx1 - 1) * hdr_->key_cap;
+    return keys_ + static_cast<size_t>(idx1 - 1) * params_.key_cap;
 }
 
 // Tagged Treiber stack: the high 32 bits count pops so a node popped and
@@ -478,7 +628,7 @@ void LockTable::push_free(std::atomic<uint64_t> &head, bool entries, uint32_t id
 
 uint32_t LockTable::find(uint32_t bucket, uint64_t hash, const char *key,
                          size_t len) const {
-    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    const uint32_t *buckets = buckets_;
     for (uint32_t e1 = buckets[bucket]; e1 != 0; e1 = entry(e1)->chain) {
         const Entry *e = entry(e1);
         if (e->hash == hash && e->key_len == len && std::memcmp(key_of(e1), key, len) == 0)
@@ -518,10 +668,9 @@ void LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1, Wakeups &w) {
         } else {
             --e->readers;
         }
-    } else if (r->mode == Mode::Write) {
-        --e->waiting_write;
     } else {
-        --e->waiting_read;
+        if (r->mode == Mode::Write) --e->waiting_write; else --e->waiting_read;
+        hdr_->waiting.fetch_sub(1, std::memory_order_relaxed);
     }
     unlink_record(e, r1);
     give_record(st, r1);
@@ -539,7 +688,7 @@ int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t
         int32_t pid;
         uint64_t start;
         bool gone;
-    } sus[8];
+    } sus[8] = {};
     int n = 0;
     Entry *e = entry(e1);
     uint32_t ahead = 0;  // the nearest waiting record before ours
@@ -586,9 +735,9 @@ int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t
 
 int LockTable::reap(int32_t only_pid) {
     if (!hdr_) return 0;
-    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    const uint32_t *buckets = buckets_;
     int total = 0;
-    for (uint32_t si = 0; si < hdr_->stripes; ++si) {
+    for (uint32_t si = 0; si < params_.stripes; ++si) {
         // Note the suspects under the mutex, judge them without it.
         struct Suspect {
             uint32_t e1, r1;
@@ -598,7 +747,7 @@ int LockTable::reap(int32_t only_pid) {
         };
         std::vector<Suspect> sus;
         if (enter(si) != 0) return -1;
-        for (uint32_t b = si; b < hdr_->nbuckets; b += hdr_->stripes)
+        for (uint32_t b = si; b < nbuckets_; b += params_.stripes)
             for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain)
                 for (uint32_t r1 = entry(e1)->first; r1; r1 = record(r1)->next) {
                     const Record *r = record(r1);
@@ -609,7 +758,7 @@ int LockTable::reap(int32_t only_pid) {
         if (sus.empty()) continue;
         std::vector<uint8_t> dead(sus.size());
         for (size_t i = 0; i < sus.size(); ++i)
-            dead[i] = only_pid != 0 || process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
+            dead[i] = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
         if (enter(si) != 0) return -1;
         Stripe *st = stripe(si);
         Wakeups w;
@@ -622,7 +771,7 @@ int LockTable::reap(int32_t only_pid) {
             const uint32_t e1 = sus[i].e1;
             remove_dead(st, e1, sus[i].r1, w);
             ++total;
-            free_entry_if_idle(st, static_cast<uint32_t>(entry(e1)->hash) & (hdr_->nbuckets - 1), e1);
+            free_entry_if_idle(st, static_cast<uint32_t>(entry(e1)->hash) & (nbuckets_ - 1), e1);
         }
         leave(si);
         wake_up(w);
@@ -655,93 +804,145 @@ void LockTable::leave(uint32_t si) {
 // repairs cannot deadlock. Returns holding stripe `held` only.
 int LockTable::repair(uint32_t held) {
     locks_->unlock(held);
+    return stop_the_world(false, held, nullptr);
+}
+
+int LockTable::audit() {
+    if (!hdr_) return 0;
+    bool repaired = false;
+    const int rc = stop_the_world(true, params_.stripes, &repaired);
+    return rc != 0 ? -1 : repaired ? 1 : 0;
+}
+
+// Takes every stripe (in index order) and rebuilds the table if a process
+// died inside it or, with `audit`, if any invariant fails. Returns holding
+// stripe `keep` only (none if keep >= stripes, or on an error).
+int LockTable::stop_the_world(bool audit, uint32_t keep, bool *repaired) {
     uint32_t taken = 0;
     int rc = 0;
-    for (; taken < hdr_->stripes; ++taken)
+    for (; taken < params_.stripes; ++taken)
         if ((rc = locks_->lock(taken)) != 0) break;
-    if (rc == 0) {
-        bool needed = false;
-        for (uint32_t s = 0; s < hdr_->stripes; ++s)
-            needed = needed || stripe(s)->inside.load(std::memory_order_relaxed) != 0;
-        std::vector<uint32_t> woken;
-        if (needed) {
-            try {
-                rebuild(woken);
-                hdr_->c_repairs.fetch_add(1, std::memory_order_relaxed);
-            } catch (...) {
-                rc = ENOMEM;
-            }
-        }
-        for (uint32_t s = 0; s < hdr_->stripes; ++s) stripe(s)->inside.store(0, std::memory_order_relaxed);
-        for (uint32_t s = 0; s < hdr_->stripes; ++s)
-            if (s != held || rc != 0) locks_->unlock(s);
-        for (uint32_t r1 : woken) futex_wake_all(&record(r1)->wake);
+    if (rc != 0) {
+        for (uint32_t s = 0; s < taken; ++s) locks_->unlock(s);
         return rc;
     }
-    for (uint32_t s = 0; s < taken; ++s) locks_->unlock(s);
+    std::vector<uint32_t> woken;
+    try {
+        bool needed = false;
+        for (uint32_t s = 0; s < params_.stripes; ++s)
+            needed = needed || stripe(s)->inside.load(std::memory_order_relaxed) != 0;
+        // Every walk of check_consistency() is bounded and checks each index
+        // before it follows it: safe on whatever a process left behind.
+        if (!needed && audit) needed = !check_consistency().empty();
+        if (needed) {
+            rebuild(woken);
+            hdr_->c_repairs.fetch_add(1, std::memory_order_relaxed);
+            if (repaired) *repaired = true;
+        }
+    } catch (...) {
+        rc = ENOMEM;
+    }
+    for (uint32_t s = 0; s < params_.stripes; ++s) stripe(s)->inside.store(0, std::memory_order_relaxed);
+    for (uint32_t s = 0; s < params_.stripes; ++s)
+        if (s != keep || rc != 0) locks_->unlock(s);
+    for (uint32_t r1 : woken) futex_wake_all(&record(r1)->wake);
     return rc;
 }
 
-// With every stripe held: keeps what is sound (valid chains, valid record
-// lists, records of live processes), recounts, and rebuilds every free list,
-// cache and capacity budget from what is left. Handles of records it drops
-// release nothing; a waiter whose record it drops stops waiting.
+// With every stripe held: rebuilds the table from its records. A record
+// that is claimed (waiting or holding, for an entry with a key) by a process
+// that is alive is never dropped, however the process that died left the
+// chains and lists: the record names its entry, the entry holds the key, and
+// from those the buckets, the lists (in their old order as far as it can be
+// followed, then by time) and every count are made anew. Records of dead
+// processes go; then free lists, caches and the capacity budget are rebuilt
+// from what is not in use, and whoever the state now admits is let in.
 void LockTable::rebuild(std::vector<uint32_t> &woken) {
-    const uint32_t slots = hdr_->slots;
+    const uint32_t slots = slots_;
     std::vector<uint8_t> e_used(slots + 1, 0), r_used(slots + 1, 0);
-    std::vector<uint32_t> used(hdr_->stripes, 0);
-    uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
-    for (uint32_t b = 0; b < hdr_->nbuckets; ++b) {
-        uint32_t *link = &buckets[b];
+    std::vector<uint32_t> used(params_.stripes, 0);
+    // 1. Live records.
+    std::map<std::pair<int32_t, uint64_t>, bool> alive;  // (pid, start) -> alive
+    std::vector<uint8_t> live(slots + 1, 0);
+    for (uint32_t r1 = 1; r1 <= slots; ++r1) {
+        const Record *r = record(r1);
+        if ((r->state != kWaiting && r->state != kHolding) || r->entry == 0 || r->entry > slots ||
+            (r->mode != Mode::Read && r->mode != Mode::Write) ||
+            r->token.load(std::memory_order_relaxed) == 0)
+            continue;
+        const Entry *e = entry(r->entry);
+        if (e->key_len == 0 || e->key_len > params_.key_cap) continue;  // no key to file it under
+        const auto who = std::make_pair(r->pid, r->pid_start);
+        auto it = alive.find(who);
+        if (it == alive.end())
+            it = alive.emplace(who, process_state(r->pid, r->pid_start) == ProcessState::Alive).first;
+        if (it->second) live[r1] = 1;
+    }
+    // 2. One entry per key: the first entry (by index) any live record names.
+    std::map<std::string, uint32_t> by_key;
+    std::vector<uint32_t> canon(slots + 1, 0);  // entry -> the entry its records go to
+    for (uint32_t r1 = 1; r1 <= slots; ++r1) {
+        if (!live[r1]) continue;
+        const uint32_t e1 = record(r1)->entry;
+        if (canon[e1]) continue;
+        const Entry *e = entry(e1);
+        canon[e1] = by_key.emplace(std::string(key_of(e1), e->key_len), e1).first->second;
+    }
+    // 3. Each entry's list: the old order first, as far as it can be followed.
+    std::vector<std::vector<uint32_t>> lists(slots + 1);
+    std::vector<uint8_t> placed(slots + 1, 0);
+    for (uint32_t e1 = 1; e1 <= slots; ++e1) {
+        if (!canon[e1]) continue;
         uint32_t steps = 0;
-        while (*link) {
-            const uint32_t e1 = *link;
-            Entry *e = e1 <= slots ? entry(e1) : nullptr;
-            if (!e || e_used[e1] || ++steps > slots || (static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1)) != b ||
-                e->key_len == 0 || e->key_len > hdr_->key_cap) {
-                *link = 0;  // cut the chain here; what follows is lost
-                break;
-            }
-            uint32_t *rl = &e->first, prev = 0, rsteps = 0;
-            uint32_t readers = 0, writer = 0, wr = 0, ww = 0;
-            while (*rl) {
-                const uint32_t r1 = *rl;
-                Record *r = r1 <= slots ? record(r1) : nullptr;
-                if (!r || r_used[r1] || ++rsteps > slots || r->entry != e1 ||
-                    (r->state != kWaiting && r->state != kHolding)) {
-                    *rl = 0;
-                    break;
-                }
-                const bool holds_write = r->state == kHolding && r->mode == Mode::Write;
-                const bool holds_read = r->state == kHolding && r->mode == Mode::Read;
-                if (process_state(r->pid, r->pid_start) == ProcessState::Gone ||
-                    (holds_write && (writer || readers)) || (holds_read && writer)) {
-                    *rl = r->next;  // drop: dead, or not compatible with what holds
-                    continue;
-                }
-                r_used[r1] = 1;
-                r->prev = prev;
-                prev = r1;
-                if (holds_write) ++writer;
-                else if (holds_read) ++readers;
-                else if (r->mode == Mode::Write) ++ww;
-                else ++wr;
-                rl = &r->next;
-            }
-            e->last = prev;
-            e->readers = readers;
-            e->writer = writer;
-            e->waiting_read = wr;
-            e->waiting_write = ww;
-            if (e->first == 0) {
-                *link = e->chain;  // nothing left on it
-                continue;
-            }
-            e_used[e1] = 1;
-            ++used[b & (hdr_->stripes - 1)];
-            link = &e->chain;
+        for (uint32_t r1 = entry(e1)->first; r1 && r1 <= slots && ++steps <= slots; r1 = record(r1)->next) {
+            if (!live[r1] || placed[r1] || record(r1)->entry != e1) continue;
+            placed[r1] = 1;
+            lists[canon[e1]].push_back(r1);
         }
     }
+    {
+        // Then whatever could not be reached, by the time it arrived or was let in.
+        std::vector<uint32_t> rest;
+        for (uint32_t r1 = 1; r1 <= slots; ++r1)
+            if (live[r1] && !placed[r1]) rest.push_back(r1);
+        std::stable_sort(rest.begin(), rest.end(), [this](uint32_t x, uint32_t y) {
+            return record(x)->since_us < record(y)->since_us;
+        });
+        for (uint32_t r1 : rest) lists[canon[record(r1)->entry]].push_back(r1);
+    }
+    // 4. Relink entries, records and buckets; recount.
+    std::fill(buckets_, buckets_ + nbuckets_, 0u);
+    uint32_t waiting = 0;
+    for (uint32_t e1 = 1; e1 <= slots; ++e1) {
+        const std::vector<uint32_t> &list = lists[e1];
+        if (list.empty()) continue;
+        Entry *e = entry(e1);
+        e->hash = hash(key_of(e1), e->key_len);
+        e->readers = e->writer = e->waiting_read = e->waiting_write = 0;
+        uint32_t prev = 0;
+        for (uint32_t r1 : list) {
+            Record *r = record(r1);
+            r->entry = e1;
+            r->prev = prev;
+            r->next = 0;
+            if (prev) record(prev)->next = r1; else e->first = r1;
+            prev = r1;
+            r_used[r1] = 1;
+            if (r->state == kHolding) {
+                if (r->mode == Mode::Write) e->writer = 1; else ++e->readers;
+            } else {
+                if (r->mode == Mode::Write) ++e->waiting_write; else ++e->waiting_read;
+                ++waiting;
+            }
+        }
+        e->last = prev;
+        const uint32_t b = static_cast<uint32_t>(e->hash) & (nbuckets_ - 1);
+        e->chain = buckets_[b];
+        buckets_[b] = e1;
+        e_used[e1] = 1;
+        ++used[b & (params_.stripes - 1)];
+    }
+    hdr_->waiting.store(waiting, std::memory_order_relaxed);
     // Free lists, caches and budgets anew from what is not in use.
     uint32_t efree = 0, rfree = 0;
     for (uint32_t i = slots; i >= 1; --i) {
@@ -762,31 +963,57 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
     hdr_->entry_free.store((((hdr_->entry_free.load() >> 32) + 1) << 32) | efree);
     hdr_->record_free.store((((hdr_->record_free.load() >> 32) + 1) << 32) | rfree);
     int64_t in_use = 0;
-    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+    for (uint32_t s = 0; s < params_.stripes; ++s) {
         Stripe *st = stripe(s);
         st->entry_cache = st->entry_cached = st->record_cache = st->record_cached = 0;
         st->reserve.store(0, std::memory_order_relaxed);
         st->used.store(used[s], std::memory_order_relaxed);
         in_use += used[s];
     }
-    hdr_->budget.store(std::max<int64_t>(0, static_cast<int64_t>(hdr_->capacity) - in_use));
+    hdr_->budget.store(std::max<int64_t>(0, static_cast<int64_t>(params_.capacity) - in_use));
     // A holder that died mid-release may have left waiters ungranted.
-    for (uint32_t b = 0; b < hdr_->nbuckets; ++b)
-        for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain)
-        {
+    for (uint32_t b = 0; b < nbuckets_; ++b)
+        for (uint32_t e1 = buckets_[b]; e1; e1 = entry(e1)->chain) {
             Wakeups w;
-            dispatch(stripe(b & (hdr_->stripes - 1)), entry(e1), true, w);
+            dispatch(stripe(b & (params_.stripes - 1)), entry(e1), true, w);
             woken.insert(woken.end(), w.ids, w.ids + w.n);
         }
+}
+
+bool LockTable::test_corrupt(Corruption c, void *target, size_t size) {
+    if (!hdr_) return false;
+    uint32_t r1 = 1;
+    if (c == Corruption::RecordAt) {
+        // The index a chain would need to make record() land in the target.
+        const auto t = reinterpret_cast<uintptr_t>(target), rec = reinterpret_cast<uintptr_t>(records_);
+        if (t < rec) return false;
+        const uintptr_t idx = (t - rec + sizeof(Record) - 1) / sizeof(Record) + 1;
+        if (idx > UINT32_MAX) return false;
+        r1 = static_cast<uint32_t>(idx);
+        const auto at = reinterpret_cast<uintptr_t>(record(r1));
+        if (at < t || at + sizeof(Record) > t + size) return false;
+    }
+    Entry *e = entry(1);
+    e->chain = c == Corruption::SelfLinkedChain ? 1 : 0;
+    e->first = e->last = r1;
+    e->key_len = 1;
+    if (c == Corruption::SelfLinkedChain) {
+        Record *r = record(1);
+        r->next = r->prev = 1;
+        r->entry = 1;
+        r->state = kHolding;
+    }
+    for (uint32_t b = 0; b < nbuckets_; ++b) buckets_[b] = 1;
+    return true;
 }
 
 // Test hook: enters the stripe of `key` and leaves it as a process killed
 // in the middle of an update would, at one of a few points, without
 // releasing the mutex. Only for tests that then end the calling process.
 void LockTable::test_abandon_inside(const char *key, size_t len, int step) {
-    const uint64_t hash = key_hash(key, len);
-    const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
-    const uint32_t si = bucket & (hdr_->stripes - 1);
+    const uint64_t hash = this->hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
+    const uint32_t si = bucket & (params_.stripes - 1);
     if (enter(si) != 0) return;
     Stripe *st = stripe(si);
     const uint32_t e1 = find(bucket, hash, key, len);
@@ -806,7 +1033,7 @@ void LockTable::test_abandon_inside(const char *key, size_t len, int step) {
         if (e->last) record(e->last)->next = r1;
     } else if (step == 2 && e1) {
         // An entry unlinked from its bucket, not yet freed, counts stale.
-        uint32_t *b = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off) + bucket;
+        uint32_t *b = buckets_ + bucket;
         while (*b && *b != e1) b = &entry(*b)->chain;
         if (*b) *b = entry(e1)->chain;
     } else if (step == 3) {
@@ -851,8 +1078,8 @@ bool LockTable::reserve_entry(uint32_t si, Stripe *st) {
                 return true;
             }
         }
-        for (uint32_t j = 1; j < hdr_->stripes; ++j)
-            if (take_unit(stripe((si + j) & (hdr_->stripes - 1))->reserve)) return true;
+        for (uint32_t j = 1; j < params_.stripes; ++j)
+            if (take_unit(stripe((si + j) & (params_.stripes - 1))->reserve)) return true;
         sched_yield();
     }
     return false;
@@ -862,7 +1089,7 @@ bool LockTable::reserve_entry(uint32_t si, Stripe *st) {
 // counts without their mutexes, so this is the total at about this moment.
 void LockTable::note_high_water() {
     uint32_t total = 0;
-    for (uint32_t i = 0; i < hdr_->stripes; ++i) total += stripe(i)->used.load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < params_.stripes; ++i) total += stripe(i)->used.load(std::memory_order_relaxed);
     uint32_t hw = hdr_->high_water.load(std::memory_order_relaxed);
     while (total > hw && !hdr_->high_water.compare_exchange_weak(hw, total, std::memory_order_relaxed)) {}
 }
@@ -870,10 +1097,11 @@ void LockTable::note_high_water() {
 void LockTable::free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1) {
     Entry *e = entry(e1);
     if (e->first != 0) return;
-    uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
+    uint32_t *buckets = buckets_;
     uint32_t *link = &buckets[bucket];
     while (*link != e1) link = &entry(*link)->chain;
     *link = e->chain;
+    PIDLOCK_CRASH_POINT(21);
     e->chain = 0;
     e->key_len = 0;
     st->used.store(st->used.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
@@ -900,6 +1128,8 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w) 
                 w.add(this, r1);
                 ++e->readers;
                 ++st->acquired_read;
+                hdr_->waiting.fetch_sub(1, std::memory_order_relaxed);
+                PIDLOCK_CRASH_POINT(19);
             }
         }
         e->waiting_read = 0;
@@ -916,6 +1146,7 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w) 
                 e->writer = 1;
                 --e->waiting_write;
                 ++st->acquired_write;
+                hdr_->waiting.fetch_sub(1, std::memory_order_relaxed);
                 return true;
             }
         }
@@ -940,16 +1171,32 @@ void LockTable::fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const 
 AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
                                  int64_t timeout_ns, const HolderInfo &info,
                                  LockHandle &h, BusyReport *report, int *err) {
+    // <0: for ever; 0: no wait; else the absolute deadline on mono_ns().
+    int64_t deadline = timeout_ns < 0 ? -1 : 0;
+    if (timeout_ns > 0) deadline = mono_ns() + timeout_ns;
+    for (;;) {
+        bool vanished = false;
+        const AcquireResult res = acquire_once(key, len, mode, deadline, info, h, report, err, vanished);
+        // A record taken from its waiter (a lock granted and broken before
+        // the waiter woke, or anything else that freed it) is not a grant:
+        // queue again, by the same deadline.
+        if (!vanished) return res;
+    }
+}
+
+AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
+                                      int64_t deadline, const HolderInfo &info,
+                                      LockHandle &h, BusyReport *report, int *err,
+                                      bool &vanished) {
     h = LockHandle();
-    if (!hdr_ || len == 0 || len > hdr_->key_cap || mode == Mode::None) {
+    if (!hdr_ || len == 0 || len > params_.key_cap || mode == Mode::None) {
         if (err) *err = EINVAL;
         return AcquireResult::Error;
     }
-    const uint64_t hash = key_hash(key, len);
-    const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
-    const uint32_t si = bucket & (hdr_->stripes - 1);
+    const uint64_t hash = this->hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
+    const uint32_t si = bucket & (params_.stripes - 1);
     Stripe *st = stripe(si);
-    const int64_t start = timeout_ns > 0 ? mono_ns() : 0;
     const int32_t pid = cached_pid();
     const uint64_t pid_start = cached_start();
 
@@ -959,11 +1206,13 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         return AcquireResult::Error;
     }
     const uint32_t r1 = take_record(st);
+    PIDLOCK_CRASH_POINT(1);
     uint32_t e1 = r1 ? find(bucket, hash, key, len) : 0;
     if (r1 && e1 == 0) {
         // Capacity counts distinct keys exactly; the slack slots exist only
         // so that the stripe caches can never starve another stripe.
         if (reserve_entry(si, st)) e1 = take_entry(st);
+        PIDLOCK_CRASH_POINT(2);
         if (e1 != 0) {
             Entry *ne = entry(e1);
             ne->hash = hash;
@@ -971,9 +1220,9 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             std::memcpy(key_of(e1), key, len);
             ne->readers = ne->writer = ne->waiting_read = ne->waiting_write = 0;
             ne->first = ne->last = 0;
-            uint32_t *buckets = reinterpret_cast<uint32_t *>(base_ + hdr_->buckets_off);
-            ne->chain = buckets[bucket];
-            buckets[bucket] = e1;
+            ne->chain = buckets_[bucket];
+            buckets_[bucket] = e1;
+            PIDLOCK_CRASH_POINT(3);
             const uint32_t used = st->used.load(std::memory_order_relaxed) + 1;
             st->used.store(used, std::memory_order_relaxed);
             if (used > st->peak) {
@@ -988,6 +1237,30 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         leave(si);
         return AcquireResult::Full;
     }
+    Entry *e = entry(e1);
+    const bool free_now = mode == Mode::Read
+                              ? (!e->writer && e->waiting_write == 0)
+                              : (!e->writer && e->readers == 0 && e->waiting_write == 0 &&
+                                 e->waiting_read == 0);
+    if (!free_now && deadline != 0 &&
+        ((max_wait_key_ && e->waiting_read + e->waiting_write >= max_wait_key_) ||
+         (max_wait_total_ && hdr_->waiting.load(std::memory_order_relaxed) >= max_wait_total_))) {
+        // PidLockMaxWaiters: no more waiters here, or in all; busy at once.
+        // An entry someone must wait for has holders or waiters: it stays.
+        give_record(st, r1);
+        ++st->refused_waiters;
+        if (report) {
+            try {
+                fill_report(e, e1, *report);
+            } catch (...) {
+                *report = BusyReport();
+            }
+            report->too_many_waiting = true;
+        }
+        leave(si);
+        if (report && report->key.empty()) report->key.assign(key, len);
+        return AcquireResult::Busy;
+    }
     Record *r = record(r1);
     const uint64_t token = ++r->allocations;
     r->token.store(token, std::memory_order_relaxed);
@@ -1001,26 +1274,25 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     copy_cut(r->client, sizeof r->client, info.client);
     copy_cut(r->user, sizeof r->user, info.user);
     r->request = info.request;
+    PIDLOCK_CRASH_POINT(4);
 
-    Entry *e = entry(e1);
     // Link at the tail: the list is in arrival order, which dispatch() honours.
     r->entry = e1;
     r->prev = e->last;
     r->next = 0;
     if (e->last) record(e->last)->next = r1; else e->first = r1;
+    PIDLOCK_CRASH_POINT(5);
     e->last = r1;
+    PIDLOCK_CRASH_POINT(6);
 
     h.record = r1;
     h.stripe = si;
     h.token = token;
     h.mode = mode;
-    const bool free_now = mode == Mode::Read
-                              ? (!e->writer && e->waiting_write == 0)
-                              : (!e->writer && e->readers == 0 && e->waiting_write == 0 &&
-                                 e->waiting_read == 0);
     if (free_now) {
         r->state = kHolding;
         r->since_us = wall_clock_us();
+        PIDLOCK_CRASH_POINT(7);
         if (mode == Mode::Read) {
             ++e->readers;
             ++st->acquired_read;
@@ -1028,19 +1300,23 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             e->writer = 1;
             ++st->acquired_write;
         }
+        PIDLOCK_CRASH_POINT(8);
         leave(si);
         return AcquireResult::Acquired;
     }
 
     r->state = kWaiting;
     r->since_us = wall_clock_us();  // waiting since; replaced when granted
+    PIDLOCK_CRASH_POINT(9);
     if (mode == Mode::Read) ++e->waiting_read; else ++e->waiting_write;
+    hdr_->waiting.fetch_add(1, std::memory_order_relaxed);
+    PIDLOCK_CRASH_POINT(10);
     bool counted_wait = false;
     const int64_t wait_start = mono_ns();
     for (;;) {
         int64_t remaining = -1;
-        if (timeout_ns >= 0) remaining = timeout_ns > 0 ? start + timeout_ns - mono_ns() : 0;
-        if (timeout_ns >= 0 && remaining <= 0) break;
+        if (deadline >= 0) remaining = deadline > 0 ? deadline - mono_ns() : 0;
+        if (deadline >= 0 && remaining <= 0) break;
         if (!counted_wait) {
             ++st->waited;
             counted_wait = true;
@@ -1054,6 +1330,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         leave(si);
         const bool slept_full = futex_wait(&r->wake, seen, slice) && slice == period;
         rc = enter(si);
+        if (rc == 0) PIDLOCK_CRASH_POINT(11);
         if (rc == 0 && slept_full && r->state == kWaiting &&
             r->token.load(std::memory_order_relaxed) == token) {
             // Not let in for a whole slice: perhaps whoever is ahead died.
@@ -1066,10 +1343,17 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
             if (err) *err = rc;
             return AcquireResult::Error;
         }
-        // Granted, or granted and already broken (the record is no longer
-        // ours then, and the handle's release will do nothing): either way
-        // this request's wait is over and nothing here may be touched again.
-        if (r->token.load(std::memory_order_relaxed) != token || r->state == kHolding) {
+        if (r->token.load(std::memory_order_relaxed) != token) {
+            // Not ours any more (granted and broken before we woke, or freed
+            // by anyone else): nothing here may be touched again, and this
+            // is no grant. The caller queues again.
+            note_wait(st, mono_ns() - wait_start);
+            leave(si);
+            h = LockHandle();
+            vanished = true;
+            return AcquireResult::Busy;
+        }
+        if (r->state == kHolding) {
             note_wait(st, mono_ns() - wait_start);
             leave(si);
             return AcquireResult::Acquired;
@@ -1079,7 +1363,10 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     h = LockHandle();
     if (counted_wait) note_wait(st, mono_ns() - wait_start);
     if (mode == Mode::Read) --e->waiting_read; else --e->waiting_write;
+    hdr_->waiting.fetch_sub(1, std::memory_order_relaxed);
+    PIDLOCK_CRASH_POINT(12);
     unlink_record(e, r1);
+    PIDLOCK_CRASH_POINT(13);
     if (report) {
         try {
             fill_report(e, e1, *report);
@@ -1090,7 +1377,9 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     // A writer that gives up may have been all that held readers back.
     Wakeups w;
     dispatch(st, e, false, w);
+    PIDLOCK_CRASH_POINT(14);
     free_entry_if_idle(st, bucket, e1);
+    PIDLOCK_CRASH_POINT(15);
     give_record(st, r1);
     ++st->timeouts;
     leave(si);
@@ -1120,12 +1409,15 @@ int LockTable::release(LockHandle &h) {
         leave(mine.stripe);
         return 0;
     }
+    PIDLOCK_CRASH_POINT(16);
     const uint32_t e1 = r->entry;
     Entry *e = entry(e1);
-    const uint32_t bucket = static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1);
+    const uint32_t bucket = static_cast<uint32_t>(e->hash) & (nbuckets_ - 1);
     const Mode mode = r->mode;
     unlink_record(e, mine.record);
+    PIDLOCK_CRASH_POINT(17);
     give_record(st, mine.record);
+    PIDLOCK_CRASH_POINT(18);
     Wakeups w;
     if (mode == Mode::Write) {
         e->writer = 0;
@@ -1134,17 +1426,19 @@ int LockTable::release(LockHandle &h) {
         --e->readers;
         dispatch(st, e, false, w);
     }
+    PIDLOCK_CRASH_POINT(20);
     free_entry_if_idle(st, bucket, e1);
+    PIDLOCK_CRASH_POINT(22);
     leave(mine.stripe);
     wake_up(w);
     return 0;
 }
 
 int LockTable::break_key(const char *key, size_t len) {
-    if (!hdr_ || len == 0 || len > hdr_->key_cap) return 0;
-    const uint64_t hash = key_hash(key, len);
-    const uint32_t bucket = static_cast<uint32_t>(hash) & (hdr_->nbuckets - 1);
-    const uint32_t si = bucket & (hdr_->stripes - 1);
+    if (!hdr_ || len == 0 || len > params_.key_cap) return 0;
+    const uint64_t hash = this->hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
+    const uint32_t si = bucket & (params_.stripes - 1);
     Stripe *st = stripe(si);
     if (enter(si) != 0) return -1;
     const uint32_t e1 = find(bucket, hash, key, len);
@@ -1193,21 +1487,16 @@ uint64_t LockTable::next_fence() {
     return hdr_ ? hdr_->fence.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
 }
 
-void LockTable::set_generation(uint32_t g) {
-    if (hdr_) hdr_->generation.store(g, std::memory_order_relaxed);
-}
-
 bool LockTable::snapshot(TableSnapshot &out, int *err) {
     out = TableSnapshot();
     if (!hdr_) return false;
-    out.capacity = hdr_->capacity;
-    out.key_cap = hdr_->key_cap;
-    out.stripes = hdr_->stripes;
-    out.generation = hdr_->generation.load(std::memory_order_relaxed);
-    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    out.capacity = params_.capacity;
+    out.key_cap = params_.key_cap;
+    out.stripes = params_.stripes;
+    const uint32_t *buckets = buckets_;
     uint32_t used = 0;
     Counters &c = out.counters;
-    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+    for (uint32_t s = 0; s < params_.stripes; ++s) {
         int rc = enter(s);
         if (rc != 0) {
             if (err) *err = rc;
@@ -1227,9 +1516,10 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
         c.reaped += st->reaped;
         c.broken += st->broken;
         c.full += st->full;
+        c.refused_waiters += st->refused_waiters;
         for (size_t b = 0; b < kWaitBuckets; ++b) c.wait_buckets[b] += st->wait_hist[b];
         c.wait_sum_us += st->wait_sum_us;
-        for (uint32_t b = s; b < hdr_->nbuckets; b += hdr_->stripes) {
+        for (uint32_t b = s; b < nbuckets_; b += params_.stripes) {
             for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
                 const Entry *e = entry(e1);
                 ++used;
@@ -1278,19 +1568,19 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
 
 std::string LockTable::check_consistency() {
     if (!hdr_) return "not a table";
-    const uint32_t slots = hdr_->slots;
-    const uint32_t *buckets = reinterpret_cast<const uint32_t *>(base_ + hdr_->buckets_off);
+    const uint32_t slots = slots_;
+    const uint32_t *buckets = buckets_;
     std::vector<uint8_t> entry_seen(slots + 1, 0), rec_seen(slots + 1, 0);
     uint32_t used = 0;
-    for (uint32_t b = 0; b < hdr_->nbuckets; ++b) {
+    for (uint32_t b = 0; b < nbuckets_; ++b) {
         for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
             if (e1 > slots || entry_seen[e1]) return "bad or repeated entry in chain";
             entry_seen[e1] = 1;
             ++used;
             const Entry *e = entry(e1);
-            if ((static_cast<uint32_t>(e->hash) & (hdr_->nbuckets - 1)) != b) return "entry in wrong bucket";
-            if (e->key_len == 0 || e->key_len > hdr_->key_cap) return "bad key length";
-            if (key_hash(key_of(e1), e->key_len) != e->hash) return "key does not match hash";
+            if ((static_cast<uint32_t>(e->hash) & (nbuckets_ - 1)) != b) return "entry in wrong bucket";
+            if (e->key_len == 0 || e->key_len > params_.key_cap) return "bad key length";
+            if (hash(key_of(e1), e->key_len) != e->hash) return "key does not match hash";
             uint32_t hr = 0, hw = 0, wr = 0, ww = 0, prev = 0;
             for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
                 if (r1 > slots || rec_seen[r1]) return "bad or repeated record";
@@ -1310,12 +1600,12 @@ std::string LockTable::check_consistency() {
         }
     }
     uint64_t stripe_used = 0, reserves = 0;
-    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+    for (uint32_t s = 0; s < params_.stripes; ++s) {
         stripe_used += stripe(s)->used.load();
         reserves += stripe(s)->reserve.load();
     }
     if (used != stripe_used) return "stripe key counts wrong";
-    if (static_cast<int64_t>(stripe_used + reserves) + hdr_->budget.load() != hdr_->capacity)
+    if (static_cast<int64_t>(stripe_used + reserves) + hdr_->budget.load() != params_.capacity)
         return "capacity budget does not add up";
     auto walk = [&](uint32_t head, bool entries, std::vector<uint8_t> &seen, uint32_t limit,
                     uint32_t *count) -> const char * {
@@ -1329,7 +1619,7 @@ std::string LockTable::check_consistency() {
         if (count) *count = n;
         return nullptr;
     };
-    for (uint32_t s = 0; s < hdr_->stripes; ++s) {
+    for (uint32_t s = 0; s < params_.stripes; ++s) {
         const Stripe *st = stripe(s);
         uint32_t n = 0;
         if (const char *why = walk(st->entry_cache, true, entry_seen, kStripeCache, &n)) return why;

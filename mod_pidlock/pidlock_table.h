@@ -51,15 +51,31 @@ class LockTable {
     static constexpr uint32_t kDefaultStripes = 32;
     // Bytes the region needs for these parameters (0 if they are invalid).
     static size_t region_size(const TableParams &p);
-    // Lays out an empty table in `base` (zeroed by this call). False if the
-    // size is too small or the parameters invalid.
-    static bool format(void *base, size_t size, const TableParams &p);
+    // Lays out an empty table in `base` (zeroed by this call), its bucket
+    // hash keyed by the 16 bytes of `hash_key` (null: random bytes from the
+    // kernel). False if the size is too small or the parameters invalid.
+    static bool format(void *base, size_t size, const TableParams &p,
+                       const unsigned char *hash_key = nullptr);
+    // True if `base` (of `size` bytes) holds a table of exactly these
+    // parameters. Reads a few fixed header fields once and nothing else:
+    // safe on a region anyone may be scribbling (httpd's parent).
+    static bool check_region(void *base, size_t size, const TableParams &expect);
 
     // Attaches to a formatted region. `locks` must guard p.stripes stripes and
     // outlive this object. valid() is false if the region is not a table.
+    // Where the parts of the table lie is computed from its parameters, never
+    // read from the region; the second form also insists on `expect` and on
+    // a region of `size` bytes big enough for them. Construction reads the
+    // fixed header fields once and takes no lock.
     LockTable(void *base, StripeLocks *locks);
+    LockTable(void *base, size_t size, const TableParams &expect, StripeLocks *locks);
     bool valid() const { return hdr_ != nullptr; }
     const TableParams &params() const { return params_; }
+
+    // PidLockMaxWaiters: at most `per_key` requests wait on one key and at
+    // most `total` in the whole table (0: no limit); a request beyond either
+    // is answered Busy at once and counted (refused_waiters). Process-local.
+    void set_wait_limits(uint32_t per_key, uint32_t total);
 
     // Takes `key` in `mode`, waiting at most timeout_ns (0: do not wait, <0:
     // forever). On Busy, `report` (if given) describes the lock. On Error,
@@ -78,12 +94,21 @@ class LockTable {
     int break_key(const char *key, size_t len);
 
     // Releases the records (holding or waiting) of processes that are gone:
-    // of `pid` only, known dead (the MPM reported its exit), or, with pid 0,
-    // of every process found dead or reused in /proc. Returns how many.
+    // of `pid` only (the MPM reported its exit), or, with pid 0, of every
+    // process. Either way a record goes only if /proc says its process is
+    // gone (dead, a zombie, or its pid reused): a false report (the exit
+    // list is writable by every child) never frees a live lock. Returns how
+    // many.
     int reap(int32_t pid);
 
+    // Takes every stripe, checks every invariant (bounded walks, each index
+    // checked before use) and rebuilds the table if one fails, as after a
+    // death inside it. For a process joining a table others may have
+    // scribbled (a new httpd child). 1 if it rebuilt, 0 if sound, -1 on a
+    // mutex error.
+    int audit();
+
     void count(Counter c);
-    void set_generation(uint32_t g);
     // The next fence number: larger than every one before it, including
     // those of earlier full starts (it starts from the wall clock in µs).
     uint64_t next_fence();
@@ -98,6 +123,20 @@ class LockTable {
     // 3: free slots taken and lost) would, holding the mutex. The caller
     // must end its process right after.
     void test_abandon_inside(const char *key, size_t len, int step);
+    // For tests, in builds with PIDLOCK_CRASH_POINTS (the unit tests): the
+    // calling process _exit()s when it reaches crash point `point` (1 ..
+    // kCrashPoints) of acquire() or release(), the stripe mutex held and the
+    // update half done; 0 turns it off. Without PIDLOCK_CRASH_POINTS the
+    // points compile to nothing and this returns false.
+    static constexpr int kCrashPoints = 22;
+    bool test_crash_at(int point);
+    // For tests: what a hostile child may write, without any mutex.
+    // SelfLinkedChain: every bucket leads to an entry chained to itself,
+    // whose record list loops too. RecordAt: every bucket leads to an entry
+    // whose first record lies inside [target, target + size) of the caller's
+    // memory (false if no record index lands there).
+    enum class Corruption { SelfLinkedChain, RecordAt };
+    bool test_corrupt(Corruption c, void *target = nullptr, size_t size = 0);
 
   private:
     struct Header;
@@ -114,6 +153,14 @@ class LockTable {
     void wake_up(const Wakeups &w);
 
     static bool layout(const TableParams &p, void *out);
+    static bool read_header(void *base, size_t size, TableParams &p, uint64_t sip[2]);
+    void attach(void *base, const TableParams &p, const uint64_t sip[2]);
+    uint64_t hash(const char *key, size_t len) const;
+    AcquireResult acquire_once(const char *key, size_t len, Mode mode, int64_t deadline,
+                               const HolderInfo &info, LockHandle &h, BusyReport *report,
+                               int *err, bool &vanished);
+    void refuse_or_time_out(Stripe *st, Entry *e, uint32_t bucket, uint32_t e1, uint32_t r1,
+                            Mode mode, BusyReport *report);
     Entry *entry(uint32_t idx1) const;
     Record *record(uint32_t idx1) const;
     Stripe *stripe(uint32_t i) const;
@@ -129,6 +176,7 @@ class LockTable {
     int enter(uint32_t si);
     void leave(uint32_t si);
     int repair(uint32_t held);
+    int stop_the_world(bool audit, uint32_t keep, bool *repaired);
     void rebuild(std::vector<uint32_t> &woken);
     void note_wait(Stripe *st, int64_t ns);
     int reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self);
@@ -140,13 +188,29 @@ class LockTable {
     bool dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w);
     void fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const;
 
+    // Private copies: what the region's header says is checked once and
+    // then never read again.
     Header *hdr_ = nullptr;
     char *base_ = nullptr;
     StripeLocks *locks_ = nullptr;
     TableParams params_;
+    uint32_t nbuckets_ = 0, slots_ = 0;
+    uint32_t *buckets_ = nullptr;
+    Stripe *stripes_ = nullptr;
+    Entry *entries_ = nullptr;
+    Record *records_ = nullptr;
+    char *keys_ = nullptr;
+    uint64_t sip_[2] = {0, 0};
+    uint32_t max_wait_key_ = 0, max_wait_total_ = 0;
+    int crash_at_ = 0;
 };
 
-uint64_t key_hash(const char *key, size_t len);
+// SipHash-2-4 (Aumasson and Bernstein, "SipHash: a fast short-input PRF",
+// 2012) of `len` bytes under the 128-bit key k0 | k1 (the key's bytes 0-7
+// and 8-15 read little-endian): the bucket hash, keyed per full start so
+// that no client can aim many keys at one bucket.
+uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len);
+uint64_t siphash24(const unsigned char key[16], const void *data, size_t len);
 
 // Liveness of a lock holder's process: gone (no such pid, a zombie, or the
 // pid now belongs to a process started at another time) or alive.

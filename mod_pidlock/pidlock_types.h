@@ -39,6 +39,7 @@ struct BusyReport {
     uint32_t waiting_read = 0;
     uint32_t waiting_write = 0;
     int64_t held_us = 0;  // since the oldest holder took it
+    bool too_many_waiting = false;  // refused at once: PidLockMaxWaiters reached
 };
 
 struct HolderView {
@@ -68,7 +69,8 @@ constexpr size_t kWaitBuckets = sizeof(kWaitBounds) / sizeof(kWaitBounds[0]) + 1
 struct Counters {
     uint64_t acquired_read = 0, acquired_write = 0, waited = 0, timeouts = 0,
              bad_keys = 0, reaped = 0, broken = 0, full = 0,
-             repairs = 0;  // rebuilds after a process died inside the table
+             repairs = 0,  // rebuilds after a process died inside the table
+             refused_waiters = 0;  // busy at once: PidLockMaxWaiters reached
     // Requests that waited, by how long (granted or given up), not cumulative.
     uint64_t wait_buckets[kWaitBuckets] = {};
     uint64_t wait_sum_us = 0;

@@ -11,6 +11,9 @@
 //   pidlock-testbackend-stats    {"violations": N, "requests": M}; ?reset zeroes.
 //   pidlock-testbackend-subreq   ?uri=<uri>: runs a sub-request, "subreq <status>"
 //   pidlock-testbackend-redirect ?uri=<uri>: ap_internal_redirect(uri)
+//   pidlock-testbackend-scribble ?what=random|selflink: plays a hostile child
+//                                and writes over mod_pidlock's lock table and
+//                                exit list (see scribble_handler).
 //
 // Never load this module in production.
 
@@ -21,6 +24,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 
 #include <sched.h>
@@ -351,6 +355,57 @@ int redirect_handler(request_rec *r) {
     return OK;
 }
 
+// mod_pidlock's retained data, as far as this test may know it: the module
+// keeps the two shared segments first in its Retained struct, in this order
+// (the contract is written next to that struct in mod_pidlock_lifecycle.cc).
+struct PidlockRetainedHead {
+    apr_shm_t *table;
+    apr_shm_t *exits;
+};
+
+// What a compromised child could do to the shared memory it maps: random
+// bytes over all of the table (header included) and the exit list, or every
+// word of the table past its first 128 bytes set to 1, so that every bucket,
+// chain and record list leads to index 1 and loops there. httpd's parent
+// must not care.
+int scribble_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend-scribble") != 0) return DECLINED;
+    int rv = ap_discard_request_body(r);
+    if (rv != OK) return rv;
+    const auto *head = static_cast<const PidlockRetainedHead *>(ap_retained_data_get("mod_pidlock-retained"));
+    if (!head || !head->table || !head->exits) return HTTP_SERVICE_UNAVAILABLE;
+    const char *what = query_arg(r, "what");
+    const bool selflink = what && std::strcmp(what, "selflink") == 0;
+    std::uint64_t x = static_cast<std::uint64_t>(apr_time_now()) ^ (static_cast<std::uint64_t>(getpid()) << 32);
+    auto next = [&x] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        return x;
+    };
+    std::size_t written = 0;
+    for (apr_shm_t *shm : {head->table, head->exits}) {
+        auto *base = static_cast<unsigned char *>(apr_shm_baseaddr_get(shm));
+        const std::size_t size = apr_shm_size_get(shm);
+        if (selflink && shm == head->table) {
+            for (std::size_t i = 128; i + 4 <= size; i += 4) {
+                const std::uint32_t one = 1;
+                std::memcpy(base + i, &one, 4);
+            }
+        } else {
+            for (std::size_t i = 0; i + 8 <= size; i += 8) {
+                const std::uint64_t v = next();
+                std::memcpy(base + i, &v, 8);
+            }
+        }
+        written += size;
+    }
+    ap_set_content_type(r, "text/plain");
+    ap_rprintf(r, "scribbled %lu bytes (%s) in process %ld\n", static_cast<unsigned long>(written),
+               selflink ? "selflink" : "random", static_cast<long>(getpid()));
+    return OK;
+}
+
 int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *, server_rec *s) {
     apr_shm_t *shm = nullptr;
     apr_status_t rv = apr_shm_create(&shm, sizeof(Shared), nullptr, pconf);
@@ -374,6 +429,7 @@ void register_hooks(apr_pool_t *) {
     ap_hook_handler(stats_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(subreq_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(redirect_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_handler(scribble_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
 }
 
 }  // namespace

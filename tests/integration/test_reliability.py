@@ -272,11 +272,128 @@ def t_chaos(mpm):
         h.cleanup()
 
 
-RELIABILITY_TESTS = []
+SCRIBBLE_CONFIG = CONFIG + r"""
+<Location /scribble>
+    SetHandler pidlock-testbackend-scribble
+</Location>
+"""
+
+
+def _retry(fn, attempts=20, pause=0.25):
+    """fn() until it returns without a socket error (a scribbled child may
+    die under a request)."""
+    for _ in range(attempts - 1):
+        try:
+            return fn()
+        except OSError:
+            time.sleep(pause)
+    return fn()
+
+
+def t_parent_distrust(mpm):
+    """A child scribbles the lock table and the exit list (random bytes, then
+    self-linked chains); children are killed with -9. httpd's parent keeps
+    running and replacing children, unlocked URLs keep answering, and it stops
+    cleanly on SIGTERM."""
+    import os
+    import signal
+    from harness import pid_alive
+    h = Httpd(mpm=mpm, body=SCRIBBLE_CONFIG, name="distrust-" + mpm)
+    try:
+        h.start()
+        r = h.request("GET", "/mn/v2/object/before", headers={"X-Test-Pid": "before"})
+        check(r.status == 200, "locked URL before: %d" % r.status)
+        for what in ("random", "selflink"):
+            before = set(h.child_pids())
+            r = _retry(lambda: h.request("GET", "/scribble?what=" + what))
+            check(r.status == 200 and b"scribbled" in r.body, "scribble %s: %r" % (what, r))
+            victims = sorted(before)[:2]
+            for pid in victims:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            check(poll(lambda: pid_alive(h.pid) and bool(set(h.child_pids()) - before), timeout=15,
+                       interval=0.1),
+                  "%s: no new child after kill -9 (parent alive: %s)" % (what, pid_alive(h.pid)))
+            for i in range(10):
+                r = _retry(lambda: h.request("GET", "/off/v2/object/u%d" % i,
+                                             headers={"X-Test-Pid": "u%d" % i}, timeout=5))
+                check(r.status == 200, "%s: unlocked URL answered %d" % (what, r.status))
+                r = _retry(lambda: h.request("GET", "/stats", timeout=5))
+                check(r.status == 200, "%s: /stats answered %d" % (what, r.status))
+            check(pid_alive(h.pid), "%s: the parent died" % what)
+        # The parent wrote nothing it was steered to: it is still the same
+        # process, and it answers SIGTERM in time.
+        check(h.stop(timeout=20), "httpd did not stop cleanly on SIGTERM")
+        log = h.read_log()
+        parent_crash = [l for l in log.splitlines() if "seg fault or similar nasty error detected in the parent" in l
+                        or "AH00059" in l]
+        check(not parent_crash, "parent trouble: %s" % parent_crash[:3])
+        print("# %s: parent %d survived random and self-linked scribbles; %d repair/audit line(s) logged"
+              % (mpm, h.pid, log.count("PIDLOCK012") + log.count("PIDLOCK313")))
+    finally:
+        h.stop()
+        h.cleanup()
+
+
+def t_max_waiters(mpm):
+    """One held lock, then 70 GETs on its PID, each sent and its socket
+    closed at once: with the default PidLockMaxWaiters (16 auto) at most 16
+    wait, the rest are refused at once, and an unrelated URL answers within
+    a second (it took PidLockTimeout when every worker sat in the wait)."""
+    h = Httpd(mpm=mpm, body=CONFIG, name="maxwait-" + mpm)
+    try:
+        h.start()
+        url = "/mn/v2/object/hot"
+        held = threading.Event()
+
+        def hold():
+            try:
+                h.request("PUT", url, headers={"X-Test-Pid": "hot", "X-Test-Sleep-Ms": "6000"},
+                          body=b"x", timeout=30)
+            finally:
+                held.set()
+
+        threading.Thread(target=hold, daemon=True).start()
+        check(poll(lambda: _holder_pid(h, "hot") is not None, timeout=5), "holder never showed up")
+        socks = []
+        req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test-Pid: hot\r\n\r\n" % url).encode()
+        for _ in range(70):
+            try:
+                s = socket.create_connection((HOST, h.port), timeout=5)
+                s.sendall(req)
+                socks.append(s)
+            except OSError:
+                pass
+        for s in socks:
+            s.close()
+        time.sleep(0.3)  # let the pile land on the workers
+        t0 = time.monotonic()
+        r = h.request("GET", "/mn/v2/object/cold", headers={"X-Test-Pid": "cold"}, timeout=30)
+        took = time.monotonic() - t0
+        st = status_json(h)
+        waiting = [lk["waiting_read"] + lk["waiting_write"] for lk in st["locks"] if lk["key"] == "hot"]
+        refused = st["counters"].get("refused_waiters", 0)
+        print("# %s: unrelated URL answered in %.0f ms with 70 clients piled on a held key; "
+              "%s waiting on it, %d refused at once" % (mpm, took * 1000, waiting, refused))
+        check(r.status == 200, "unrelated URL: %d" % r.status)
+        check(took < 1.0, "unrelated URL took %.2f s" % took)
+        check(not waiting or waiting[0] <= 16, "%s waiting on the held key" % waiting)
+        check(refused >= 70 - 16 - 10, "only %d refused at once" % refused)
+        held.wait(30)
+        wait_table_empty(h, timeout=30)
+    finally:
+        h.stop()
+        h.cleanup()
+
+
+RELIABILITY_TESTS = [("event/max_waiters", lambda opts: t_max_waiters("event"))]
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
         ("%s/killed_holder" % _mpm, (lambda m: lambda opts: t_killed_holder(m))(_mpm)),
         ("%s/graceful_keeps_locks" % _mpm, (lambda m: lambda opts: t_graceful_keeps_locks(m))(_mpm)),
         ("%s/fuzz" % _mpm, (lambda m: lambda opts: t_fuzz(m))(_mpm)),
         ("%s/chaos" % _mpm, (lambda m: lambda opts: t_chaos(m))(_mpm)),
+        ("%s/parent_distrust" % _mpm, (lambda m: lambda opts: t_parent_distrust(m))(_mpm)),
     ]

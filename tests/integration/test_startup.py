@@ -163,7 +163,9 @@ def t_graceful_into_refused(opts):
 def t_thread_backend_serves(opts):
     """PidLockBackend thread on a single-process event server locks for real."""
     from run import CONFIG, PIDS, run_load, stats, wait_table_empty  # noqa: E402
-    h = Httpd(mpm="event", body=CONFIG + "PidLockBackend thread\n", mpm_settings=WORKER_ONE,
+    # 12 clients on 16 workers: more may wait than the default limit (auto:
+    # 8) allows, and this test is about locking, not refusing.
+    h = Httpd(mpm="event", body=CONFIG + "PidLockBackend thread\nPidLockMaxWaiters 16 16\n", mpm_settings=WORKER_ONE,
               name="thread-backend")
     try:
         h.start()

@@ -156,7 +156,7 @@ TEST(Render, StatusJsonHasContractFields) {
                           "\"mpm\": \"event\"", "\"generation\": 0", "\"capacity\": 400", "\"used\": 1",
                           "\"high_water\": 17", "\"acquired_read\": 0", "\"acquired_write\": 3",
                           "\"waited\": 0", "\"timeouts\": 0", "\"bad_keys\": 0", "\"reaped\": 0",
-                          "\"broken\": 0", "\"key\": \"doi:10.5063/F1\"", "\"mode\": \"write\"",
+                          "\"broken\": 0", "\"refused_waiters\": 0", "\"key\": \"doi:10.5063/F1\"", "\"mode\": \"write\"",
                           "\"waiting_read\": 0", "\"waiting_write\": 1", "\"pid\": 4242",
                           "\"method\": \"PUT\"", "\"client\": \"127.0.0.1\"", "\"user\": null",
                           "\"since\": \"2026-11-22T01:02:03.456Z\"", "\"held_ms\": 1234"};
@@ -215,6 +215,11 @@ TEST(Render, BusyReportNeverShowsClientsOrUsers) {
     BusyReport c;
     c.key = std::string("a\x1b[2Jb", 6);
     CHECK(render_busy_text(c, 1).find("\x1b") == std::string::npos);
+    CHECK(j.find("too_many_waiting") == std::string::npos);
+    r.too_many_waiting = true;  // PidLockMaxWaiters said no
+    CHECK_TRUE(valid_json(render_busy_json(r, 0)));
+    CHECK(render_busy_json(r, 0).find("\"too_many_waiting\": true") != std::string::npos);
+    CHECK(render_busy_text(r, 0).find("too many requests are waiting") != std::string::npos);
 }
 
 TEST(Render, Iso8601) {

@@ -859,3 +859,307 @@ TEST(TableApr, KilledHolderDefault) { killed_holder_with_mech(pool, APR_LOCK_DEF
 TEST(TableApr, KilledHolderFcntl) { killed_holder_with_mech(pool, APR_LOCK_FCNTL, "fcntl"); }
 TEST(TableApr, KilledHolderFlock) { killed_holder_with_mech(pool, APR_LOCK_FLOCK, "flock"); }
 TEST(TableApr, KilledHolderSysvsem) { killed_holder_with_mech(pool, APR_LOCK_SYSVSEM, "sysvsem"); }
+
+// ------------------------------------- death inside, beside live holders
+//
+// A process killed at any point of acquire() or release() with the stripe
+// mutex held: the repair never drops a live record and never lets a writer
+// in beside a live reader (or anyone beside a live writer).
+
+namespace {
+
+constexpr int kNotHit = 3;  // the script ran to its end without crashing
+
+// The child's script over "a" (which this process holds in `held`, perhaps
+// with a waiter of the other mode) and new keys: between them they cross
+// every crash point of acquire and release.
+void crash_script(LockTable *t, Mode held, int point) {
+    t->test_crash_at(point);
+    HolderInfo info;
+    LockHandle h;
+    if (t->acquire("a", 1, Mode::Read, 0, info, h) == AcquireResult::Acquired) t->release(h);
+    const Mode other = held == Mode::Read ? Mode::Write : Mode::Read;
+    // Waits behind this process's hold, wakes, gives up.
+    t->acquire("a", 1, other == Mode::Read ? Mode::Write : other, 20 * 1000000LL, info, h);
+    t->release(h);
+    t->acquire("a", 1, Mode::Write, 20 * 1000000LL, info, h);
+    t->release(h);
+    // A new key, made and freed.
+    CHECK(t->acquire("c", 1, Mode::Write, 0, info, h) == AcquireResult::Acquired);
+    // A reader waiting on it, let in by the release (dispatch).
+    std::thread reader([&] {
+        LockHandle r;
+        if (t->acquire("c", 1, Mode::Read, 2 * 1000000000LL, info, r) == AcquireResult::Acquired) t->release(r);
+    });
+    for (int i = 0; i < 2000; ++i) {
+        TableSnapshot s;
+        t->snapshot(s);
+        const LockView *l = find_lock(s, "c");
+        if (l && l->waiting_read == 1) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    t->release(h);
+    reader.join();
+}
+
+// Returns whether the child died at `point`.
+bool crash_beside_live(LockTable *t, Mode held, int point, bool with_waiter) {
+    HolderInfo info;
+    LockHandle mine;
+    CHECK(t->acquire("a", 1, held, 0, info, mine) == AcquireResult::Acquired);
+    const Mode other = held == Mode::Read ? Mode::Write : Mode::Read;
+    std::atomic<int> waiter_state{0};  // 1 waiting, 2 acquired, 3 not
+    std::thread waiter;
+    if (with_waiter) {
+        waiter = std::thread([&] {
+            LockHandle w;
+            waiter_state = 1;
+            const AcquireResult r = t->acquire("a", 1, other, 10 * 1000000000LL, info, w);
+            waiter_state = r == AcquireResult::Acquired ? 2 : 3;
+            t->release(w);
+        });
+        CHECK(wait_waiting(*t, "a", other, 1));
+    }
+    const pid_t kid = fork();
+    if (kid == 0) {
+        if (point < 0) {
+            t->test_abandon_inside("a", 1, -point);  // the hook's made-up states
+            _exit(0);
+        }
+        crash_script(t, held, point);
+        _exit(kNotHit);
+    }
+    int status = 0;
+    waitpid(kid, &status, 0);
+    CHECK(WIFEXITED(status));
+    const bool hit = WEXITSTATUS(status) == 0;
+    // The other mode is refused while this process holds "a" (this also
+    // runs the repair of the stripe of "a").
+    LockHandle x;
+    CHECK_TEXT(t->acquire("a", 1, other, 0, info, x) == AcquireResult::Busy,
+               ("crash point " + std::to_string(point)).c_str());
+    TableSnapshot s;
+    CHECK(t->snapshot(s));  // enters every stripe: whatever died elsewhere is repaired
+    if (with_waiter) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        CHECK_EQUAL_TEXT(1, waiter_state.load(), ("waiter let in beside a live holder, point " +
+                                                  std::to_string(point)).c_str());
+    }
+    STRCMP_EQUAL_TEXT("", t->check_consistency().c_str(), ("crash point " + std::to_string(point)).c_str());
+    const LockView *l = find_lock(s, "a");
+    CHECK_TEXT(l && holding(l) == 1, ("live holder lost, point " + std::to_string(point)).c_str());
+    CHECK_EQUAL(0, t->release(mine));
+    if (with_waiter) {
+        waiter.join();
+        CHECK_EQUAL(2, waiter_state.load());
+    }
+    // Gets in once the holder is gone.
+    CHECK(t->acquire("a", 1, other, 2 * 1000000000LL, info, x) == AcquireResult::Acquired);
+    t->release(x);
+    STRCMP_EQUAL("", t->check_consistency().c_str());
+    CHECK(t->snapshot(s));
+    CHECK_EQUAL(0u, s.used);
+    return hit;
+}
+
+void every_crash_point(Mode held) {
+    std::vector<int> hits(LockTable::kCrashPoints + 1, 0);
+    for (int with_waiter = 0; with_waiter < 2; ++with_waiter) {
+        // Negative: test_abandon_inside's steps 0-3 (step 2: an entry cut
+        // out of its bucket with live records on it).
+        for (int point = -3; point <= LockTable::kCrashPoints; ++point) {
+            if (point == 0) continue;
+            SharedTable st(16, 4);
+            CHECK(st.table->test_crash_at(0));  // built with crash points
+            const bool hit = crash_beside_live(st.table, held, point, with_waiter != 0);
+            if (point > 0) hits[point] += hit;
+        }
+    }
+    for (int point = 1; point <= LockTable::kCrashPoints; ++point)
+        CHECK_TEXT(hits[point] > 0, ("crash point never reached: " + std::to_string(point)).c_str());
+}
+
+}  // namespace
+
+TEST(Table, DeathAtEveryCrashPointBesideALiveReader) { every_crash_point(Mode::Read); }
+
+TEST(Table, DeathAtEveryCrashPointBesideALiveWriter) { every_crash_point(Mode::Write); }
+
+// The case: an entry half unlinked by a process that died (step 2)
+// while a reader holds and a writer waits. The writer stays out until the
+// reader releases.
+TEST(Table, RepairKeepsLiveRecordsOfAHalfUnlinkedEntry) {
+    HolderInfo info;
+    LockHandle reader;
+    CHECK(take("a", Mode::Read, 0, reader) == AcquireResult::Acquired);
+    std::atomic<int> got{0};
+    std::thread writer([&] {
+        LockHandle w;
+        got = st->table->acquire("a", 1, Mode::Write, 10 * 1000000000LL, info, w) == AcquireResult::Acquired ? 1 : 2;
+        st->table->release(w);
+    });
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 1));
+    const pid_t kid = fork();
+    if (kid == 0) {
+        st->table->test_abandon_inside("a", 1, 2);
+        _exit(0);
+    }
+    waitpid(kid, nullptr, 0);
+    LockHandle w2;
+    CHECK(take("a", Mode::Write, 0, w2) == AcquireResult::Busy);  // repairs
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK_EQUAL(0, got.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    st->table->release(reader);
+    writer.join();
+    CHECK_EQUAL(1, got.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+// A waiter granted, then broken before it woke, then the key taken by
+// another: the waiter queues again instead of running beside the new holder.
+TEST(Table, WaiterWhoseGrantWasBrokenQueuesAgain) {
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    LockHandle first;
+    CHECK(take("k", Mode::Write, 0, first) == AcquireResult::Acquired);
+    const pid_t kid = fork();
+    if (kid == 0) {
+        HolderInfo info;
+        LockHandle h;
+        const AcquireResult r = st->table->acquire("k", 1, Mode::Write, 5 * 1000000000LL, info, h);
+        flag->store(r == AcquireResult::Acquired ? 2 : 3);
+        st->table->release(h);
+        _exit(0);
+    }
+    CHECK(wait_waiting(*st->table, "k", Mode::Write, 1));
+    kill(kid, SIGSTOP);  // asleep in the futex, and stays there
+    CHECK_EQUAL(1, st->table->break_key("k", 1));  // `first` broken: the waiter is let in
+    CHECK_EQUAL(1, st->table->break_key("k", 1));  // and broken too, before it woke
+    LockHandle other;
+    CHECK(take("k", Mode::Write, 0, other) == AcquireResult::Acquired);
+    kill(kid, SIGCONT);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK_EQUAL(0, flag->load());  // still waiting, not beside `other`
+    st->table->release(other);
+    CHECK(wait_flag(flag, 2));
+    waitpid(kid, nullptr, 0);
+    st->table->release(first);  // broken: a no-op
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
+// ------------------------------------------------------- PidLockMaxWaiters
+
+namespace {
+
+// `n` threads wait for `key` in `mode` (with a long timeout) on `t`.
+struct Waiters {
+    std::vector<std::thread> ts;
+    std::atomic<int> acquired{0}, refused{0};
+    // Each holds what it gets for `hold_ms`.
+    void start(LockTable *t, const char *key, Mode mode, int n, int hold_ms = 0) {
+        for (int i = 0; i < n; ++i)
+            ts.emplace_back([this, t, key, mode, hold_ms] {
+                HolderInfo info;
+                LockHandle h;
+                const AcquireResult r = t->acquire(key, std::strlen(key), mode, 10 * 1000000000LL, info, h);
+                (r == AcquireResult::Acquired ? acquired : refused)++;
+                std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
+                t->release(h);
+            });
+    }
+    void join() {
+        for (auto &t : ts) t.join();
+    }
+};
+
+}  // namespace
+
+TEST(Table, SeventeenthWaiterOnAKeyIsRefusedAtOnce) {
+    st->table->set_wait_limits(16, 0);
+    LockHandle w;
+    CHECK(take("k", Mode::Write, 0, w) == AcquireResult::Acquired);
+    Waiters ws;
+    ws.start(st->table, "k", Mode::Read, 16);
+    CHECK(wait_waiting(*st->table, "k", Mode::Read, 16));
+    const auto t0 = std::chrono::steady_clock::now();
+    LockHandle h;
+    BusyReport rep;
+    CHECK(take("k", Mode::Write, 10 * 1000000000LL, h, &rep) == AcquireResult::Busy);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(100));
+    STRCMP_EQUAL("k", rep.key.c_str());
+    CHECK_EQUAL(16u, rep.waiting_read);
+    // A request that can enter at once is never refused, nor one on another key.
+    LockHandle other;
+    CHECK(take("other", Mode::Write, 10 * 1000000000LL, other) == AcquireResult::Acquired);
+    st->table->release(other);
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(1u, s.counters.refused_waiters);
+    st->table->release(w);
+    ws.join();
+    CHECK_EQUAL(16, ws.acquired.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+}
+
+TEST(Table, TotalWaitersAcrossKeysAreLimited) {
+    st->table->set_wait_limits(16, 5);
+    LockHandle a, b;
+    CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
+    CHECK(take("b", Mode::Write, 0, b) == AcquireResult::Acquired);
+    Waiters wa, wb;
+    wa.start(st->table, "a", Mode::Write, 3, 300);
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 3));
+    wb.start(st->table, "b", Mode::Read, 2);
+    CHECK(wait_waiting(*st->table, "b", Mode::Read, 2));
+    LockHandle h;
+    CHECK(take("b", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Busy);
+    CHECK(take("a", Mode::Write, 10 * 1000000000LL, h) == AcquireResult::Busy);
+    st->table->release(a);  // one waiter on "a" is let in: room for one more
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 2));
+    Waiters wc;
+    wc.start(st->table, "b", Mode::Read, 1);
+    CHECK(wait_waiting(*st->table, "b", Mode::Read, 3));
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(2u, s.counters.refused_waiters);
+    st->table->release(b);
+    wa.join();
+    wb.join();
+    wc.join();
+    CHECK_EQUAL(3, wa.acquired.load());
+    CHECK_EQUAL(3, wb.acquired.load() + wc.acquired.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    // Every wait is over: the table-wide count is back to zero, so the full
+    // limit is there again.
+    CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
+    Waiters wd;
+    wd.start(st->table, "a", Mode::Read, 5);
+    CHECK(wait_waiting(*st->table, "a", Mode::Read, 5));
+    st->table->release(a);
+    wd.join();
+    CHECK_EQUAL(5, wd.acquired.load());
+}
+
+// Waiters of a killed process are counted out of the total too.
+TEST(Table, KilledWaitersLeaveTheTotal) {
+    st->table->set_wait_limits(16, 1);
+    LockHandle a;
+    CHECK(take("a", Mode::Write, 0, a) == AcquireResult::Acquired);
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "a", Mode::Write, flag);
+    CHECK(wait_waiting(*st->table, "a", Mode::Write, 1));
+    LockHandle h;
+    CHECK(take("a", Mode::Read, 10 * 1000000000LL, h) == AcquireResult::Busy);
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    CHECK_EQUAL(1, st->table->reap(kid));
+    Waiters ws;
+    ws.start(st->table, "a", Mode::Read, 1);
+    CHECK(wait_waiting(*st->table, "a", Mode::Read, 1));
+    st->table->release(a);
+    ws.join();
+    CHECK_EQUAL(1, ws.acquired.load());
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
