@@ -235,7 +235,7 @@ void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Re
                          had.capacity, had.key_cap, want.capacity, want.key_cap);
         if (mech != rd->mech)
             ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
-                         "PIDLOCK011: the pidlock mutex stays %s until a full stop and start "
+                         "PIDLOCK018: the pidlock mutex stays %s until a full stop and start "
                          "(configured now: %s)", rd->mech, mech.c_str());
         return apr_shm_baseaddr_get(rd->shm);
     }
@@ -301,7 +301,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
         tp.key_cap = mod.key_cap;
         tp.stripes = LockTable::kDefaultStripes;
         if (LockTable::region_size(tp) == 0) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: invalid lock table size %u", tp.capacity);
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK014: invalid lock table size %u", tp.capacity);
             return HTTP_INTERNAL_SERVER_ERROR;
         }
         auto *st = static_cast<State *>(apr_pcalloc(pconf, sizeof(State)));
@@ -312,14 +312,14 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             // Each generation's single child has a table of its own.
             const apr_size_t region = LockTable::region_size(tp);
             if (posix_memalign(&base, 4096, region) != 0) {
-                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK004: cannot allocate %" APR_SIZE_T_FMT " bytes for the lock table", region);
+                ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK016: cannot allocate %" APR_SIZE_T_FMT " bytes for the lock table", region);
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
             apr_pool_cleanup_register(pconf, base, free_region, apr_pool_cleanup_null);
             void *mem = apr_palloc(pconf, PthreadStripeLocks::region_size(tp.stripes));
             const int rc = PthreadStripeLocks::init(mem, tp.stripes, false);
             if (rc != 0 || !LockTable::format(base, region, tp)) {
-                ap_log_error(APLOG_MARK, APLOG_EMERG, rc, s, "PIDLOCK005: cannot create the in-process table");
+                ap_log_error(APLOG_MARK, APLOG_EMERG, rc, s, "PIDLOCK017: cannot create the in-process table");
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
             st->locks = new (apr_palloc(pconf, sizeof(PthreadStripeLocks))) PthreadStripeLocks(mem, tp.stripes);
@@ -343,7 +343,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             TableBackend(st->thread_backend ? "thread" : "shared", st->table);
         st->backend = tb;
         if (!st->table->valid()) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: the retained lock table is not valid");
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK015: the retained lock table is not valid");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
         int gen = 0;

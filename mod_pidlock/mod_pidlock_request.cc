@@ -457,7 +457,7 @@ int fixups(request_rec *r) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: out of memory while locking");
         return HTTP_INTERNAL_SERVER_ERROR;
     } catch (...) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: unexpected error while locking");
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK112: unexpected error while locking");
         return HTTP_INTERNAL_SERVER_ERROR;
     }
 }

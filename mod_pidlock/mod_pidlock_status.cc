@@ -181,7 +181,7 @@ int status_handler(request_rec *r) {
         if (!r->header_only) ap_rwrite(body.data(), static_cast<int>(body.size()), r);
         return OK;
     } catch (...) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: unexpected error in the status page");
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK205: unexpected error in the status page");
         return HTTP_INTERNAL_SERVER_ERROR;
     }
 }
@@ -201,7 +201,7 @@ int mod_status_hook(request_rec *r, int flags) {
         const std::string o = render_mod_status_section(snap, *st->facts);
         ap_rputs(o.c_str(), r);
     } catch (...) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: unexpected error in the mod_status section");
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK206: unexpected error in the mod_status section");
     }
     return OK;
 }

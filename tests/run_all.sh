@@ -99,6 +99,9 @@ run_counted() {
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
 }
 
+echo "== message ids (one call site each)"
+run_counted log-ids python3 scripts/check-log-ids.py mod_pidlock
+
 echo "== integration tests (real httpd: prefork, worker, event)"
 run_counted integration python3 tests/integration/run.py
 
