@@ -39,6 +39,7 @@ apr_status_t forget_state(void *) {
         if (g_state->table) g_state->table->~LockTable();
         if (g_state->facts) g_state->facts->~ServerFacts();
         if (g_state->locks) g_state->locks->~StripeLocks();
+        if (g_state->lease_locks) g_state->lease_locks->~StripeLocks();
     }
     g_state = nullptr;
     return APR_SUCCESS;
@@ -203,6 +204,7 @@ struct Retained {
     TableParams params;
     char mech[32];
     char nonce[33];
+    LeaseRetained lease;
 };
 const char *const kRetainedKey = "mod_pidlock-retained";
 
@@ -332,6 +334,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(rd->nonce + 2 * i, 3, "%02x", raw[i]);
         }
         apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
+        if (!lease_post_config(s, pconf, st, mod.key_cap, &rd->lease)) return HTTP_INTERNAL_SERVER_ERROR;
         g_state = st;
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
@@ -363,6 +366,7 @@ void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_stat
 }
 
 void child_init(apr_pool_t *p, server_rec *s) {
+    lease_child_init(p, s);
     if (!g_state || !g_state->mutexes) return;
     for (unsigned i = 0; i < g_state->table->params().stripes; ++i) {
         const apr_status_t rv = apr_global_mutex_child_init(

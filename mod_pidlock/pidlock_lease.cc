@@ -657,6 +657,15 @@ LeaseOutcome LeaseTable::check_write(const std::string &key, const std::vector<L
     return out;
 }
 
+void LeaseTable::touch(const std::string &key, const std::vector<LeaseToken> &tokens, const std::string &user,
+                       int64_t now_us) {
+    if (!hdr_ || tokens.empty() || used() == 0 || enter() != 0) return;
+    const int64_t i = sweep_and_find(key, now_us);
+    if (i >= 0 && matches(static_cast<uint32_t>(i), tokens) && user_ok(static_cast<uint32_t>(i), user))
+        renew(static_cast<uint32_t>(i), now_us, 0);
+    leave();
+}
+
 LeaseOutcome LeaseTable::release(const std::string &key, int64_t now_us, LeaseView *old) {
     if (!hdr_) return LeaseOutcome::Error;
     if (enter() != 0) return LeaseOutcome::Error;

@@ -145,6 +145,10 @@ class LeaseTable {
     LeaseOutcome check_write(const std::string &key, const std::vector<LeaseToken> &tokens,
                              bool foreign_tokens, const std::string &user, int64_t now_us,
                              LeaseView *view);
+    // Any other request carrying the lease's token (a read) renews it; no
+    // refusal, nothing counted but the renewal.
+    void touch(const std::string &key, const std::vector<LeaseToken> &tokens, const std::string &user,
+               int64_t now_us);
     // Operator's release: Released (`old` shows what ended) or NotHeld.
     LeaseOutcome release(const std::string &key, int64_t now_us, LeaseView *old);
     // Operator's steal, one step: the key's lease (if any) ends and a new

@@ -148,7 +148,7 @@ bool key_fits_form(const std::string &key) {
 }
 
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us, bool show_query) {
+                               int64_t now_us, bool show_query, const StatusExtra *extra) {
     std::string o;
     o.reserve(512 + snap.locks.size() * 400);
     o += "{\"version\": ";
@@ -178,14 +178,17 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs}};
     o += "},\n \"counters\": {";
     bool first = true;
-    for (const auto &kv : counters) {
+    auto counter = [&](const char *name, uint64_t v) {
         if (!first) o += ", ";
         first = false;
         o += '"';
-        o += kv.first;
+        o += name;
         o += "\": ";
-        append_u64(o, kv.second);
-    }
+        append_u64(o, v);
+    };
+    for (const auto &kv : counters) counter(kv.first, kv.second);
+    if (extra)
+        for (const auto &kv : extra->counters) counter(kv.first, kv.second);
     o += "},\n \"locks\": [";
     first = true;
     for (const LockView &l : snap.locks) {
@@ -235,7 +238,9 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         o += waiters;
         o += "]}";
     }
-    o += "]}\n";
+    o += "]";
+    if (extra) o += extra->json_members;
+    o += "}\n";
     return o;
 }
 
@@ -343,7 +348,8 @@ std::string render_mod_status_section(const TableSnapshot &snap, const ServerFac
     return o;
 }
 
-std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts) {
+std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts,
+                                  const StatusExtra *extra) {
     std::string o;
     auto head = [&](const char *name, const char *type, const char *help) {
         o += "# HELP ";
@@ -419,6 +425,7 @@ std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &
     std::snprintf(sum, sizeof sum, "pidlock_wait_seconds_sum %.6f\n", static_cast<double>(c.wait_sum_us) / 1e6);
     o += sum;
     sample("pidlock_wait_seconds_count", "", cum);
+    if (extra) o += extra->metrics;
     return o;
 }
 
@@ -553,6 +560,7 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
         }
         o += "</table>\n";
     }
+    if (opt.extra) o += opt.extra->html;
     o += "<p>Oldest first. Rows in red have been held longer than ";
     html_escape(o, format_duration(opt.stale_us));
     o += " (<code>?stale=SECONDS</code>). Also as <a href=\"?json\">JSON</a>, "

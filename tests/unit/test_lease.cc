@@ -285,6 +285,22 @@ TEST(LeaseTable, RenewByLockAndByUse) {
     CHECK(LeaseOutcome::Stale == t->lock("k", {token_of(2)}, r, token_of(9), kT0 + 161 * kSec, &v));
 }
 
+TEST(LeaseTable, ReadsWithTheTokenRenew) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann", 10), a, kT0, nullptr));
+    t->touch("k", {token_of(2)}, "ann", kT0 + 5 * kSec);
+    t->touch("k", {a}, "bo", kT0 + 5 * kSec);
+    std::vector<LeaseView> v;
+    LeaseCounters c;
+    CHECK(t->snapshot(kT0 + 5 * kSec, v, c));
+    CHECK_EQUAL(kT0 + 10 * kSec, v[0].expires_us);
+    t->touch("k", {a}, "ann", kT0 + 5 * kSec);
+    CHECK(t->snapshot(kT0 + 5 * kSec, v, c));
+    CHECK_EQUAL(kT0 + 15 * kSec, v[0].expires_us);
+    CHECK_EQUAL(0u, c.refusals);
+    CHECK_EQUAL(1u, c.renewed);
+}
+
 TEST(LeaseTable, ExpiryByIdlenessIsLazy) {
     const LeaseToken a = token_of(1);
     CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 10), a, kT0, nullptr));
