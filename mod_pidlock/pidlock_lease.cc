@@ -752,21 +752,6 @@ std::string seconds_left(int64_t until_us, int64_t now_us) {
     return std::to_string(s);
 }
 
-std::string printable(const std::string &s) {
-    std::string o;
-    char buf[8];
-    for (char ch : s) {
-        const unsigned char u = static_cast<unsigned char>(ch);
-        if (u < 0x20 || u == 0x7F) {
-            std::snprintf(buf, sizeof buf, "\\x%02x", u);
-            o += buf;
-        } else {
-            o.push_back(ch);
-        }
-    }
-    return o;
-}
-
 }  // namespace
 
 std::string render_lock_xml(const LeaseView &v, const std::string &token_urn, const std::string &root) {
@@ -798,10 +783,10 @@ std::string render_lock_json(const LeaseView &v, const std::string &token_urn) {
 std::string render_lease_refusal_text(const LeaseView &v, int64_t now_us, bool stale) {
     std::string o = stale ? "Your lock token is not this key's lease (it expired, was released or was stolen).\n"
                           : "Locked: another client holds an edit lease on this key.\n";
-    o += "key: " + printable(v.key) + "\n";
+    o += "key: " + text_escape(v.key) + "\n";
     if (!v.key.empty()) {
-        o += "owner: " + printable(v.owner.empty() ? "-" : v.owner) + "\n";
-        o += "user: " + printable(v.user.empty() ? "-" : v.user) + "\n";
+        o += "owner: " + text_escape(v.owner.empty() ? "-" : v.owner) + "\n";
+        o += "user: " + text_escape(v.user.empty() ? "-" : v.user) + "\n";
         o += "granted: " + iso8601_utc(v.granted_us) + "\n";
         o += "idle since: " + iso8601_utc(v.idle_since_us) + "\n";
         o += "expires at: " + iso8601_utc(v.expires_us) + " (in " + seconds_left(v.expires_us, now_us) +

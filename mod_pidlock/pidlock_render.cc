@@ -130,6 +130,21 @@ std::string iso8601_utc(int64_t us) {
     return buf;
 }
 
+std::string text_escape(const std::string &s) {
+    std::string o;
+    char buf[8];
+    for (char ch : s) {
+        const unsigned char u = static_cast<unsigned char>(ch);
+        if (u < 0x20 || u == 0x7F) {
+            std::snprintf(buf, sizeof buf, "\\x%02x", u);
+            o += buf;
+        } else {
+            o.push_back(ch);
+        }
+    }
+    return o;
+}
+
 std::string status_uri(const std::string &uri, bool show_query) {
     const size_t q = uri.find('?');
     if (show_query || q == std::string::npos) return uri;
@@ -598,16 +613,7 @@ std::string render_busy_text(const BusyReport &rep, double timeout_s) {
     std::snprintf(buf, sizeof buf, "%.3f", timeout_s);
     o += buf;
     o += " s.\nkey: ";
-    // Plain text, but still no raw control bytes into a terminal.
-    for (char ch : rep.key) {
-        const unsigned char u = static_cast<unsigned char>(ch);
-        if (u < 0x20 || u == 0x7F) {
-            std::snprintf(buf, sizeof buf, "\\x%02x", u);
-            o += buf;
-        } else {
-            o.push_back(ch);
-        }
-    }
+    o += text_escape(rep.key);
     o += "\nmode held: ";
     o += mode_name(rep.held_mode);
     o += "\nholders: ";

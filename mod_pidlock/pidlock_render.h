@@ -26,6 +26,8 @@ struct ServerFacts {
 bool json_string(std::string &out, const std::string &s);
 void html_escape(std::string &out, const std::string &s);
 std::string hex_bytes(const std::string &s);
+// Plain text, but no raw control bytes into a terminal: they become \xNN.
+std::string text_escape(const std::string &s);
 // RFC 3339 UTC with milliseconds: 2026-11-22T01:02:03.456Z
 std::string iso8601_utc(int64_t us);
 

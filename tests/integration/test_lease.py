@@ -11,7 +11,7 @@ import re
 import signal
 import time
 
-from harness import Httpd, check, poll
+from harness import Httpd, check, poll, run_on_server
 from run import status_json, wait_table_empty
 
 LEASE_CONFIG = r"""
@@ -360,23 +360,7 @@ def run_lease_suite(mpm, record, only=None):
     except Exception as e:  # noqa: BLE001
         record("lease/%s/start" % mpm, e)
         return
-    try:
-        for name, fn in LEASE_TESTS:
-            if only and name not in only:
-                continue
-            err = None
-            try:
-                fn(h)
-            except Exception as e:  # noqa: BLE001
-                err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
-            crashes = Httpd.crash_lines(h.log_since_mark())
-            if crashes and err is None:
-                err = "error log: " + " | ".join(crashes[:3])
-            record("lease/%s/%s" % (mpm, name), err)
-    finally:
-        clean = h.stop()
-        record("lease/%s/clean_shutdown" % mpm, None if clean else "httpd did not stop cleanly")
-        h.cleanup()
+    run_on_server(h, LEASE_TESTS, "lease/%s" % mpm, record, only)
     if not only or "full" in only:
         try:
             t_full(mpm)
