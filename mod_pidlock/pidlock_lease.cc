@@ -320,6 +320,7 @@ std::string tidy(const std::string &raw, size_t cap) {
     if (out.size() > cap) {
         size_t n = cap;
         while (n > 0 && (static_cast<unsigned char>(out[n]) & 0xC0) == 0x80) --n;
+        while (n > 0 && out[n - 1] == ' ') --n;
         out.resize(n);
     }
     return out;

@@ -186,6 +186,8 @@ TEST(LeaseParsers, Owner) {
     CHECK_EQUAL("", o);
     CHECK(parse_lock_owner("<D:owner>\xC3\xA9\xC3\xA9\xC3\xA9</D:owner>", 5, o));
     CHECK_EQUAL("\xC3\xA9\xC3\xA9", o);
+    CHECK(parse_lock_owner("<owner>abc def</owner>", 4, o));
+    CHECK_EQUAL("abc", o);
     CHECK(parse_lock_owner("<owner>a<!-- c -->b</owner><owner>second</owner>", 256, o));
     CHECK_EQUAL("ab", o);
 }
