@@ -79,6 +79,7 @@ void *merge_server_config(apr_pool_t *p, void *basev, void *addv) {
     s->table_size = base->table_size;
     s->thread_backend = base->thread_backend;
     s->lease_table_size = base->lease_table_size;
+    s->lease_used = add->lease_used | base->lease_used;
     return s;
 }
 
@@ -263,8 +264,9 @@ const char *set_backend(cmd_parms *cmd, void *, const char *arg) {
     return nullptr;
 }
 
-const char *set_lease(cmd_parms *, void *dv, int on) {
+const char *set_lease(cmd_parms *cmd, void *dv, int on) {
     static_cast<DirConfig *>(dv)->lease = on ? 1 : 0;
+    if (on) server_config(cmd->server)->lease_used = 1;
     return nullptr;
 }
 

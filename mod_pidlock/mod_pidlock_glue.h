@@ -81,6 +81,7 @@ struct ServerConfig {
     int thread_backend;       // kUnset, 0 (shared), 1 (thread)
     const char *table_size_where;
     apr_int64_t lease_table_size;  // PidLockLeaseTableSize: kUnset or N (main server only)
+    int lease_used;                // PidLockLease On somewhere in this host's configuration
 };
 
 void *create_dir_config(apr_pool_t *p, char *path);

@@ -40,22 +40,11 @@ uint32_t lease_max_s(const DirConfig *d) {
     return d->lease_max_s == kUnset ? kDefaultLeaseMax : static_cast<uint32_t>(d->lease_max_s);
 }
 
-// Any scope of any host with PidLockLease On.
+// Some scope of some host has PidLockLease On (the directive marks its
+// host, whatever section it sits in).
 bool leases_configured(server_rec *s) {
-    auto on = [](const ap_conf_vector_t *v) {
-        const auto *d = static_cast<const DirConfig *>(ap_get_module_config(v, &pidlock_module));
-        return d && d->lease == 1;
-    };
-    for (server_rec *vs = s; vs; vs = vs->next) {
-        if (on(vs->lookup_defaults)) return true;
-        const auto *core = static_cast<const core_server_config *>(ap_get_core_module_config(vs->module_config));
-        for (const apr_array_header_t *arr : {core->sec_dir, core->sec_url}) {
-            if (!arr) continue;
-            const auto *vecs = reinterpret_cast<ap_conf_vector_t *const *>(arr->elts);
-            for (int i = 0; i < arr->nelts; ++i)
-                if (on(vecs[i])) return true;
-        }
-    }
+    for (server_rec *vs = s; vs; vs = vs->next)
+        if (server_config(vs)->lease_used == 1) return true;
     return false;
 }
 

@@ -5,13 +5,15 @@ PID sharing one lease, expiry and renewal by use, Release and Steal from the
 status page with the nonce, a lease surviving apachectl graceful and a kill -9
 of every child, a full table (503), malformed If/Timeout/bodies (400), and the
 lock table empty at the end."""
+import base64
+import hashlib
 import json
 import os
 import re
 import signal
 import time
 
-from harness import Httpd, check, poll, run_on_server
+from harness import MODDIR, Httpd, check, poll, run_on_server
 from run import status_json, wait_table_empty
 
 LEASE_CONFIG = r"""
@@ -48,7 +50,20 @@ LEASE_CONFIG = r"""
 <Location /stats>
     SetHandler pidlock-testbackend-stats
 </Location>
+<Location /auth/>
+    SetHandler pidlock-testbackend
+    AuthType Basic
+    AuthName lease
+    AuthBasicProvider file
+    AuthUserFile {root}/htpasswd
+    Require valid-user
+    PidLock On
+    PidLockKey path ^/auth/(.+)$
+    PidLockLease On
+</Location>
 """
+AUTH_MODULES = [(m + "_module", "%s/mod_%s.so" % (MODDIR, m))
+                for m in ("authn_core", "authn_file", "auth_basic", "authz_user")]
 
 LOCKINFO = (b'<?xml version="1.0" encoding="utf-8"?>\n'
             b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
@@ -59,9 +74,17 @@ BOGUS = "urn:uuid:00000000-0000-4000-8000-000000000000"
 
 
 def server(mpm, name, extra=""):
-    h = Httpd(mpm=mpm, body=LEASE_CONFIG + extra, name=name)
+    h = Httpd(mpm=mpm, body=LEASE_CONFIG + extra, name=name, extra_modules=AUTH_MODULES)
+    with open(os.path.join(h.root, "htpasswd"), "w") as f:
+        for user in ("ann", "bo"):
+            digest = base64.b64encode(hashlib.sha1(b"pw-" + user.encode()).digest()).decode()
+            f.write("%s:{SHA}%s\n" % (user, digest))
     h.start()
     return h
+
+
+def basic(user):
+    return {"Authorization": "Basic " + base64.b64encode(("%s:pw-%s" % (user, user)).encode()).decode()}
 
 
 def lock(h, url, body=LOCKINFO, headers=None, want=200):
@@ -320,6 +343,23 @@ def _serves(h):
         return False
 
 
+def t_user_binding(h):
+    url = "/auth/ub1"
+    _, tok = lock(h, url, headers=basic("ann"))
+    check(lease_of(h, "ub1")["user"] == "ann", "lease user: %r" % lease_of(h, "ub1"))
+    r = put(h, url, tok, headers=basic("bo"))
+    check(r.status == 403, "bo with ann's token -> %d" % r.status)
+    check(put(h, url, headers=basic("bo")).status == 423, "bo without a token")
+    r = h.request("UNLOCK", url, headers=dict(basic("bo"), **{"Lock-Token": "<%s>" % tok}))
+    check(r.status == 403, "bo's UNLOCK with ann's token -> %d" % r.status)
+    lock(h, url, body=None, headers=dict(basic("bo"), If="(<%s>)" % tok), want=403)
+    check(put(h, url, tok, headers=basic("ann")).status == 200, "ann's own write")
+    r = h.request("UNLOCK", url, headers=dict(basic("ann"), **{"Lock-Token": "<%s>" % tok}))
+    check(r.status == 204, "ann's UNLOCK -> %d" % r.status)
+    check(h.request("LOCK", url, body=LOCKINFO).status == 401, "anonymous LOCK not refused by auth")
+    wait_table_empty(h)
+
+
 def t_table_empty(h):
     wait_table_empty(h)
     st = status_json(h)
@@ -333,6 +373,7 @@ LEASE_TESTS = [
     ("expiry_renewal", t_expiry_and_renewal),
     ("status_release_steal", t_status_release_steal),
     ("bad_headers", t_bad_headers),
+    ("user_binding", t_user_binding),
     ("graceful_kill9", t_survives_graceful_and_kill),
     ("table_empty", t_table_empty),
 ]
