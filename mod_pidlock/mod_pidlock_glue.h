@@ -112,7 +112,7 @@ struct State {
     LockBackend *backend;
     ServerFacts *facts;
     char nonce[33];
-    LeaseTable *leases;            // null where no scope has PidLockLease On
+    LeaseStore *leases;            // null where no scope has PidLockLease On
     StripeLocks *lease_locks;
     apr_global_mutex_t **lease_mutex;
 };

@@ -133,10 +133,10 @@ int answer_refusal(request_rec *r, LeaseOutcome out, const LeaseView &v, const s
     return answer(r, status, render_lease_refusal_text(shown, now, stale), "text/plain; charset=utf-8");
 }
 
-int answer_full(request_rec *r, const LeaseTable *t) {
+int answer_full(request_rec *r, const LeaseStore *t) {
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                   "PIDLOCK457: lease table full (%u leases); answering 503. Raise PidLockLeaseTableSize.",
-                  t->params().capacity);
+                  t->capacity());
     apr_table_setn(r->headers_out, "Retry-After", "60");
     return answer(r, HTTP_SERVICE_UNAVAILABLE, "The lease table is full; try again later.\n",
                   "text/plain; charset=utf-8");
@@ -165,7 +165,7 @@ bool read_body(request_rec *r, std::string &body, int *status) {
     }
 }
 
-int answer_lock(request_rec *r, const DirConfig *d, LeaseTable *t, const std::string &key) {
+int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::string &key) {
     int64_t asked = -1;
     if (const char *h = apr_table_get(r->headers_in, "Timeout")) {
         if (!parse_timeout_header(h, &asked)) {
@@ -225,7 +225,7 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseTable *t, const std::st
                   "application/xml; charset=utf-8");
 }
 
-int answer_unlock(request_rec *r, LeaseTable *t, const std::string &key) {
+int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     const char *h = apr_table_get(r->headers_in, "Lock-Token");
     std::string uri;
     if (!h || !parse_lock_token_header(h, uri)) {
@@ -264,7 +264,7 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
     if (d->lease != 1 || keys.empty()) return DECLINED;
     try {
         State *st = g_state;
-        LeaseTable *t = st ? st->leases : nullptr;
+        LeaseStore *t = st ? st->leases : nullptr;
         const bool dav = r->method_number == M_LOCK || r->method_number == M_UNLOCK;
         int rc = DECLINED;
         if (!t) {
@@ -313,7 +313,7 @@ int lease_precheck(request_rec *r, const DirConfig *d, Mode mode, const std::vec
     if (d->lease != 1 || mode != Mode::Write || r->method_number == M_LOCK || r->method_number == M_UNLOCK)
         return 0;
     try {
-        LeaseTable *t = g_state ? g_state->leases : nullptr;
+        LeaseStore *t = g_state ? g_state->leases : nullptr;
         std::vector<LeaseToken> tokens;
         bool foreign = false;
         if (!t) return 0;  // the gate after the grant logs and refuses
@@ -334,7 +334,7 @@ int lease_precheck(request_rec *r, const DirConfig *d, Mode mode, const std::vec
 
 int lease_status_action(request_rec *r, const DirConfig *d, State *st, const std::string &action,
                         const std::string &key) {
-    LeaseTable *t = st->leases;
+    LeaseStore *t = st->leases;
     if (!t) return HTTP_NOT_FOUND;
     const int64_t now = wall_clock_us();
     LeaseView old, granted;
@@ -433,13 +433,14 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
     }
     st->lease_mutex = &rd->mutex;
     st->lease_locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(&rd->mutex, 1);
-    st->leases = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), st->lease_locks);
-    if (!st->leases->valid()) {
+    auto *table = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), st->lease_locks);
+    if (!table->valid()) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK463: the retained lease table is not valid");
         return false;
     }
+    st->leases = table;
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK463: lease table ready: %u leases, keys up to %u bytes, %u held",
-                 st->leases->params().capacity, st->leases->params().key_cap, st->leases->used());
+                 table->params().capacity, table->params().key_cap, table->used());
     return true;
 }
 

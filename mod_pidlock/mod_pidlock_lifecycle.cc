@@ -39,6 +39,7 @@ apr_status_t forget_state(void *) {
         if (g_state->table) g_state->table->~LockTable();
         if (g_state->facts) g_state->facts->~ServerFacts();
         if (g_state->locks) g_state->locks->~StripeLocks();
+        if (g_state->leases) g_state->leases->~LeaseStore();
         if (g_state->lease_locks) g_state->lease_locks->~StripeLocks();
     }
     g_state = nullptr;

@@ -121,7 +121,47 @@ enum class LeaseOutcome {
     Error       // the mutex failed
 };
 
-class LeaseTable {
+// Where leases are kept, as the request path and the status page see it:
+// the host's shared table today; a cluster store (PostgreSQL) can implement
+// the same operations so a lease holds across hosts. `now_us` is wall-clock
+// time, passed in so tests inject a clock.
+class LeaseStore {
+  public:
+    virtual ~LeaseStore() = default;
+    virtual uint32_t capacity() const = 0;
+    virtual uint32_t used() const = 0;
+
+    // LOCK. With `tokens` (If: submitted) a refresh: Renewed, Stale or
+    // Forbidden. Without: Granted with `fresh` as the token, Locked
+    // (`view` shows the holder) or Full.
+    virtual LeaseOutcome lock(const std::string &key, const std::vector<LeaseToken> &tokens,
+                              const LeaseRequest &req, const LeaseToken &fresh, int64_t now_us,
+                              LeaseView *view) = 0;
+    // UNLOCK: Released, Mismatch or Forbidden.
+    virtual LeaseOutcome unlock(const std::string &key, const LeaseToken &token, const std::string &user,
+                                int64_t now_us, LeaseView *view) = 0;
+    // A write on `key`: Free, Allowed (the lease renewed), Locked, Stale or
+    // Forbidden. `foreign_tokens`: the request submitted tokens that are not
+    // ours (counts as carrying a token that matches nothing).
+    virtual LeaseOutcome check_write(const std::string &key, const std::vector<LeaseToken> &tokens,
+                                     bool foreign_tokens, const std::string &user, int64_t now_us,
+                                     LeaseView *view) = 0;
+    // Any other request carrying the lease's token (a read) renews it; no
+    // refusal, nothing counted but the renewal.
+    virtual void touch(const std::string &key, const std::vector<LeaseToken> &tokens, const std::string &user,
+                       int64_t now_us) = 0;
+    // Operator's release: Released (`old` shows what ended) or NotHeld.
+    virtual LeaseOutcome release(const std::string &key, int64_t now_us, LeaseView *old) = 0;
+    // Operator's steal, one step: the key's lease (if any) ends and a new
+    // one with `fresh` is granted to `req`. Granted or Full.
+    virtual LeaseOutcome steal(const std::string &key, const LeaseRequest &req, const LeaseToken &fresh,
+                               int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) = 0;
+    // Every live lease, oldest grant first, and the counters.
+    virtual bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) = 0;
+};
+
+// The host's lease table: one region, any process.
+class LeaseTable final : public LeaseStore {
   public:
     static size_t region_size(const LeaseParams &p);
     static bool format(void *base, size_t size, const LeaseParams &p);
@@ -129,36 +169,23 @@ class LeaseTable {
     LeaseTable(void *base, StripeLocks *locks);
     bool valid() const { return hdr_ != nullptr; }
     const LeaseParams &params() const { return params_; }
+    uint32_t capacity() const override { return params_.capacity; }
+    uint32_t used() const override;
 
-    // LOCK. With `tokens` (If: submitted) a refresh: Renewed, Stale or
-    // Forbidden. Without: Granted with `fresh` as the token, Locked
-    // (`view` shows the holder) or Full.
     LeaseOutcome lock(const std::string &key, const std::vector<LeaseToken> &tokens,
                       const LeaseRequest &req, const LeaseToken &fresh, int64_t now_us,
-                      LeaseView *view);
-    // UNLOCK: Released, Mismatch or Forbidden.
+                      LeaseView *view) override;
     LeaseOutcome unlock(const std::string &key, const LeaseToken &token, const std::string &user,
-                        int64_t now_us, LeaseView *view);
-    // A write on `key`: Free, Allowed (the lease renewed), Locked, Stale or
-    // Forbidden. `malformed_tokens`: the request submitted tokens that are
-    // not ours (counts as carrying a token that matches nothing).
+                        int64_t now_us, LeaseView *view) override;
     LeaseOutcome check_write(const std::string &key, const std::vector<LeaseToken> &tokens,
                              bool foreign_tokens, const std::string &user, int64_t now_us,
-                             LeaseView *view);
-    // Any other request carrying the lease's token (a read) renews it; no
-    // refusal, nothing counted but the renewal.
+                             LeaseView *view) override;
     void touch(const std::string &key, const std::vector<LeaseToken> &tokens, const std::string &user,
-               int64_t now_us);
-    // Operator's release: Released (`old` shows what ended) or NotHeld.
-    LeaseOutcome release(const std::string &key, int64_t now_us, LeaseView *old);
-    // Operator's steal, one step: the key's lease (if any) ends and a new
-    // one with `fresh` is granted to `req`. Granted or Full.
+               int64_t now_us) override;
+    LeaseOutcome release(const std::string &key, int64_t now_us, LeaseView *old) override;
     LeaseOutcome steal(const std::string &key, const LeaseRequest &req, const LeaseToken &fresh,
-                       int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view);
-
-    // Every live lease, oldest grant first, and the counters.
-    bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c);
-    uint32_t used() const;
+                       int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) override;
+    bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) override;
 
   private:
     struct Header;
