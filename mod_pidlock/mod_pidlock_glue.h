@@ -183,6 +183,9 @@ struct LeaseRetained {
     apr_global_mutex_t *mutex;
     LeaseParams params;
 };
+// check_config: PidLockLease On beside mod_dav's Dav On in one section is
+// refused (PIDLOCK467).
+std::vector<Finding> lease_check_config(server_rec *s);
 // post_config: creates (first start) or takes over the lease table where a
 // scope has PidLockLease On, into st->leases. False after logging why.
 bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap, LeaseRetained *rd);

@@ -394,6 +394,35 @@ void lease_status_extra(State *st, int64_t now_us, bool actions, const char *non
     extra.metrics = render_leases_metrics(leases, c);
 }
 
+std::vector<Finding> lease_check_config(server_rec *s) {
+    std::vector<Finding> out;
+    module *dav = ap_find_linked_module("mod_dav.c");
+    if (!dav) return out;
+    auto check = [&](const ap_conf_vector_t *v, const char *host) {
+        const auto *d = static_cast<const DirConfig *>(ap_get_module_config(v, &pidlock_module));
+        if (!d || d->lease != 1) return;
+        // mod_dav's per-directory record begins with its provider's name:
+        // set by `Dav On` (or a provider), null under `Dav Off`.
+        const void *dc = ap_get_module_config(v, dav);
+        if (!dc || !*static_cast<const char *const *>(dc)) return;
+        out.push_back(Finding{true, std::string("PIDLOCK467: PidLockLease On and Dav On in the same scope (") +
+                                        (d->path ? d->path : "server") + ", " + host +
+                                        "): mod_dav would evaluate the If header and answer LOCK itself; "
+                                        "set PidLockLease Off or Dav Off there"});
+    };
+    for (server_rec *vs = s; vs; vs = vs->next) {
+        const char *host = vs->is_virtual ? "a virtual host" : "the main server";
+        check(vs->lookup_defaults, host);
+        const auto *core = static_cast<const core_server_config *>(ap_get_core_module_config(vs->module_config));
+        for (const apr_array_header_t *arr : {core->sec_dir, core->sec_url}) {
+            if (!arr) continue;
+            const auto *vecs = reinterpret_cast<ap_conf_vector_t *const *>(arr->elts);
+            for (int i = 0; i < arr->nelts; ++i) check(vecs[i], host);
+        }
+    }
+    return out;
+}
+
 bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap, LeaseRetained *rd) {
     if (!leases_configured(s)) return true;
     const ServerConfig *sc = server_config(s);

@@ -178,6 +178,7 @@ int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
         bool refused = false;
         std::vector<Finding> findings = check_startup(mpm, mod);
         for (Finding &f : check_scopes(gather_scopes(s))) findings.push_back(std::move(f));
+        for (Finding &f : lease_check_config(s)) findings.push_back(std::move(f));
         for (const Finding &f : findings) {
             // APLOG_STARTUP puts the line on stderr without a log prefix; the
             // second call puts it in the error log.

@@ -395,6 +395,26 @@ def t_full(mpm):
         h.cleanup()
 
 
+def t_dav_conflict(mpm):
+    """PidLockLease On beside Dav On in one section: refused at configtest;
+    in different sections: accepted."""
+    dav = ("LoadModule dav_module %s/mod_dav.so\nLoadModule dav_fs_module %s/mod_dav_fs.so\n"
+           "DavLockDB {root}/davlock\n" % (MODDIR, MODDIR))
+    for body, ok in (("<Location /dav/>\n  Dav On\n  PidLock On\n  PidLockKey path ^/dav/(.+)$\n"
+                      "  PidLockLease On\n</Location>\n", False),
+                     ("<Location /dav/>\n  Dav On\n</Location>\n", True)):
+        h = Httpd(mpm=mpm, body=LEASE_CONFIG + dav + body, name="leasedav-" + mpm,
+                  extra_modules=AUTH_MODULES)
+        try:
+            rc, out = h.configtest()
+        finally:
+            h.cleanup()
+        if ok:
+            check(rc == 0, "refused: %s" % out[-600:])
+        else:
+            check(rc != 0 and "PIDLOCK467" in out and "Dav Off" in out, "not refused: %s" % out[-600:])
+
+
 def run_lease_suite(mpm, record, only=None):
     try:
         h = server(mpm, "lease-" + mpm)
@@ -402,9 +422,12 @@ def run_lease_suite(mpm, record, only=None):
         record("lease/%s/start" % mpm, e)
         return
     run_on_server(h, LEASE_TESTS, "lease/%s" % mpm, record, only)
-    if not only or "full" in only:
+    # Tests with servers of their own.
+    for name, fn in (("full", t_full), ("dav_conflict", t_dav_conflict)):
+        if only and name not in only:
+            continue
         try:
-            t_full(mpm)
-            record("lease/%s/full" % mpm, None)
+            fn(mpm)
+            record("lease/%s/%s" % (mpm, name), None)
         except Exception as e:  # noqa: BLE001
-            record("lease/%s/full" % mpm, e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e))
+            record("lease/%s/%s" % (mpm, name), e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e))
