@@ -413,7 +413,11 @@ int fixups(request_rec *r) {
             }
             return DECLINED;
         }
-        if (!ap_is_initial_req(r)) return lock_follow_up(r, d, st, mode, keys);
+        if (!ap_is_initial_req(r)) {
+            // A redirect into a leased scope is checked against the lease too.
+            const int rc = lock_follow_up(r, d, st, mode, keys);
+            return rc == DECLINED ? lease_gate(r, d, mode, keys, locks_of(initial_request(r))) : rc;
+        }
 
         // A write that a lease refuses is refused at once, not queued.
         if (const int refused = lease_precheck(r, d, mode, keys)) return refused;

@@ -50,6 +50,9 @@ LEASE_CONFIG = r"""
 <Location /stats>
     SetHandler pidlock-testbackend-stats
 </Location>
+<Location /redir/>
+    SetHandler pidlock-testbackend-redirect
+</Location>
 <Location /auth/>
     SetHandler pidlock-testbackend
     AuthType Basic
@@ -220,6 +223,13 @@ def t_spellings(h):
     lock(h, "/mn/v2/object/a/b", want=423)
     check(lease_of(h, "a/b") is not None, "lease key is not canonical: %r" % status_json(h).get("leases"))
     check(h.request("UNLOCK", "/mn/v2/meta/a/b", headers={"Lock-Token": "<%s>" % tok}).status == 204, "unlock")
+    # An internal redirect from an unlocked scope into a leased one.
+    _, tok = lock(h, "/mn/v2/object/rd1")
+    r = put(h, "/redir/x?uri=/mn/v2/object/rd1")
+    check(r.status == 423, "redirected write without token -> %d" % r.status)
+    r = put(h, "/redir/x?uri=/mn/v2/object/rd1", tok)
+    check(r.status == 200 and r.text.startswith("ok lease write"), "redirected write with token -> %d" % r.status)
+    check(h.request("UNLOCK", "/mn/v2/object/rd1", headers={"Lock-Token": "<%s>" % tok}).status == 204, "unlock")
     # A scope without PidLockLease passes LOCK to the application.
     r = h.request("LOCK", "/nolease/x", headers={"X-Test-Pid": "nl"}, body=LOCKINFO)
     check(r.status == 200 and r.text.startswith("ok nl write"), "LOCK outside a lease scope: %d" % r.status)
