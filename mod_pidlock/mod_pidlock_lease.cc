@@ -128,7 +128,10 @@ int answer_refusal(request_rec *r, LeaseOutcome out, const LeaseView &v, const s
     if (out == LeaseOutcome::Locked) retry_after(r, v.expires_us);
     if (status == HTTP_FORBIDDEN) return answer(r, status, "This lease belongs to another user.\n", "text/plain; charset=utf-8");
     const int64_t now = wall_clock_us();
-    if (stale) shown = LeaseView(), shown.key = key;  // a stale token learns nothing of the new holder
+    if (stale) {  // a stale token learns nothing of the new holder
+        shown = LeaseView();
+        shown.key = key;
+    }
     if (accepts_json(r)) return answer(r, status, render_lease_refusal_json(shown, now, stale), "application/json");
     return answer(r, status, render_lease_refusal_text(shown, now, stale), "text/plain; charset=utf-8");
 }

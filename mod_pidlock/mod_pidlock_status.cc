@@ -147,8 +147,9 @@ int status_handler(request_rec *r) {
         std::string body;
         const int64_t now = wall_clock_us();
         const bool show_query = d->status_query == 1;
-        StatusExtra extra;
-        lease_status_extra(st, now, d->status_actions == 1, st->nonce, r->uri, extra);
+        StatusExtra extra;  // leases: not in ?auto
+        const bool text = has_arg(r->args, "auto") && !has_arg(r->args, "json");
+        if (!text) lease_status_extra(st, now, d->status_actions == 1, st->nonce, r->uri, extra);
         if (has_arg(r->args, "json")) {
             ap_set_content_type(r, "application/json");
             body = render_status_json(snap, *st->facts, now, show_query, &extra);
