@@ -16,10 +16,11 @@ CXXFLAGS_ALL = -std=c++17 $(WARN) -fPIC -O2 -g -fvisibility=hidden
 CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
             mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc \
-            mod_pidlock/pidlock_exits.cc
+            mod_pidlock/pidlock_exits.cc \
+            mod_pidlock/pidlock_lease.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pidlock/mod_pidlock_lifecycle.cc \
             mod_pidlock/mod_pidlock_request.cc mod_pidlock/mod_pidlock_status.cc mod_pidlock/mod_pidlock_body.cc \
-            mod_pidlock/mod_pidlock_watchdog.cc
+            mod_pidlock/mod_pidlock_watchdog.cc mod_pidlock/mod_pidlock_lease.cc
 HEADERS   = $(wildcard mod_pidlock/*.h)
 UNIT_SRCS = $(wildcard tests/unit/*.cc)
 UNIT_HDRS = $(wildcard tests/unit/*.h)
@@ -31,6 +32,7 @@ UNIT_SAN  = $(BUILD)/unit_tests_asan
 BENCH     = $(BUILD)/bench_table
 FUZZ      = $(BUILD)/fuzz_keys
 FUZZ_FORM = $(BUILD)/fuzz_form
+FUZZ_LEASE = $(BUILD)/fuzz_lease
 FUZZ_SECONDS ?= 60
 CLANGXX   = $(shell command -v clang++-14 || command -v clang++)
 
@@ -93,11 +95,18 @@ $(FUZZ_FORM): tests/fuzz/fuzz_form.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD
 	$(CLANGXX) -std=c++17 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -Imod_pidlock -o $@ \
 	    tests/fuzz/fuzz_form.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_key.cc
 
+# The lease header parsers (If, Timeout, Lock-Token, LOCK body owner).
+$(FUZZ_LEASE): tests/fuzz/fuzz_lease.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
+	$(CLANGXX) -std=c++17 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -Imod_pidlock -o $@ \
+	    tests/fuzz/fuzz_lease.cc mod_pidlock/pidlock_lease.cc mod_pidlock/pidlock_render.cc \
+	    mod_pidlock/pidlock_table.cc -lpthread
+
 fuzz: deps
-	@$(MAKE) --no-print-directory $(FUZZ) $(FUZZ_FORM)
-	@mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-form
+	@$(MAKE) --no-print-directory $(FUZZ) $(FUZZ_FORM) $(FUZZ_LEASE)
+	@mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-form $(BUILD)/fuzz-corpus-lease
 	$(FUZZ) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz-corpus tests/fuzz/corpus
 	$(FUZZ_FORM) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz-corpus-form tests/fuzz/corpus_form
+	$(FUZZ_LEASE) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD)/fuzz-corpus-lease tests/fuzz/corpus_lease
 
 install: deps
 	@$(MAKE) --no-print-directory $(MODULE)
@@ -113,7 +122,7 @@ test: deps
 	@sh scripts/install-deps-deb.sh
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ) $(FUZZ_FORM)
+test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ) $(FUZZ_FORM) $(FUZZ_LEASE)
 	@sh tests/run_all.sh $(BUILD)
 
 run: deps

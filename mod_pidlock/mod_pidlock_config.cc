@@ -27,6 +27,9 @@ void *create_dir_config(apr_pool_t *p, char *path) {
     d->key_required = kUnset;
     d->max_hold_ms = kUnset;
     d->release_sent = kUnset;
+    d->lease = kUnset;
+    d->lease_timeout_s = kUnset;
+    d->lease_max_s = kUnset;
     return d;
 }
 
@@ -49,6 +52,11 @@ void *merge_dir_config(apr_pool_t *p, void *basev, void *addv) {
     d->max_hold_ms = add->max_hold_ms != kUnset ? add->max_hold_ms : base->max_hold_ms;
     d->release_sent = add->release_sent != kUnset ? add->release_sent : base->release_sent;
     d->where = add->where ? add->where : base->where;
+    d->lease = add->lease != kUnset ? add->lease : base->lease;
+    // DEFAULT and MAX are set together: one line's pair wins as a whole.
+    const bool add_lt = add->lease_timeout_s != kUnset;
+    d->lease_timeout_s = add_lt ? add->lease_timeout_s : base->lease_timeout_s;
+    d->lease_max_s = add_lt ? add->lease_max_s : base->lease_max_s;
     return d;
 }
 
@@ -60,6 +68,7 @@ void *create_server_config(apr_pool_t *p, server_rec *) {
     s->thread_backend = kUnset;
     s->max_waiters_key = kUnset;
     s->max_waiters_total = kUnset;
+    s->lease_table_size = kUnset;
     return s;
 }
 
@@ -73,6 +82,8 @@ void *merge_server_config(apr_pool_t *p, void *basev, void *addv) {
     s->thread_backend = base->thread_backend;
     s->max_waiters_key = base->max_waiters_key;
     s->max_waiters_total = base->max_waiters_total;
+    s->lease_table_size = base->lease_table_size;
+    s->lease_used = add->lease_used | base->lease_used;
     return s;
 }
 
@@ -271,6 +282,41 @@ const char *set_max_waiters(cmd_parms *cmd, void *, const char *per_key, const c
     return nullptr;
 }
 
+const char *set_lease(cmd_parms *cmd, void *dv, int on) {
+    static_cast<DirConfig *>(dv)->lease = on ? 1 : 0;
+    if (on) server_config(cmd->server)->lease_used = 1;
+    return nullptr;
+}
+
+// PidLockLeaseTimeout DEFAULT [MAX]: without MAX, the larger of 3600 and
+// DEFAULT.
+const char *set_lease_timeout(cmd_parms *cmd, void *dv, const char *dflt, const char *max) {
+    constexpr apr_int64_t kMost = 86400 * 365;
+    apr_int64_t dv_s = 0, mv_s = 0;
+    if (!parse_count(dflt, 1, kMost, &dv_s))
+        return apr_psprintf(cmd->pool, "PidLockLeaseTimeout: '%s' is not a number of seconds from 1 to %" APR_INT64_T_FMT,
+                            dflt, kMost);
+    if (max && !parse_count(max, 1, kMost, &mv_s))
+        return apr_psprintf(cmd->pool, "PidLockLeaseTimeout: maximum '%s' is not a number of seconds from 1 to %"
+                            APR_INT64_T_FMT, max, kMost);
+    if (!max) mv_s = dv_s > 3600 ? dv_s : 3600;
+    if (dv_s > mv_s)
+        return apr_psprintf(cmd->pool, "PidLockLeaseTimeout: the default %s is above the maximum %s", dflt, max);
+    auto *d = static_cast<DirConfig *>(dv);
+    d->lease_timeout_s = dv_s;
+    d->lease_max_s = mv_s;
+    return nullptr;
+}
+
+const char *set_lease_table_size(cmd_parms *cmd, void *, const char *arg) {
+    if (const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) return err;
+    apr_int64_t v = 0;
+    if (!parse_count(arg, 1, 1 << 20, &v))
+        return apr_psprintf(cmd->pool, "PidLockLeaseTableSize: '%s' is not a count from 1 to 1048576", arg);
+    server_config(cmd->server)->lease_table_size = v;
+    return nullptr;
+}
+
 // httpd keeps every directive handler as one generic pointer type.
 template <typename F>
 cmd_func as_cmd(F f) {
@@ -288,6 +334,12 @@ const command_rec pidlock_cmds[] = {
                   "first (the first source that yields a key) or all (every one adds a lock)"),
     AP_INIT_FLAG("PidLockKeyRequired", as_cmd(set_key_required), nullptr, ACCESS_CONF,
                  "On to refuse (400) a locking request that yields no key"),
+    AP_INIT_FLAG("PidLockLease", as_cmd(set_lease), nullptr, ACCESS_CONF,
+                 "On to allow edit leases (WebDAV LOCK/UNLOCK) on the keys of this scope"),
+    AP_INIT_TAKE12("PidLockLeaseTimeout", as_cmd(set_lease_timeout), nullptr, RSRC_CONF | ACCESS_CONF,
+                   "idle timeout of a lease and the most a client may ask for, in seconds (default 1800 3600)"),
+    AP_INIT_TAKE1("PidLockLeaseTableSize", as_cmd(set_lease_table_size), nullptr, RSRC_CONF,
+                  "most leases held at once (default 1024)"),
     AP_INIT_TAKE1("PidLockBodyBuffer", as_cmd(set_body_buffer), nullptr, RSRC_CONF,
                   "most bytes of a body held in memory while a form key is looked for (default 65536)"),
     AP_INIT_TAKE_ARGV("PidLockMethod", as_cmd(set_method), nullptr,

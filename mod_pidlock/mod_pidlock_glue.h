@@ -13,6 +13,7 @@
 #include "pidlock_backend.h"
 #include "pidlock_checks.h"
 #include "pidlock_key.h"
+#include "pidlock_lease.h"
 #include "pidlock_render.h"
 #include "pidlock_table.h"
 
@@ -67,6 +68,9 @@ struct DirConfig {
     const char *where;           // file:line of PidLock or PidLockTimeout, for warnings
     const char *section;         // "<Location", "<Directory", ... or null (server scope)
     const char *path;            // the section's path
+    int lease;                   // PidLockLease: kUnset, 0, 1
+    apr_int64_t lease_timeout_s; // PidLockLeaseTimeout DEFAULT: kUnset or seconds
+    apr_int64_t lease_max_s;     // PidLockLeaseTimeout MAX: kUnset or seconds
 };
 
 struct ServerConfig {
@@ -78,6 +82,8 @@ struct ServerConfig {
     const char *table_size_where;
     apr_int64_t max_waiters_key;    // PidLockMaxWaiters: kUnset or >= 1
     apr_int64_t max_waiters_total;  // kUnset or 0 (auto) or >= 1
+    apr_int64_t lease_table_size;  // PidLockLeaseTableSize: kUnset or N (main server only)
+    int lease_used;                // PidLockLease On somewhere in this host's configuration
 };
 
 // PidLockMaxWaiters as it applies: per key, and in all (auto resolved).
@@ -118,6 +124,9 @@ struct State {
     void *exits;                // the exit list (shared backend); null: none
     uint64_t *exits_published;  // the parent's own count (retained)
     char nonce[33];
+    LeaseStore *leases;            // null where no scope has PidLockLease On
+    StripeLocks *lease_locks;
+    apr_global_mutex_t **lease_mutex;
 };
 extern State *g_state;
 
@@ -176,6 +185,38 @@ int status_handler(request_rec *r);
 int mod_status_hook(request_rec *r, int flags);
 
 bool accepts_json(request_rec *r);
+
+// ----------------------------------------------- edit leases (_lease.cc)
+
+// What survives a restart for the lease table: its region and its mutex
+// (a member of the lifecycle's retained data).
+struct LeaseRetained {
+    apr_shm_t *shm;
+    apr_global_mutex_t *mutex;
+    LeaseParams params;
+};
+// check_config: PidLockLease On beside mod_dav's Dav On in one section is
+// refused (PIDLOCK467).
+std::vector<Finding> lease_check_config(server_rec *s);
+// post_config: creates (first start) or takes over the lease table where a
+// scope has PidLockLease On, into st->leases. False after logging why.
+bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap, LeaseRetained *rd);
+void lease_child_init(apr_pool_t *p, server_rec *s);
+// The fixup's lease step, for an initial request whose locks (`rl`) were
+// just granted on `keys`: answers LOCK and UNLOCK itself (DONE), refuses a
+// write the lease forbids (its locks released first), else DECLINED.
+int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<std::string> &keys,
+               RequestLocks *rl);
+// Before the locks are asked for: a write without a token on a leased key
+// is refused at once (423) rather than queued; a malformed If gets 400.
+// 0 otherwise.
+int lease_precheck(request_rec *r, const DirConfig *d, Mode mode, const std::vector<std::string> &keys);
+// Status page POST action=release|steal (after Break's checks passed).
+int lease_status_action(request_rec *r, const DirConfig *d, State *st, const std::string &action,
+                        const std::string &key);
+// The status page's lease parts, from one snapshot.
+void lease_status_extra(State *st, int64_t now_us, bool actions, const char *nonce, const char *form_action,
+                        StatusExtra &extra);
 
 }  // namespace glue
 }  // namespace pidlock

@@ -41,6 +41,8 @@ apr_status_t forget_state(void *) {
         if (g_state->table) g_state->table->~LockTable();
         if (g_state->facts) g_state->facts->~ServerFacts();
         if (g_state->locks) g_state->locks->~StripeLocks();
+        if (g_state->leases) g_state->leases->~LeaseStore();
+        if (g_state->lease_locks) g_state->lease_locks->~StripeLocks();
     }
     g_state = nullptr;
     return APR_SUCCESS;
@@ -178,6 +180,7 @@ int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
         bool refused = false;
         std::vector<Finding> findings = check_startup(mpm, mod);
         for (Finding &f : check_scopes(gather_scopes(s))) findings.push_back(std::move(f));
+        for (Finding &f : lease_check_config(s)) findings.push_back(std::move(f));
         for (const Finding &f : findings) {
             // APLOG_STARTUP puts the line on stderr without a log prefix; the
             // second call puts it in the error log.
@@ -213,6 +216,7 @@ struct Retained {
     uint64_t exits_published;  // the parent's own count of exits published
     char mech[32];
     char nonce[33];
+    LeaseRetained lease;
 };
 const char *const kRetainedKey = "mod_pidlock-retained";
 
@@ -372,6 +376,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(rd->nonce + 2 * i, 3, "%02x", raw[i]);
         }
         apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
+        if (!lease_post_config(s, pconf, st, mod.key_cap, &rd->lease)) return HTTP_INTERNAL_SERVER_ERROR;
         g_state = st;
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
@@ -410,6 +415,7 @@ void child_status(server_rec *, pid_t pid, ap_generation_t, int, mpm_child_statu
 }
 
 void child_init(apr_pool_t *p, server_rec *s) {
+    lease_child_init(p, s);
     if (!g_state) return;
     int gen = 0;
     if (ap_mpm_query(AP_MPMQ_GENERATION, &gen) == APR_SUCCESS) {

@@ -424,8 +424,14 @@ int fixups(request_rec *r) {
             }
             return DECLINED;
         }
-        if (!ap_is_initial_req(r)) return lock_follow_up(r, d, st, mode, keys);
+        if (!ap_is_initial_req(r)) {
+            // A redirect into a leased scope is checked against the lease too.
+            const int rc = lock_follow_up(r, d, st, mode, keys);
+            return rc == DECLINED ? lease_gate(r, d, mode, keys, locks_of(initial_request(r))) : rc;
+        }
 
+        // A write that a lease refuses is refused at once, not queued.
+        if (const int refused = lease_precheck(r, d, mode, keys)) return refused;
         const apr_int64_t timeout_ms = d->timeout_ms == kUnset ? 30000 : d->timeout_ms;
         auto *rl = static_cast<RequestLocks *>(apr_pcalloc(r->pool, sizeof(RequestLocks)));
         new (&rl->sets[0]) LockSet();
@@ -452,7 +458,8 @@ int fixups(request_rec *r) {
         if (mode == Mode::Write && rl->sets[0].fence())
             apr_table_setn(r->headers_in, kFenceHeader,
                            apr_psprintf(r->pool, "%" APR_UINT64_T_FMT, rl->sets[0].fence()));
-        return DECLINED;
+        // Checked again now that it is this writer's turn; LOCK and UNLOCK end here.
+        return lease_gate(r, d, mode, keys, rl);
     } catch (const std::bad_alloc &) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: out of memory while locking");
         return HTTP_INTERNAL_SERVER_ERROR;

@@ -102,6 +102,8 @@ int status_break(request_rec *r, const DirConfig *d, State *st) {
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "PIDLOCK204: lock break refused: missing or wrong nonce");
         return HTTP_FORBIDDEN;
     }
+    if ((action == "release" || action == "steal") && have_key && !key.empty())
+        return lease_status_action(r, d, st, action, key);
     if (action != "break" || !have_key || key.empty()) return HTTP_BAD_REQUEST;
     const int n = st->backend->break_key(KeyRef{key.data(), key.size()});
     if (n < 0) return HTTP_INTERNAL_SERVER_ERROR;
@@ -145,21 +147,25 @@ int status_handler(request_rec *r) {
         std::string body;
         const int64_t now = wall_clock_us();
         const bool show_query = d->status_query == 1;
+        StatusExtra extra;  // leases: not in ?auto
+        const bool text = has_arg(r->args, "auto") && !has_arg(r->args, "json");
+        if (!text) lease_status_extra(st, now, d->status_actions == 1, st->nonce, r->uri, extra);
         if (has_arg(r->args, "json")) {
             ap_set_content_type(r, "application/json");
-            body = render_status_json(snap, *st->facts, now, show_query);
+            body = render_status_json(snap, *st->facts, now, show_query, &extra);
         } else if (has_arg(r->args, "auto")) {
             ap_set_content_type(r, "text/plain; charset=utf-8");
             body = render_status_auto(snap, *st->facts);
         } else if (has_arg(r->args, "metrics")) {
             ap_set_content_type(r, "text/plain; version=0.0.4; charset=utf-8");
-            body = render_status_metrics(snap, *st->facts);
+            body = render_status_metrics(snap, *st->facts, &extra);
         } else {
             PageOptions opt;
             opt.actions = d->status_actions == 1;
             if (opt.actions) opt.nonce = st->nonce;
             opt.form_action = r->uri;
             opt.show_query = show_query;
+            opt.extra = &extra;
             const std::string stale = arg_value(r->args, "stale");
             if (!stale.empty()) {
                 const apr_int64_t secs = apr_atoi64(stale.c_str());

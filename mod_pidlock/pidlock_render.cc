@@ -130,6 +130,21 @@ std::string iso8601_utc(int64_t us) {
     return buf;
 }
 
+std::string text_escape(const std::string &s) {
+    std::string o;
+    char buf[8];
+    for (char ch : s) {
+        const unsigned char u = static_cast<unsigned char>(ch);
+        if (u < 0x20 || u == 0x7F) {
+            std::snprintf(buf, sizeof buf, "\\x%02x", u);
+            o += buf;
+        } else {
+            o.push_back(ch);
+        }
+    }
+    return o;
+}
+
 std::string status_uri(const std::string &uri, bool show_query) {
     const size_t q = uri.find('?');
     if (show_query || q == std::string::npos) return uri;
@@ -148,7 +163,7 @@ bool key_fits_form(const std::string &key) {
 }
 
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us, bool show_query) {
+                               int64_t now_us, bool show_query, const StatusExtra *extra) {
     std::string o;
     o.reserve(512 + snap.locks.size() * 400);
     o += "{\"version\": ";
@@ -179,14 +194,17 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         {"refused_waiters", c.refused_waiters}};
     o += "},\n \"counters\": {";
     bool first = true;
-    for (const auto &kv : counters) {
+    auto counter = [&](const char *name, uint64_t v) {
         if (!first) o += ", ";
         first = false;
         o += '"';
-        o += kv.first;
+        o += name;
         o += "\": ";
-        append_u64(o, kv.second);
-    }
+        append_u64(o, v);
+    };
+    for (const auto &kv : counters) counter(kv.first, kv.second);
+    if (extra)
+        for (const auto &kv : extra->counters) counter(kv.first, kv.second);
     o += "},\n \"locks\": [";
     first = true;
     for (const LockView &l : snap.locks) {
@@ -236,7 +254,9 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         o += waiters;
         o += "]}";
     }
-    o += "]}\n";
+    o += "]";
+    if (extra) o += extra->json_members;
+    o += "}\n";
     return o;
 }
 
@@ -345,7 +365,8 @@ std::string render_mod_status_section(const TableSnapshot &snap, const ServerFac
     return o;
 }
 
-std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts) {
+std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts,
+                                  const StatusExtra *extra) {
     std::string o;
     auto head = [&](const char *name, const char *type, const char *help) {
         o += "# HELP ";
@@ -423,6 +444,7 @@ std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &
     std::snprintf(sum, sizeof sum, "pidlock_wait_seconds_sum %.6f\n", static_cast<double>(c.wait_sum_us) / 1e6);
     o += sum;
     sample("pidlock_wait_seconds_count", "", cum);
+    if (extra) o += extra->metrics;
     return o;
 }
 
@@ -557,6 +579,7 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
         }
         o += "</table>\n";
     }
+    if (opt.extra) o += opt.extra->html;
     o += "<p>Oldest first. Rows in red have been held longer than ";
     html_escape(o, format_duration(opt.stale_us));
     o += " (<code>?stale=SECONDS</code>). Also as <a href=\"?json\">JSON</a>, "
@@ -595,16 +618,7 @@ std::string render_busy_text(const BusyReport &rep, double timeout_s) {
     std::snprintf(buf, sizeof buf, "%.3f", timeout_s);
     o += buf;
     o += rep.too_many_waiting ? " s: too many requests are waiting for it.\nkey: " : " s.\nkey: ";
-    // Plain text, but still no raw control bytes into a terminal.
-    for (char ch : rep.key) {
-        const unsigned char u = static_cast<unsigned char>(ch);
-        if (u < 0x20 || u == 0x7F) {
-            std::snprintf(buf, sizeof buf, "\\x%02x", u);
-            o += buf;
-        } else {
-            o.push_back(ch);
-        }
-    }
+    o += text_escape(rep.key);
     o += "\nmode held: ";
     o += mode_name(rep.held_mode);
     o += "\nholders: ";

@@ -7,6 +7,8 @@
 #define PIDLOCK_RENDER_H
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "pidlock_table.h"
 
@@ -24,6 +26,8 @@ struct ServerFacts {
 bool json_string(std::string &out, const std::string &s);
 void html_escape(std::string &out, const std::string &s);
 std::string hex_bytes(const std::string &s);
+// Plain text, but no raw control bytes into a terminal: they become \xNN.
+std::string text_escape(const std::string &s);
 // RFC 3339 UTC with milliseconds: 2026-11-22T01:02:03.456Z
 std::string iso8601_utc(int64_t us);
 
@@ -34,8 +38,17 @@ std::string status_uri(const std::string &uri, bool show_query);
 // control bytes or DEL. Other keys travel as `key_hex`.
 bool key_fits_form(const std::string &key);
 
+// What other parts of the module add to the status page: counters into
+// `counters`, members after `locks` in ?json (each ", \"name\": value"),
+// sections after the locks in HTML, series in ?metrics.
+struct StatusExtra {
+    std::vector<std::pair<const char *, uint64_t>> counters;
+    std::string json_members, html, metrics;
+};
+
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
-                               int64_t now_us, bool show_query = false);
+                               int64_t now_us, bool show_query = false,
+                               const StatusExtra *extra = nullptr);
 // What the HTML page offers at this location.
 struct PageOptions {
     bool actions = false;       // PidLockStatusActions On: a Break form per lock
@@ -44,6 +57,7 @@ struct PageOptions {
     int64_t stale_us = 60 * 1000000LL;  // held longer than this: highlighted
     int refresh_s = 0;          // reload every N seconds (0: never)
     bool show_query = false;    // PidLockStatusQuery On: holders' query strings shown
+    const StatusExtra *extra = nullptr;
 };
 
 std::string render_status_html(const TableSnapshot &snap, const ServerFacts &facts,
@@ -56,7 +70,8 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
 std::string render_mod_status_section(const TableSnapshot &snap, const ServerFacts &facts,
                                       size_t max_locks = 50);
 // Prometheus text exposition format, version 0.0.4.
-std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts);
+std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts,
+                                  const StatusExtra *extra = nullptr);
 
 // The body of a busy answer: never another client's address or user name.
 std::string render_busy_json(const BusyReport &rep, double timeout_s);

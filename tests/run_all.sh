@@ -75,9 +75,11 @@ run_fuzz() {
         failed=$((failed + 1))
     fi
 }
-# Key extraction and rendering; the form-body scanner.
+# Key extraction and rendering; the form-body scanner; the lease parsers.
 run_fuzz fuzz_keys tests/fuzz/corpus fuzz-corpus
 run_fuzz fuzz_form tests/fuzz/corpus_form fuzz-corpus-form
+# The lease header parsers.
+run_fuzz fuzz_lease tests/fuzz/corpus_lease fuzz-corpus-lease
 
 # A suite whose runner closes with "<name>: N passed, M failed".
 run_counted() {

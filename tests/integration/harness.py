@@ -391,3 +391,26 @@ def poll(fn, timeout=3.0, interval=0.02):
         time.sleep(interval)
         v = fn()
     return v
+
+
+def run_on_server(h, tests, prefix, record, only=None):
+    """Runs (name, fn(h)) tests against one started server, recording each as
+    prefix/name (a crash line in the error log fails the test), then stops
+    the server and records prefix/clean_shutdown."""
+    try:
+        for name, fn in tests:
+            if only and name not in only:
+                continue
+            err = None
+            try:
+                fn(h)
+            except Exception as e:  # noqa: BLE001
+                err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
+            crashes = Httpd.crash_lines(h.log_since_mark())
+            if crashes and err is None:
+                err = "error log: " + " | ".join(crashes[:3])
+            record("%s/%s" % (prefix, name), err)
+    finally:
+        clean = h.stop()
+        record("%s/clean_shutdown" % prefix, None if clean else "httpd did not stop cleanly")
+        h.cleanup()

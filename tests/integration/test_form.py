@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from harness import HOST, MODDIR, Httpd, check, poll
+from harness import HOST, MODDIR, Httpd, check, poll, run_on_server
 
 FNV_OFFSET = 1469598103934665603
 FNV_PRIME = 1099511628211
@@ -840,23 +840,7 @@ def run_form_suite(mpm, record, only=None):
     except Exception as e:  # noqa: BLE001
         record("form/%s/start" % mpm, e)
         return
-    try:
-        for name, fn in FORM_TESTS:
-            if only and name not in only:
-                continue
-            err = None
-            try:
-                fn(h)
-            except Exception as e:  # noqa: BLE001
-                err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
-            crashes = Httpd.crash_lines(h.log_since_mark())
-            if crashes and err is None:
-                err = "error log: " + " | ".join(crashes[:3])
-            record("form/%s/%s" % (mpm, name), err)
-    finally:
-        clean = h.stop()
-        record("form/%s/clean_shutdown" % mpm, None if clean else "httpd did not stop cleanly")
-        h.cleanup()
+    run_on_server(h, FORM_TESTS, "form/%s" % mpm, record, only)
     # Suites with servers of their own.
     for name, fn in (("wsgi", t_wsgi), ("dataone_example", t_dataone_example)):
         if only and name not in only:

@@ -1,5 +1,6 @@
 #include <string>
 
+#include "pidlock_lease.h"
 #include "pidlock_render.h"
 
 #include "CppUTest/TestHarness.h"
@@ -163,6 +164,40 @@ TEST(Render, StatusJsonHasContractFields) {
     for (const char *m : must)
         if (j.find(m) == std::string::npos) FAIL((std::string("missing ") + m + " in " + j).c_str());
     CHECK(j.find("key_hex") == std::string::npos);
+}
+
+TEST(Render, StatusExtrasLeases) {
+    // Leases as the status page adds them: counters in `counters`, a
+    // `leases` array, an HTML section, Prometheus series; still valid JSON.
+    LeaseView v;
+    v.key = "bad\xFFkey";
+    v.owner = "Ann \"<b>\"";
+    v.granted_us = v.idle_since_us = 1795309323456000;
+    v.expires_us = v.granted_us + 60000000;
+    v.id = "0badcafe";
+    LeaseCounters c;
+    c.granted = 5;
+    c.refusals = 2;
+    StatusExtra extra;
+    extra.counters = lease_counter_fields(c);
+    extra.json_members = ",\n \"leases\": " + render_leases_json({v});
+    extra.html = render_leases_html({v}, v.granted_us, true, "n", "/s");
+    extra.metrics = render_leases_metrics({v}, c);
+    const std::string j = render_status_json(sample("k"), facts(), 1795309324690000, false, &extra);
+    CHECK_TRUE(valid_json(j));
+    for (const char *m : {"\"leases_granted\": 5", "\"leases_renewed\": 0", "\"leases_released\": 0",
+                          "\"leases_expired\": 0", "\"leases_stolen\": 0", "\"lease_refusals\": 2",
+                          "\"leases\": [", "\"key_hex\": \"626164ff6b6579\"", "\"id\": \"0badcafe\""})
+        if (j.find(m) == std::string::npos) FAIL((std::string("missing ") + m + " in " + j).c_str());
+    CHECK(render_status_json(sample("k"), facts(), 0).find("leases") == std::string::npos);
+    PageOptions opt;
+    opt.extra = &extra;
+    const std::string h = render_status_html(sample("k"), facts(), 0, opt);
+    CHECK(h.find("<h2>Leases (1)</h2>") != std::string::npos);
+    CHECK(h.find("Ann &quot;&lt;b&gt;&quot;") != std::string::npos);
+    CHECK(h.find("name=\"key_hex\" value=\"626164ff6b6579\"") != std::string::npos);
+    const std::string m = render_status_metrics(sample("k"), facts(), &extra);
+    CHECK(m.find("pidlock_lease_events_total{event=\"refused\"} 2\n") != std::string::npos);
 }
 
 TEST(Render, StatusJsonOddKeysStayValid) {

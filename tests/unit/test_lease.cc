@@ -1,0 +1,478 @@
+// Edit leases: tokens, the If / Timeout / Lock-Token / owner parsers, and the
+// lease table with an injected clock, in one process and over fork()ed ones.
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "concurrency.h"
+#include "pidlock_lease.h"
+#include "pidlock_locks.h"
+
+#include "CppUTest/TestHarness.h"
+
+using namespace pidlock;
+
+namespace {
+
+LeaseToken token_of(uint8_t seed) {
+    uint8_t raw[16];
+    for (int i = 0; i < 16; ++i) raw[i] = static_cast<uint8_t>(seed * 31 + i * 7);
+    return lease_token_from_random(raw);
+}
+
+constexpr int64_t kSec = 1000000;
+constexpr int64_t kT0 = 1800000000LL * kSec;  // 2027
+
+LeaseRequest req(const char *owner, const char *user = "", uint32_t timeout = 60) {
+    LeaseRequest r;
+    r.owner = owner;
+    r.user = user;
+    r.client = "192.0.2.1";
+    r.timeout_s = timeout;
+    return r;
+}
+
+}  // namespace
+
+TEST_GROUP(LeaseToken){};
+
+TEST(LeaseToken, UrnRoundTripsAndIsVersion4) {
+    const LeaseToken t = token_of(1);
+    const std::string urn = lease_token_urn(t);
+    CHECK_EQUAL(45u, urn.size());
+    CHECK(urn.compare(0, 9, "urn:uuid:") == 0);
+    CHECK_EQUAL('4', urn[9 + 14]);
+    CHECK(strchr("89ab", urn[9 + 19]) != nullptr);
+    LeaseToken back;
+    CHECK(lease_token_parse(urn, back));
+    CHECK(lease_token_equal(t, back));
+    std::string upper = urn;
+    for (size_t i = 9; i < upper.size(); ++i) upper[i] = static_cast<char>(toupper(upper[i]));
+    upper.replace(0, 9, "URN:UUID:");
+    CHECK(lease_token_parse(upper, back));
+    CHECK(lease_token_equal(t, back));
+}
+
+TEST(LeaseToken, MalformedTokensRefused) {
+    LeaseToken t;
+    const char *bad[] = {"", "urn:uuid:", "opaquelocktoken:12345678-1234-4234-8234-123456789abc",
+                         "urn:uuid:12345678-1234-4234-8234-123456789ab", "urn:uuid:12345678-1234-4234-8234-123456789abcd",
+                         "urn:uuid:12345678+1234-4234-8234-123456789abc", "urn:uuid:1234567g-1234-4234-8234-123456789abc",
+                         "DAV:no-lock"};
+    for (const char *b : bad) CHECK_FALSE_TEXT(lease_token_parse(b, t), b);
+}
+
+TEST(LeaseToken, KeepsAtLeast122RandomBits) {
+    // Every bit outside the version and variant fields follows the input.
+    uint8_t zero[16] = {}, ones[16];
+    memset(ones, 0xFF, sizeof ones);
+    const LeaseToken a = lease_token_from_random(zero), b = lease_token_from_random(ones);
+    int differ = 0;
+    for (int i = 0; i < 16; ++i)
+        for (int bit = 0; bit < 8; ++bit) differ += ((a.b[i] ^ b.b[i]) >> bit) & 1;
+    CHECK_EQUAL(122, differ);
+}
+
+TEST(LeaseToken, EqualityAndShortId) {
+    const LeaseToken a = token_of(1), b = token_of(2);
+    CHECK(lease_token_equal(a, a));
+    CHECK_FALSE(lease_token_equal(a, b));
+    LeaseToken c = a;
+    c.b[15] ^= 1;
+    CHECK_FALSE(lease_token_equal(a, c));
+    const std::string id = lease_token_id(a);
+    CHECK_EQUAL(8u, id.size());
+    CHECK(lease_token_urn(a).find(id) == std::string::npos);
+    CHECK(id != lease_token_id(b));
+    CHECK_EQUAL(id, lease_token_id(a));
+}
+
+TEST_GROUP(LeaseParsers){};
+
+TEST(LeaseParsers, IfUntaggedLists) {
+    std::vector<IfList> l;
+    CHECK(parse_if_header("(<urn:uuid:a>)", l));
+    CHECK_EQUAL(1u, l.size());
+    CHECK(l[0].tag.empty());
+    CHECK_EQUAL("urn:uuid:a", l[0].conditions[0].value);
+    CHECK(parse_if_header(" ( <urn:uuid:a> [\"etag\"] ) (Not <DAV:no-lock> [W/\"x\"])", l));
+    CHECK_EQUAL(2u, l.size());
+    CHECK_EQUAL(2u, l[0].conditions.size());
+    CHECK(l[0].conditions[1].etag);
+    CHECK(l[1].conditions[0].negated);
+    CHECK(l[1].conditions[1].etag);
+    const std::vector<std::string> t = if_submitted_tokens(l);
+    CHECK_EQUAL(1u, t.size());
+    CHECK_EQUAL("urn:uuid:a", t[0]);
+}
+
+TEST(LeaseParsers, IfTaggedLists) {
+    std::vector<IfList> l;
+    CHECK(parse_if_header("<http://h/mn/v2/object/x> (<urn:uuid:a>) (<urn:uuid:b>) </other> (<urn:uuid:a>)", l));
+    CHECK_EQUAL(3u, l.size());
+    CHECK_EQUAL("http://h/mn/v2/object/x", l[0].tag);
+    CHECK_EQUAL("http://h/mn/v2/object/x", l[1].tag);
+    CHECK_EQUAL("/other", l[2].tag);
+    const std::vector<std::string> t = if_submitted_tokens(l);
+    CHECK_EQUAL(2u, t.size());
+    CHECK_EQUAL("urn:uuid:b", t[1]);
+    CHECK(parse_if_header("(NOT <urn:uuid:a>)", l));
+    CHECK(if_submitted_tokens(l).empty());
+}
+
+TEST(LeaseParsers, IfMalformed) {
+    const char *bad[] = {"", "   ", "()", "(", ")", "(<urn:uuid:a>", "<urn:uuid:a>", "(urn:uuid:a)",
+                         "(<>)", "(<a b>)", "(<a>) <tag> (<b>)", "<tag> (<a>) (<b>) <t2>",
+                         "<tag> <t2> (<a>)", "(Not)", "(Not urn)", "(Nota <x>)x", "([etag])",
+                         "([\"e\")", "(<a>) x", "(<a<b>)", "([\"e\"]", "(<a>)(", "(Not <a>",
+                         "<t>"};
+    std::vector<IfList> l;
+    for (const char *b : bad) CHECK_FALSE_TEXT(parse_if_header(b, l), b);
+}
+
+TEST(LeaseParsers, Timeout) {
+    int64_t s = 0;
+    CHECK(parse_timeout_header("Second-600", &s));
+    CHECK_EQUAL(600, s);
+    CHECK(parse_timeout_header("Infinite, Second-4100000000", &s));
+    CHECK_EQUAL(-1, s);
+    CHECK(parse_timeout_header(" second-5 ,infinite ", &s));
+    CHECK_EQUAL(5, s);
+    CHECK(parse_timeout_header("Second-4294967295", &s));
+    CHECK_EQUAL(4294967295LL, s);
+    CHECK(parse_timeout_header("Second-0000000000000000000042", &s));
+    CHECK_EQUAL(42, s);
+    const char *bad[] = {"", " ", "Second-", "Second-4294967296", "Second-99999999999999999999999",
+                         "Second--1", "Second-1x", "Seconds-1", "Infinity", "Second-1,", ",Second-1",
+                         "Second-1,,Second-2", "Second-1 Second-2", "Second-1, Extend"};
+    for (const char *b : bad) CHECK_FALSE_TEXT(parse_timeout_header(b, &s), b);
+}
+
+TEST(LeaseParsers, TimeoutBoundedByConfig) {
+    CHECK_EQUAL(1800u, lease_timeout_for(-1, 1800, 3600));
+    CHECK_EQUAL(600u, lease_timeout_for(600, 1800, 3600));
+    CHECK_EQUAL(3600u, lease_timeout_for(4294967295LL, 1800, 3600));
+    CHECK_EQUAL(1u, lease_timeout_for(0, 1800, 3600));
+}
+
+TEST(LeaseParsers, LockToken) {
+    std::string u;
+    CHECK(parse_lock_token_header("<urn:uuid:a>", u));
+    CHECK_EQUAL("urn:uuid:a", u);
+    CHECK(parse_lock_token_header("  <urn:uuid:b>  ", u));
+    CHECK_EQUAL("urn:uuid:b", u);
+    const char *bad[] = {"", "urn:uuid:a", "<urn:uuid:a", "<>", "<a> <b>", "<a>x", "<a b>"};
+    for (const char *b : bad) CHECK_FALSE_TEXT(parse_lock_token_header(b, u), b);
+}
+
+TEST(LeaseParsers, Owner) {
+    std::string o;
+    CHECK(parse_lock_owner("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<D:lockinfo xmlns:D=\"DAV:\">"
+                           "<D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
+                           "<D:owner>\n  <D:href>mailto:a@example.org</D:href>\n</D:owner></D:lockinfo>",
+                           256, o));
+    CHECK_EQUAL("mailto:a@example.org", o);
+    CHECK(parse_lock_owner("<lockinfo xmlns='DAV:'><owner>Ann &amp; Bo &lt;3 &#65;&#x42; <![CDATA[<x>]]></owner></lockinfo>",
+                           256, o));
+    CHECK_EQUAL("Ann & Bo <3 AB <x>", o);
+    CHECK(parse_lock_owner("<a:lockinfo xmlns:a='DAV:'><a:owner/></a:lockinfo>", 256, o));
+    CHECK_EQUAL("", o);
+    CHECK(parse_lock_owner("", 256, o));
+    CHECK_EQUAL("", o);
+    CHECK(parse_lock_owner("<D:owner>\xC3\xA9\xC3\xA9\xC3\xA9</D:owner>", 5, o));
+    CHECK_EQUAL("\xC3\xA9\xC3\xA9", o);
+    CHECK(parse_lock_owner("<owner>abc def</owner>", 4, o));
+    CHECK_EQUAL("abc", o);
+    CHECK(parse_lock_owner("<owner>a<!-- c -->b</owner><owner>second</owner>", 256, o));
+    CHECK_EQUAL("ab", o);
+}
+
+TEST(LeaseParsers, OwnerRefusesEntitiesAndBrokenXml) {
+    std::string o;
+    const char *bad[] = {"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><owner>&e;</owner>",
+                         "<owner>&e;</owner>", "<owner>&#0;</owner>", "<owner>&#xD800;</owner>",
+                         "<owner>&#x110000;</owner>", "<owner>x", "<owner", "<owner>&amp</owner>",
+                         "<!-- x", "<![CDATA[x", "<?pi", "<>", "<owner><a<b></owner>"};
+    for (const char *b : bad) CHECK_FALSE_TEXT(parse_lock_owner(b, 256, o), b);
+}
+
+// ------------------------------------------------------------------ table
+
+TEST_GROUP(LeaseTable) {
+    void *mem = nullptr;
+    PthreadStripeLocks *locks = nullptr;
+    void *mutex_mem = nullptr;
+    LeaseTable *t = nullptr;
+    LeaseParams p;
+    size_t size = 0;
+
+    void setup() override {
+        p.capacity = 4;
+        p.key_cap = 64;
+        size = LeaseTable::region_size(p);
+        mem = map_shared(size);
+        mutex_mem = map_shared(PthreadStripeLocks::region_size(1));
+        CHECK_EQUAL(0, PthreadStripeLocks::init(mutex_mem, 1, true));
+        locks = new PthreadStripeLocks(mutex_mem, 1);
+        CHECK(LeaseTable::format(mem, size, p));
+        t = new LeaseTable(mem, locks);
+        CHECK(t->valid());
+    }
+    void teardown() override {
+        delete t;
+        delete locks;
+        munmap(mem, size);
+        munmap(mutex_mem, PthreadStripeLocks::region_size(1));
+    }
+    LeaseCounters counters() {
+        std::vector<LeaseView> v;
+        LeaseCounters c;
+        CHECK(t->snapshot(kT0, v, c));
+        return c;
+    }
+};
+
+TEST(LeaseTable, RegionChecks) {
+    LeaseParams bad;
+    CHECK_EQUAL(0u, LeaseTable::region_size(bad));
+    char junk[512] = {};
+    LeaseTable none(junk, locks);
+    CHECK_FALSE(none.valid());
+    CHECK_FALSE(LeaseTable::format(mem, 16, p));
+}
+
+TEST(LeaseTable, GrantThenOthersLocked) {
+    LeaseView v;
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("pid1", {}, req("ann"), a, kT0, &v));
+    CHECK_EQUAL("pid1", v.key);
+    CHECK_EQUAL("ann", v.owner);
+    CHECK_EQUAL(kT0 + 60 * kSec, v.expires_us);
+    CHECK_EQUAL(lease_token_id(a), v.id);
+    LeaseView other;
+    CHECK(LeaseOutcome::Locked == t->lock("pid1", {}, req("bo"), token_of(2), kT0 + kSec, &other));
+    CHECK_EQUAL("ann", other.owner);
+    // Writes: none without the token, none with another, one with it.
+    CHECK(LeaseOutcome::Locked == t->check_write("pid1", {}, false, "", kT0 + kSec, &other));
+    CHECK(LeaseOutcome::Stale == t->check_write("pid1", {token_of(2)}, false, "", kT0 + kSec, &other));
+    CHECK(LeaseOutcome::Stale == t->check_write("pid1", {}, true, "", kT0 + kSec, &other));
+    CHECK(LeaseOutcome::Allowed == t->check_write("pid1", {token_of(2), a}, false, "", kT0 + 2 * kSec, &other));
+    // Other keys are free; a token on a key without a lease is stale.
+    CHECK(LeaseOutcome::Free == t->check_write("pid2", {}, false, "", kT0, nullptr));
+    CHECK(LeaseOutcome::Stale == t->check_write("pid2", {a}, false, "", kT0, nullptr));
+    const LeaseCounters c = counters();
+    CHECK_EQUAL(1u, c.granted);
+    CHECK_EQUAL(1u, c.renewed);
+    CHECK_EQUAL(5u, c.refusals);
+}
+
+TEST(LeaseTable, RenewByLockAndByUse) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 60), a, kT0, nullptr));
+    LeaseView v;
+    LeaseRequest r = req("", "", 120);
+    CHECK(LeaseOutcome::Renewed == t->lock("k", {a}, r, token_of(9), kT0 + 50 * kSec, &v));
+    CHECK_EQUAL(120u, v.timeout_s);
+    CHECK_EQUAL(kT0 + 170 * kSec, v.expires_us);
+    CHECK_EQUAL("ann", v.owner);
+    CHECK(LeaseOutcome::Allowed == t->check_write("k", {a}, false, "", kT0 + 160 * kSec, &v));
+    CHECK_EQUAL(kT0 + 280 * kSec, v.expires_us);
+    CHECK_EQUAL(kT0 + 160 * kSec, v.idle_since_us);
+    CHECK_EQUAL(kT0, v.granted_us);
+    CHECK(LeaseOutcome::Stale == t->lock("k", {token_of(2)}, r, token_of(9), kT0 + 161 * kSec, &v));
+}
+
+TEST(LeaseTable, ReadsWithTheTokenRenew) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann", 10), a, kT0, nullptr));
+    t->touch("k", {token_of(2)}, "ann", kT0 + 5 * kSec);
+    t->touch("k", {a}, "bo", kT0 + 5 * kSec);
+    std::vector<LeaseView> v;
+    LeaseCounters c;
+    CHECK(t->snapshot(kT0 + 5 * kSec, v, c));
+    CHECK_EQUAL(kT0 + 10 * kSec, v[0].expires_us);
+    t->touch("k", {a}, "ann", kT0 + 5 * kSec);
+    CHECK(t->snapshot(kT0 + 5 * kSec, v, c));
+    CHECK_EQUAL(kT0 + 15 * kSec, v[0].expires_us);
+    CHECK_EQUAL(0u, c.refusals);
+    CHECK_EQUAL(1u, c.renewed);
+}
+
+TEST(LeaseTable, ExpiryByIdlenessIsLazy) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 10), a, kT0, nullptr));
+    CHECK(LeaseOutcome::Locked == t->check_write("k", {}, false, "", kT0 + 9 * kSec, nullptr));
+    CHECK_EQUAL(1u, t->used());
+    // Past the deadline: gone at the next access, and the old token is stale.
+    CHECK(LeaseOutcome::Stale == t->check_write("k", {a}, false, "", kT0 + 10 * kSec, nullptr));
+    CHECK_EQUAL(0u, t->used());
+    CHECK(LeaseOutcome::Free == t->check_write("k", {}, false, "", kT0 + 11 * kSec, nullptr));
+    CHECK_EQUAL(1u, counters().expired);
+    CHECK(LeaseOutcome::Stale == t->lock("k", {a}, req(""), token_of(2), kT0 + 11 * kSec, nullptr));
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("bo"), token_of(2), kT0 + 11 * kSec, nullptr));
+}
+
+TEST(LeaseTable, UnlockRules) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann"), a, kT0, nullptr));
+    CHECK(LeaseOutcome::Mismatch == t->unlock("k", token_of(2), "ann", kT0, nullptr));
+    CHECK(LeaseOutcome::Mismatch == t->unlock("other", a, "ann", kT0, nullptr));
+    CHECK(LeaseOutcome::Forbidden == t->unlock("k", a, "bo", kT0, nullptr));
+    CHECK(LeaseOutcome::Forbidden == t->unlock("k", a, "", kT0, nullptr));
+    CHECK(LeaseOutcome::Released == t->unlock("k", a, "ann", kT0, nullptr));
+    CHECK(LeaseOutcome::Mismatch == t->unlock("k", a, "ann", kT0, nullptr));
+    CHECK(LeaseOutcome::Stale == t->check_write("k", {a}, false, "ann", kT0, nullptr));
+    CHECK_EQUAL(1u, counters().released);
+}
+
+TEST(LeaseTable, TokenBoundToUser) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann"), a, kT0, nullptr));
+    CHECK(LeaseOutcome::Forbidden == t->check_write("k", {a}, false, "bo", kT0, nullptr));
+    CHECK(LeaseOutcome::Forbidden == t->lock("k", {a}, req("", "bo"), token_of(3), kT0, nullptr));
+    CHECK(LeaseOutcome::Allowed == t->check_write("k", {a}, false, "ann", kT0, nullptr));
+    // A lease taken without a user binds to none.
+    const LeaseToken b = token_of(2);
+    CHECK(LeaseOutcome::Granted == t->lock("k2", {}, req("x"), b, kT0, nullptr));
+    CHECK(LeaseOutcome::Allowed == t->check_write("k2", {b}, false, "anyone", kT0, nullptr));
+}
+
+TEST(LeaseTable, StealAndReleaseByOperator) {
+    const LeaseToken a = token_of(1), op = token_of(7);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann"), a, kT0, nullptr));
+    LeaseView old, now;
+    bool had = false;
+    CHECK(LeaseOutcome::Granted == t->steal("k", req("operator", "admin"), op, kT0 + kSec, &old, &had, &now));
+    CHECK(had);
+    CHECK_EQUAL("ann", old.owner);
+    CHECK_EQUAL("operator", now.owner);
+    CHECK_EQUAL(lease_token_id(op), now.id);
+    CHECK(LeaseOutcome::Stale == t->check_write("k", {a}, false, "", kT0 + 2 * kSec, nullptr));
+    CHECK(LeaseOutcome::Allowed == t->check_write("k", {op}, false, "admin", kT0 + 2 * kSec, nullptr));
+    CHECK(LeaseOutcome::Released == t->release("k", kT0 + 3 * kSec, &old));
+    CHECK_EQUAL("operator", old.owner);
+    CHECK(LeaseOutcome::NotHeld == t->release("k", kT0 + 3 * kSec, &old));
+    CHECK(LeaseOutcome::Stale == t->check_write("k", {op}, false, "admin", kT0 + 3 * kSec, nullptr));
+    // Steal of a free key grants.
+    CHECK(LeaseOutcome::Granted == t->steal("free", req("op"), token_of(8), kT0, &old, &had, &now));
+    CHECK_FALSE(had);
+    const LeaseCounters c = counters();
+    CHECK_EQUAL(1u, c.stolen);
+    CHECK_EQUAL(1u, c.released);
+    CHECK_EQUAL(3u, c.granted);
+}
+
+TEST(LeaseTable, FullIsAnAnswer) {
+    for (uint8_t i = 0; i < 4; ++i)
+        CHECK(LeaseOutcome::Granted == t->lock("k" + std::to_string(i), {}, req("x"), token_of(i), kT0, nullptr));
+    CHECK(LeaseOutcome::Full == t->lock("k9", {}, req("x"), token_of(9), kT0, nullptr));
+    LeaseView old, now;
+    bool had;
+    CHECK(LeaseOutcome::Full == t->steal("k9", req("x"), token_of(9), kT0, &old, &had, &now));
+    // Expiry makes room.
+    CHECK(LeaseOutcome::Granted == t->lock("k9", {}, req("x"), token_of(9), kT0 + 61 * kSec, nullptr));
+    CHECK_EQUAL(1u, t->used());
+    CHECK(LeaseOutcome::Error == t->lock(std::string(65, 'x'), {}, req("x"), token_of(9), kT0, nullptr));
+}
+
+TEST(LeaseTable, RestartKeepsDeadlines) {
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 30), a, kT0, nullptr));
+    // A graceful restart: the region stays, a new object attaches to it.
+    LeaseTable again(mem, locks);
+    CHECK(again.valid());
+    std::vector<LeaseView> v;
+    LeaseCounters c;
+    CHECK(again.snapshot(kT0 + 29 * kSec, v, c));
+    CHECK_EQUAL(1u, v.size());
+    CHECK_EQUAL(kT0 + 30 * kSec, v[0].expires_us);
+    CHECK(LeaseOutcome::Locked == again.check_write("k", {}, false, "", kT0 + 29 * kSec, nullptr));
+    CHECK(LeaseOutcome::Free == again.check_write("k", {}, false, "", kT0 + 30 * kSec, nullptr));
+}
+
+TEST(LeaseTable, OwnerAndFieldsCut) {
+    LeaseRequest r = req("");
+    r.owner = std::string(1000, 'o');
+    r.user = std::string(1000, 'u');
+    r.client = std::string(1000, 'c');
+    LeaseView v;
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, r, token_of(1), kT0, &v));
+    CHECK_EQUAL(kLeaseOwnerCap, v.owner.size());
+    CHECK_EQUAL(kUserCap, v.user.size());
+    CHECK_EQUAL(kClientCap, v.client.size());
+}
+
+TEST(LeaseTable, OneGrantAmongForkedProcesses) {
+    // Eight processes race for one key, twenty rounds: exactly one wins
+    // each round, whatever the interleaving.
+    auto *wins = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>) * 20));
+    std::vector<pid_t> kids;
+    for (int k = 0; k < 8; ++k) {
+        const pid_t pid = fork();
+        if (pid == 0) {
+            for (int round = 0; round < 20; ++round) {
+                const std::string key = "race" + std::to_string(round);
+                if (t->lock(key, {}, req("kid"), token_of(static_cast<uint8_t>(k)), kT0, nullptr) ==
+                    LeaseOutcome::Granted)
+                    ++wins[round];
+            }
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    for (pid_t pid : kids) {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    // Capacity 4: the first four rounds have one winner each, the rest none.
+    for (int round = 0; round < 20; ++round) CHECK_EQUAL(round < 4 ? 1 : 0, wins[round].load());
+    munmap(wins, sizeof(std::atomic<int>) * 20);
+}
+
+TEST_GROUP(LeaseRender){};
+
+TEST(LeaseRender, LockDiscoveryAndReportsNeverShowTheToken) {
+    LeaseView v;
+    v.key = "doi:10/x";
+    v.owner = "<Ann>";
+    v.user = "ann";
+    v.client = "192.0.2.1";
+    v.timeout_s = 600;
+    v.granted_us = v.idle_since_us = kT0;
+    v.expires_us = kT0 + 600 * kSec;
+    v.id = "0123abcd";
+    const std::string urn = lease_token_urn(token_of(1));
+    const std::string x = render_lock_xml(v, urn, "/mn/v2/object/doi:10%2Fx");
+    CHECK(x.find("<D:prop xmlns:D=\"DAV:\"><D:lockdiscovery><D:activelock>") != std::string::npos);
+    CHECK(x.find("<D:timeout>Second-600</D:timeout>") != std::string::npos);
+    CHECK(x.find("<D:locktoken><D:href>" + urn + "</D:href></D:locktoken>") != std::string::npos);
+    CHECK(x.find("<D:owner>&lt;Ann&gt;</D:owner>") != std::string::npos);
+    CHECK(render_lock_json(v, urn).find("\"token\": \"" + urn + "\"") != std::string::npos);
+    for (bool stale : {false, true}) {
+        for (const std::string &r : {render_lease_refusal_text(v, kT0, stale), render_lease_refusal_json(v, kT0, stale)}) {
+            CHECK(r.find("doi:10/x") != std::string::npos);
+            CHECK(r.find("Ann") != std::string::npos);
+            CHECK(r.find("192.0.2.1") == std::string::npos);
+            CHECK(r.find("urn:uuid") == std::string::npos);
+        }
+    }
+    const std::string j = render_leases_json({v});
+    CHECK(j.find("\"id\": \"0123abcd\"") != std::string::npos);
+    CHECK(j.find("\"idle_since\": \"2027-") != std::string::npos);
+    const std::string h = render_leases_html({v}, kT0, true, "n0nce", "/admin");
+    CHECK(h.find("&lt;Ann&gt;") != std::string::npos);
+    CHECK(h.find("name=\"action\" value=\"steal\"") != std::string::npos);
+    CHECK(h.find("name=\"action\" value=\"release\"") != std::string::npos);
+    CHECK(render_leases_html({v}, kT0, false, "", "").find("<form") == std::string::npos);
+    LeaseCounters c;
+    c.stolen = 2;
+    const std::string m = render_leases_metrics({v}, c);
+    CHECK(m.find("pidlock_leases 1\n") != std::string::npos);
+    CHECK(m.find("pidlock_lease_events_total{event=\"stolen\"} 2\n") != std::string::npos);
+}
