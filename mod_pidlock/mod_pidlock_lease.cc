@@ -172,7 +172,7 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     int64_t asked = -1;
     if (const char *h = apr_table_get(r->headers_in, "Timeout")) {
         if (!parse_timeout_header(h, &asked)) {
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK458: refusing LOCK: malformed Timeout header");
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK476: refusing LOCK: malformed Timeout header");
             return HTTP_BAD_REQUEST;
         }
     }
@@ -185,7 +185,7 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     LeaseRequest req;
     if (!parse_lock_owner(body, kLeaseOwnerCap, req.owner)) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "PIDLOCK458: refusing LOCK: body is not acceptable XML (DOCTYPE, entity or broken markup)");
+                      "PIDLOCK477: refusing LOCK: body is not acceptable XML (DOCTYPE, entity or broken markup)");
         return HTTP_BAD_REQUEST;
     }
     req.user = user_of(r);
@@ -232,7 +232,7 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     const char *h = apr_table_get(r->headers_in, "Lock-Token");
     std::string uri;
     if (!h || !parse_lock_token_header(h, uri)) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK458: refusing UNLOCK: %s Lock-Token header",
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK478: refusing UNLOCK: %s Lock-Token header",
                       h ? "malformed" : "no");
         return HTTP_BAD_REQUEST;
     }
@@ -255,7 +255,7 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease table failed");
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK473: the lease table failed");
         return HTTP_INTERNAL_SERVER_ERROR;
     }
 }
@@ -271,10 +271,10 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
         const bool dav = r->method_number == M_LOCK || r->method_number == M_UNLOCK;
         int rc = DECLINED;
         if (!t) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: lease table unavailable; refusing");
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK474: lease table unavailable; refusing");
             rc = HTTP_INTERNAL_SERVER_ERROR;
         } else if (dav && keys.size() != 1) {
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK458: refusing %s: it yields %u keys; a lease is on one",
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK479: refusing %s: it yields %u keys; a lease is on one",
                           r->method, static_cast<unsigned>(keys.size()));
             rc = HTTP_BAD_REQUEST;
         } else if (r->method_number == M_LOCK) {
@@ -295,7 +295,7 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
                     if (out == LeaseOutcome::Free || out == LeaseOutcome::Allowed) continue;
                     if (rl) release_locks(rl);
                     if (out == LeaseOutcome::Error) {
-                        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease table failed");
+                        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK475: the lease table failed");
                         return HTTP_INTERNAL_SERVER_ERROR;
                     }
                     return answer_refusal(r, out, v, k);
@@ -330,7 +330,7 @@ int lease_precheck(request_rec *r, const DirConfig *d, Mode mode, const std::vec
         }
         return 0;
     } catch (...) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK466: unexpected error in the lease step");
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK472: unexpected error in the lease step of a write");
         return HTTP_INTERNAL_SERVER_ERROR;
     }
 }
@@ -451,14 +451,14 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
         }
         rv = ap_global_mutex_create(&rd->mutex, nullptr, kMutexType, "lease", s, pglobal, 0);
         if (rv != APR_SUCCESS || !rd->mutex) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK463: cannot create the lease table mutex");
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK468: cannot create the lease table mutex");
             apr_shm_destroy(rd->shm);
             rd->shm = nullptr;
             rd->mutex = nullptr;
             return false;
         }
         if (!LeaseTable::format(apr_shm_baseaddr_get(rd->shm), size, want)) {
-            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK463: cannot lay out the lease table");
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK469: cannot lay out the lease table");
             return false;
         }
         rd->params = want;
@@ -467,11 +467,11 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
     st->lease_locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(&rd->mutex, 1);
     auto *table = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), st->lease_locks);
     if (!table->valid()) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK463: the retained lease table is not valid");
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK470: the retained lease table is not valid");
         return false;
     }
     st->leases = table;
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK463: lease table ready: %u leases, keys up to %u bytes, %u held",
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes, %u held",
                  table->params().capacity, table->params().key_cap, table->used());
     return true;
 }
