@@ -14,7 +14,9 @@ namespace pidlock {
 enum class Mode : uint8_t { None = 0, Read = 1, Write = 2 };
 const char *mode_name(Mode m);
 
-enum class AcquireResult { Acquired, Busy, Full, Error };
+// Unavailable: a backend the lock depends on (PostgreSQL) cannot be reached;
+// answered like Busy (503 with Retry-After).
+enum class AcquireResult { Acquired, Busy, Full, Error, Unavailable };
 
 // Field sizes of a holder record; longer values are cut.
 constexpr size_t kMethodCap = 16;
@@ -74,11 +76,20 @@ struct Counters {
     uint64_t wait_sum_us = 0;
 };
 
+// The PostgreSQL tier (PidLockCluster), summed over the host's processes:
+// connections, held and waiting are current values, lost and errors totals.
+struct ClusterView {
+    bool on = false;  // false: no cluster tier, nothing to show
+    std::string backend;  // "postgres"
+    int64_t connections = 0, held = 0, waiting = 0, lost = 0, errors = 0;
+};
+
 struct TableSnapshot {
     uint32_t capacity = 0, used = 0, high_water = 0, key_cap = 0, stripes = 0;
     uint32_t generation = 0;
     Counters counters;
     std::vector<LockView> locks;  // oldest first
+    ClusterView cluster;
 };
 
 enum class Counter { BadKeys };
