@@ -12,6 +12,7 @@
 
 #include "pidlock_backend.h"
 #include "pidlock_checks.h"
+#include "pidlock_cluster.h"
 #include "pidlock_key.h"
 #include "pidlock_render.h"
 #include "pidlock_table.h"
@@ -76,7 +77,12 @@ struct ServerConfig {
     apr_int64_t table_size;   // 0: auto; kUnset: unset
     int thread_backend;       // kUnset, 0 (shared), 1 (thread)
     const char *table_size_where;
+    // PidLockCluster: null unset or Off, else the libpq conninfo (postgres).
+    const char *cluster_conninfo;
+    apr_int64_t cluster_connections;  // PidLockClusterConnections: kUnset or N
+    int cluster_fail_open;            // PidLockClusterOnFailure: kUnset, 0 closed, 1 open
 };
+constexpr apr_int64_t kDefaultClusterConnections = 8;
 
 void *create_dir_config(apr_pool_t *p, char *path);
 void *merge_dir_config(apr_pool_t *p, void *basev, void *addv);
@@ -104,6 +110,8 @@ struct State {
     StripeLocks *locks;
     LockTable *table;
     LockBackend *backend;
+    LockBackend *local;            // the host's table (backend wraps it under PidLockCluster)
+    ClusterStats *cluster_stats;   // null: no cluster tier
     ServerFacts *facts;
     char nonce[33];
 };

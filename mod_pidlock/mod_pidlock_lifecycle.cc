@@ -36,6 +36,7 @@ State *g_state = nullptr;
 apr_status_t forget_state(void *) {
     if (g_state) {
         if (g_state->backend) g_state->backend->~LockBackend();
+        if (g_state->local && g_state->local != g_state->backend) g_state->local->~LockBackend();
         if (g_state->table) g_state->table->~LockTable();
         if (g_state->facts) g_state->facts->~ServerFacts();
         if (g_state->locks) g_state->locks->~StripeLocks();
@@ -260,6 +261,55 @@ void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Re
     return base;
 }
 
+// The cluster tier's counters: a small shared region of its own, kept until
+// a full stop (old-generation children keep counting into it).
+struct ClusterRetained {
+    apr_shm_t *shm;
+    uint32_t slots;
+};
+
+void cluster_log(void *ctx, int level, const char *msg) {
+    ap_log_error(APLOG_MARK, level, 0, static_cast<server_rec *>(ctx), "%s", msg);
+}
+
+// PidLockCluster postgres: wraps `st->backend` (the host's table) in the
+// PostgreSQL tier. Connections open later, in the children that use them.
+bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State *st) {
+    const ServerConfig *sc = server_config(s);
+    st->local = st->backend;
+    if (!sc->cluster_conninfo) return true;
+    auto *cr = static_cast<ClusterRetained *>(ap_retained_data_get("mod_pidlock-cluster"));
+    if (!cr) cr = static_cast<ClusterRetained *>(ap_retained_data_create("mod_pidlock-cluster", sizeof(ClusterRetained)));
+    if (!cr->shm) {
+        // A slot per child of two generations (graceful restarts overlap).
+        const uint32_t slots = static_cast<uint32_t>(mpm.server_limit > 0 ? mpm.server_limit : 1) * 2 + 2;
+        const apr_size_t size = ClusterStats::region_size(slots);
+        const apr_status_t rv = apr_shm_create(&cr->shm, size, nullptr, s->process->pool);
+        if (rv != APR_SUCCESS) {
+            cr->shm = nullptr;
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK411: cannot create %" APR_SIZE_T_FMT
+                         " bytes of shared memory for the cluster counters", size);
+            return false;
+        }
+        ClusterStats::format(apr_shm_baseaddr_get(cr->shm), slots);
+        cr->slots = slots;
+    }
+    st->cluster_stats = ClusterStats::attach(apr_shm_baseaddr_get(cr->shm));
+    ClusterOptions opt;
+    opt.conninfo = sc->cluster_conninfo;
+    opt.max_connections = static_cast<uint32_t>(
+        sc->cluster_connections == kUnset ? kDefaultClusterConnections : sc->cluster_connections);
+    opt.fail_open = sc->cluster_fail_open == 1;
+    opt.log = cluster_log;
+    opt.log_ctx = s;
+    st->backend = new (apr_palloc(pconf, sizeof(ClusterBackend))) ClusterBackend(st->local, st->cluster_stats, opt);
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                 "PIDLOCK410: cluster tier on: every lock is also taken in PostgreSQL, at most %u "
+                 "connection(s) per child, on failure %s",
+                 opt.max_connections, opt.fail_open ? "open" : "closed");
+    return true;
+}
+
 int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) return OK;
     try {
@@ -308,6 +358,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: the retained lock table is not valid");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
+        if (!setup_cluster(s, pconf, mpm, st)) return HTTP_INTERNAL_SERVER_ERROR;
         int gen = 0;
         ap_mpm_query(AP_MPMQ_GENERATION, &gen);
         st->table->set_generation(static_cast<uint32_t>(gen));
@@ -350,6 +401,9 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
 // In the parent: a child has exited (crash, kill -9, OOM, or its normal
 // end); whatever it held or waited for is released now.
 void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status) {
+    // Its PostgreSQL sessions ended with it: its current counts go.
+    if (status == MPM_CHILD_EXITED && g_state && g_state->cluster_stats)
+        g_state->cluster_stats->free_process(static_cast<int32_t>(pid));
     if (status != MPM_CHILD_EXITED || !g_state || !g_state->backend || g_state->thread_backend) return;
     try {
         const int n = g_state->table->reap(static_cast<int32_t>(pid));

@@ -147,6 +147,24 @@ bool key_fits_form(const std::string &key) {
     return true;
 }
 
+namespace {
+
+// The cluster tier's numbers, named once for every format.
+struct ClusterField {
+    const char *name;   // JSON
+    const char *label;  // HTML
+    int64_t value;
+};
+std::vector<ClusterField> cluster_fields(const ClusterView &c) {
+    return {{"connections", "PostgreSQL connections", c.connections},
+            {"held", "Requests holding cluster locks", c.held},
+            {"waiting", "Requests waiting in PostgreSQL", c.waiting},
+            {"lost", "Cluster locks lost while held", c.lost},
+            {"errors", "PostgreSQL errors", c.errors}};
+}
+
+}  // namespace
+
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
                                int64_t now_us, bool show_query) {
     std::string o;
@@ -185,6 +203,16 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         o += kv.first;
         o += "\": ";
         append_u64(o, kv.second);
+    }
+    if (snap.cluster.on) {
+        o += "},\n \"cluster\": {\"backend\": ";
+        json_string(o, snap.cluster.backend);
+        for (const ClusterField &f : cluster_fields(snap.cluster)) {
+            o += ", \"";
+            o += f.name;
+            o += "\": ";
+            o += std::to_string(f.value);
+        }
     }
     o += "},\n \"locks\": [";
     first = true;
@@ -463,6 +491,10 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
     row("Waited / timed out", num(c.waited) + " / " + num(c.timeouts));
     row("Bad keys / table full", num(c.bad_keys) + " / " + num(c.full));
     row("Reaped / broken / repairs", num(c.reaped) + " / " + num(c.broken) + " / " + num(c.repairs));
+    if (snap.cluster.on) {
+        row("Cluster", snap.cluster.backend + " (every lock is also taken there)");
+        for (const ClusterField &f : cluster_fields(snap.cluster)) row(f.label, std::to_string(f.value));
+    }
     o += "</table>\n<h2>Locks";
     const Totals t = totals(snap);
     auto count = [&](uint64_t n, const char *one, const char *many) {

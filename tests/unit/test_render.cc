@@ -354,3 +354,29 @@ TEST(Render, QueryStringsHiddenUnlessShown) {
     CHECK(valid_json(j));
     CHECK(j.find("\"uri\": \"/mn/v2/other?pid=x&token=SECRET123\"") != std::string::npos);
 }
+
+// PidLockCluster: the cluster object in JSON and the same numbers on the
+// HTML page; nothing of it without the tier.
+TEST(Render, ClusterObjectOnlyWithTheTier) {
+    TableSnapshot s = sample("k");
+    CHECK(render_status_json(s, facts(), 0).find("\"cluster\"") == std::string::npos);
+    CHECK(render_status_html(s, facts(), 0).find("PostgreSQL") == std::string::npos);
+    s.cluster.on = true;
+    s.cluster.backend = "postgres";
+    s.cluster.connections = 3;
+    s.cluster.held = 2;
+    s.cluster.waiting = 1;
+    s.cluster.lost = 7;
+    s.cluster.errors = 11;
+    const std::string j = render_status_json(s, facts(), 0);
+    CHECK_TRUE(valid_json(j));
+    const char *want = "\"cluster\": {\"backend\": \"postgres\", \"connections\": 3, \"held\": 2, "
+                       "\"waiting\": 1, \"lost\": 7, \"errors\": 11}";
+    if (j.find(want) == std::string::npos) FAIL(("missing cluster object in " + j).c_str());
+    const std::string h = render_status_html(s, facts(), 0);
+    const char *rows[] = {"PostgreSQL connections</th><td>3", "Requests holding cluster locks</th><td>2",
+                          "Requests waiting in PostgreSQL</th><td>1", "Cluster locks lost while held</th><td>7",
+                          "PostgreSQL errors</th><td>11"};
+    for (const char *r : rows)
+        if (h.find(r) == std::string::npos) FAIL((std::string("missing ") + r).c_str());
+}
