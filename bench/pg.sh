@@ -4,6 +4,7 @@
 # as root.
 #   sh bench/pg.sh start DIR   prints the libpq conninfo, or a reason on stderr
 #                              and exit status 2 when PostgreSQL is missing
+#   sh bench/pg.sh restart DIR restarts the server (fast: every session ends)
 #   sh bench/pg.sh stop DIR    stops the server by the pid in its postmaster.pid
 #                              and removes DIR
 set -e
@@ -42,6 +43,9 @@ start)
         echo "pg_ctl start failed, see $dir/server.log" >&2; cat "$dir/server.log" >&2; exit 1; }
     echo "host=$dir dbname=postgres user=postgres"
     ;;
+restart)
+    as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 30 restart >/dev/null
+    ;;
 stop)
     pidf="$dir/data/postmaster.pid"
     if [ -f "$pidf" ]; then
@@ -60,6 +64,6 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start|stop DIR" >&2; exit 1
+    echo "usage: $0 start|restart|stop DIR" >&2; exit 1
     ;;
 esac

@@ -434,6 +434,8 @@ def main():
         from test_form import run_form_suite
         for mpm in opts.mpm or MPMS:
             run_form_suite(mpm, res.record, opts.tests)
+        from test_cluster import run_cluster_suite
+        run_cluster_suite(res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 
