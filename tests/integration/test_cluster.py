@@ -136,6 +136,20 @@ def violations(witness):
         return 0
 
 
+def waiting_put(h, pid, settle):
+    """A PUT in a thread, `settle` seconds on; got gets its status and the
+    time it ended."""
+    got = {}
+
+    def req():
+        r = put(h, pid, timeout=30)
+        got["status"], got["at"] = r.status, time.monotonic()
+    t = threading.Thread(target=req)
+    t.start()
+    time.sleep(settle)
+    return t, got
+
+
 def holder_pid(h, key):
     doc = h.get_json("/pidlock-status?json")
     for l in doc.get("locks", []):
@@ -187,14 +201,7 @@ def t_kill9_holder_frees_other_host(pg):
         holder.start()
         pid = poll(lambda: holder_pid(a, "k9"), timeout=5)
         check(pid, "A's holder never showed on its status page")
-        got = {}
-
-        def waiter():
-            r = put(b, "k9", timeout=30)
-            got["status"], got["at"] = r.status, time.monotonic()
-        wt = threading.Thread(target=waiter)
-        wt.start()
-        time.sleep(0.5)
+        wt, got = waiting_put(b, "k9", 0.5)
         check("status" not in got, "B's writer did not wait for A's lock")
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -294,14 +301,7 @@ def t_sql_client_lock_blocks_put(pg):
         while b"locked" not in line:
             line = job.stdout.readline()
             check(line, "psql ended before taking the lock")
-        got = {}
-
-        def req():
-            r = put(h, "sql-job", timeout=20)
-            got["status"], got["at"] = r.status, time.monotonic()
-        t = threading.Thread(target=req)
-        t.start()
-        time.sleep(0.6)
+        t, got = waiting_put(h, "sql-job", 0.6)
         check("status" not in got, "the PUT did not wait for the SQL job's lock")
         unlocked = time.monotonic()
         job.stdin.write(b"SELECT pg_advisory_unlock(pidlock_key('sql-job'));\n")
