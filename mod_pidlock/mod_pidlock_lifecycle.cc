@@ -299,6 +299,10 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
     opt.conninfo = sc->cluster_conninfo;
     opt.max_connections = static_cast<uint32_t>(
         sc->cluster_connections == kUnset ? kDefaultClusterConnections : sc->cluster_connections);
+    // A child never runs more requests at once than it has threads (one
+    // under prefork): more connections would only fill PostgreSQL's slots.
+    const uint32_t threads = static_cast<uint32_t>(mpm.max_threads > 0 ? mpm.max_threads : 1);
+    if (opt.max_connections > threads) opt.max_connections = threads;
     opt.fail_open = sc->cluster_fail_open == 1;
     opt.log = cluster_log;
     opt.log_ctx = s;

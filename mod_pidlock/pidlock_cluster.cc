@@ -707,6 +707,7 @@ int ClusterBackend::release_all(LockSet &set) {
 
 int ClusterBackend::break_key(const KeyRef &key) {
     const int n = local_->break_key(key);
+    int ended = 0;
     try {
         // The PostgreSQL sessions holding it (any host) end, and with them
         // every lock of their request there.
@@ -726,7 +727,6 @@ int ClusterBackend::break_key(const KeyRef &key) {
             " AND objsubid = 1 AND granted AND pid <> pg_backend_pid()";
         std::vector<PGresult *> rs;
         const bool ok = pool_->exec(c, sql, monotonic_ns() + 5000LL * 1000000, rs) == PgPool::Exec::Ok;
-        int ended = 0;
         if (ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_TUPLES_OK) {
             for (int i = 0; i < PQntuples(rs[0]); ++i) {
                 pool_->mark_broken(atoi(PQgetvalue(rs[0], i, 0)));
@@ -742,7 +742,9 @@ int ClusterBackend::break_key(const KeyRef &key) {
                               " PostgreSQL session(s) holding key " + key_for_log(key.data, key.len));
     } catch (...) {
     }
-    return n;
+    // The same holders are counted in both tiers; a key held on other hosts
+    // alone counts their sessions.
+    return n < 0 ? n : std::max(n, ended);
 }
 
 bool ClusterBackend::snapshot(TableSnapshot &out, int *err) {

@@ -94,6 +94,8 @@ class ClusterBackend final : public LockBackend {
                               const HolderInfo &info, LockSet &set, BusyReport *report,
                               int *err) override;
     int release_all(LockSet &set) override;
+    // Also ends the PostgreSQL sessions (of any host) holding the key;
+    // returns the larger of the local holders and the sessions ended.
     int break_key(const KeyRef &key) override;
     bool snapshot(TableSnapshot &out, int *err) override;
     void count(Counter c) override { local_->count(c); }

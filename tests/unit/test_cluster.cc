@@ -337,14 +337,16 @@ TEST(Cluster, UnreachableServerClosedRefusesOpenServesLocally) {
 }
 
 TEST(Cluster, EndedPooledSessionIsReplacedAndAHeldOneCountsLost) {
-    Host a(options());
+    ClusterOptions o = options();
+    o.conninfo += " application_name=pidlock_stale_test";  // this host's sessions alone
+    Host a(o);
     LockSet w;
     CHECK(take(a.lb(), "stale", Mode::Write, 0, w) == AcquireResult::Acquired);
     a.lb().release_all(w);
     CHECK_EQUAL(1, a.cluster->open_connections());
     Sql admin;
     const std::string end_ours =
-        "SELECT count(pg_terminate_backend(pid, 2000)) FROM pg_stat_activity WHERE application_name = 'mod_pidlock'";
+        "SELECT count(pg_terminate_backend(pid, 2000)) FROM pg_stat_activity WHERE application_name = 'pidlock_stale_test'";
     CHECK_EQUAL(std::string("1"), admin.one(end_ours));
     // As after a server restart: the idle pooled session is gone; the next
     // request gets a new one and never sees the failure.
