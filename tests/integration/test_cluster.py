@@ -55,7 +55,7 @@ class Pg:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def host_config(conninfo, failure="closed", connections=4, timeout=10):
+def host_config(conninfo, failure="closed", connections=4, timeout=10, short_timeout=0.5):
     cluster = "PidLockCluster Off" if conninfo is None else 'PidLockCluster postgres "%s"' % conninfo
     return r"""
 %s
@@ -67,17 +67,32 @@ PidLockClusterOnFailure %s
     PidLockKey path ^/mn/v2/object/(.+)$
     PidLockTimeout %s
 </Location>
+<Location /mn/v2/object/short/>
+    PidLockTimeout %s
+</Location>
 <Location /pidlock-status>
     SetHandler pidlock-status
     Require ip 127.0.0.1
 </Location>
-""" % (cluster, connections, failure, timeout)
+""" % (cluster, connections, failure, timeout, short_timeout)
 
 
-def hosts(conninfo, n=2, mpm="event", **kw):
+ONE_CHILD = """
+StartServers 1
+ServerLimit 1
+ThreadLimit 16
+ThreadsPerChild 16
+MaxRequestWorkers 16
+MinSpareThreads 1
+MaxSpareThreads 16
+"""
+
+
+def hosts(conninfo, n=2, mpm="event", mpm_settings=None, **kw):
     out = []
     for i in range(n):
-        h = Httpd(mpm=mpm, body=host_config(conninfo, **kw), name="cluster-%s" % "ab"[i])
+        h = Httpd(mpm=mpm, body=host_config(conninfo, **kw), name="cluster-%s" % "ab"[i],
+                  mpm_settings=mpm_settings)
         out.append(h)
     try:
         for h in out:
@@ -315,6 +330,30 @@ def t_sql_client_lock_blocks_put(pg):
         stop_all([h])
 
 
+def t_pool_cap_waits_then_503(pg):
+    """PidLockClusterConnections 1 in the only child: a second request waits
+    for the connection within its PidLockTimeout, then 503; none hangs, and
+    the connection serves again once free."""
+    (h,) = hosts(pg.conninfo, n=1, connections=1, mpm_settings=ONE_CHILD)
+    try:
+        holder = threading.Thread(target=lambda: put(h, "cap-holder", sleep_ms=2500))
+        holder.start()
+        check(poll(lambda: holder_pid(h, "cap-holder"), timeout=5), "the holder never held")
+        t0 = time.monotonic()
+        r = put(h, "short/cap-other")
+        took = time.monotonic() - t0
+        check(r.status == 503 and "retry-after" in r.headers, "second request: %d %r" % (r.status, r.body[:200]))
+        check(0.4 <= took < 2.0, "second request took %.2f s (PidLockTimeout 0.5)" % took)
+        doc = h.get_json("/pidlock-status?json")
+        check(doc["cluster"]["connections"] == 1, "connections %r" % doc["cluster"])
+        holder.join(10)
+        check(not holder.is_alive(), "the holder hung")
+        r = put(h, "short/cap-other")
+        check(r.status == 200, "after the holder: %d" % r.status)
+    finally:
+        stop_all([h])
+
+
 def t_configtest_rejects_bad_conninfo(pg):
     h = Httpd(body=host_config("host=/tmp bogus_option=1"), name="cluster-bad")
     try:
@@ -336,6 +375,7 @@ CLUSTER_TESTS = [
     ("kill9_holder_frees_other_host", t_kill9_holder_frees_other_host),
     ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put),
     ("pg_down_at_start", t_pg_down_at_start),
+    ("pool_cap_waits_then_503", t_pool_cap_waits_then_503),
     ("pg_restart_during_write", t_pg_restart_during_write),
 ]
 
