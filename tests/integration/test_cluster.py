@@ -16,6 +16,7 @@ import threading
 import time
 
 from harness import REPO, Httpd, check, poll
+from test_startup import WORKER_ONE  # one child of 16 threads
 
 PG_SH = os.path.join(REPO, "bench", "pg.sh")
 SQL = os.path.join(REPO, "conf", "pidlock-cluster.sql")
@@ -75,17 +76,6 @@ PidLockClusterOnFailure %s
     Require ip 127.0.0.1
 </Location>
 """ % (cluster, connections, failure, timeout, short_timeout)
-
-
-ONE_CHILD = """
-StartServers 1
-ServerLimit 1
-ThreadLimit 16
-ThreadsPerChild 16
-MaxRequestWorkers 16
-MinSpareThreads 1
-MaxSpareThreads 16
-"""
 
 
 def hosts(conninfo, n=2, mpm="event", mpm_settings=None, **kw):
@@ -334,7 +324,7 @@ def t_pool_cap_waits_then_503(pg):
     """PidLockClusterConnections 1 in the only child: a second request waits
     for the connection within its PidLockTimeout, then 503; none hangs, and
     the connection serves again once free."""
-    (h,) = hosts(pg.conninfo, n=1, connections=1, mpm_settings=ONE_CHILD)
+    (h,) = hosts(pg.conninfo, n=1, connections=1, mpm_settings=WORKER_ONE)
     try:
         holder = threading.Thread(target=lambda: put(h, "cap-holder", sleep_ms=2500))
         holder.start()
