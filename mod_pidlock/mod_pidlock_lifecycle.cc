@@ -304,6 +304,9 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
     const uint32_t threads = static_cast<uint32_t>(mpm.max_threads > 0 ? mpm.max_threads : 1);
     if (opt.max_connections > threads) opt.max_connections = threads;
     opt.fail_open = sc->cluster_fail_open == 1;
+    // This server's sessions, told apart from other hosts' on the status
+    // page: one tag per full start, the same in every child.
+    opt.application_name = std::string("mod_pidlock ") + std::string(st->nonce, 8);
     opt.log = cluster_log;
     opt.log_ctx = s;
     st->backend = new (apr_palloc(pconf, sizeof(ClusterBackend))) ClusterBackend(st->local, st->cluster_stats, opt);
@@ -362,7 +365,6 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK003: the retained lock table is not valid");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
-        if (!setup_cluster(s, pconf, mpm, st)) return HTTP_INTERNAL_SERVER_ERROR;
         int gen = 0;
         ap_mpm_query(AP_MPMQ_GENERATION, &gen);
         st->table->set_generation(static_cast<uint32_t>(gen));
@@ -387,6 +389,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(rd->nonce + 2 * i, 3, "%02x", raw[i]);
         }
         apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
+        if (!setup_cluster(s, pconf, mpm, st)) return HTTP_INTERNAL_SERVER_ERROR;
         g_state = st;
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,

@@ -398,7 +398,7 @@ class PgPool {
         // overrides them.
         const char *keys[] = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
                               "fallback_application_name", "dbname", nullptr};
-        const char *vals[] = {"1", idle.c_str(), intvl.c_str(), cnt.c_str(), "mod_pidlock",
+        const char *vals[] = {"1", idle.c_str(), intvl.c_str(), cnt.c_str(), opt_.application_name.c_str(),
                               opt_.conninfo.c_str(), nullptr};
         PGconn *pg = PQconnectStartParams(keys, vals, 1);
         if (!pg) {
@@ -747,6 +747,56 @@ int ClusterBackend::break_key(const KeyRef &key) {
     return n < 0 ? n : std::max(n, ended);
 }
 
+namespace {
+
+// The holders, in other sessions than this host's, of the advisory locks
+// this host's sessions wait for.
+std::string remote_holders_sql(PGconn *pg, const std::string &tag) {
+    char *lit = PQescapeLiteral(pg, tag.data(), tag.size());
+    const std::string t = lit ? lit : "''";
+    if (lit) PQfreemem(lit);
+    return "SELECT h.classid, h.objid, h.mode, h.pid, coalesce(a.application_name, ''), "
+           "coalesce(host(a.client_addr), ''), coalesce(floor(extract(epoch FROM a.xact_start) * 1000000), 0) "
+           "FROM pg_locks w JOIN pg_stat_activity wa ON wa.pid = w.pid "
+           "JOIN pg_locks h ON h.locktype = 'advisory' AND h.granted AND h.database = w.database "
+           "AND h.classid = w.classid AND h.objid = w.objid AND h.objsubid = w.objsubid "
+           "LEFT JOIN pg_stat_activity a ON a.pid = h.pid "
+           "WHERE w.locktype = 'advisory' AND NOT w.granted AND wa.application_name = " + t +
+           " AND a.application_name IS DISTINCT FROM " + t + " ORDER BY a.xact_start LIMIT 200";
+}
+
+}  // namespace
+
+void ClusterBackend::remote_holders(TableSnapshot &out) {
+    size_t idx = 0;
+    bool fresh = false;
+    std::string why;
+    if (pool_->lease(monotonic_ns() + 500LL * 1000000, &idx, &fresh, &why) != PgPool::Got::Ok) return;
+    PgPool::Conn &c = pool_->conn(idx);
+    std::vector<PGresult *> rs;
+    const bool ok = pool_->exec(c, remote_holders_sql(c.pg, opt_.application_name), monotonic_ns() + 1000LL * 1000000,
+                                rs) == PgPool::Exec::Ok;
+    if (ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_TUPLES_OK) {
+        for (int i = 0; i < PQntuples(rs[0]); ++i) {
+            const uint64_t h = (std::strtoull(PQgetvalue(rs[0], i, 0), nullptr, 10) << 32) |
+                               std::strtoull(PQgetvalue(rs[0], i, 1), nullptr, 10);
+            RemoteHolder r;
+            // The key, if this host holds or waits for it; else the number.
+            for (const LockView &l : out.locks)
+                if (static_cast<uint64_t>(cluster_key(l.key.data(), l.key.size())) == h) r.key = l.key;
+            if (r.key.empty()) r.key = "pidlock_key " + std::to_string(static_cast<int64_t>(h));
+            r.mode = !strcmp(PQgetvalue(rs[0], i, 2), "ExclusiveLock") ? Mode::Write : Mode::Read;
+            r.session = atoi(PQgetvalue(rs[0], i, 3));
+            r.application = PQgetvalue(rs[0], i, 4);
+            r.client = PQgetvalue(rs[0], i, 5);
+            r.since_us = std::strtoll(PQgetvalue(rs[0], i, 6), nullptr, 10);
+            out.cluster.remote.push_back(std::move(r));
+        }
+    }
+    clear_results(rs);
+    pool_->give_back(idx, ok && PQstatus(c.pg) == CONNECTION_OK);
+}
+
 bool ClusterBackend::snapshot(TableSnapshot &out, int *err) {
     if (!local_->snapshot(out, err)) return false;
     const ClusterStats::Totals t = stats_->totals();
@@ -757,6 +807,14 @@ bool ClusterBackend::snapshot(TableSnapshot &out, int *err) {
     out.cluster.waiting = t.waiting;
     out.cluster.lost = t.lost;
     out.cluster.errors = t.errors;
+    // Only when something waits there: the status page costs PostgreSQL
+    // nothing otherwise.
+    if (t.waiting > 0) {
+        try {
+            remote_holders(out);
+        } catch (...) {
+        }
+    }
     return true;
 }
 

@@ -71,6 +71,10 @@ struct ClusterOptions {
     bool server_lock_timeout = true;
     int keepalive_idle_s = 2, keepalive_interval_s = 1, keepalive_count = 2;
     int check_interval_ms = 1000;  // client_connection_check_interval (PG 14+)
+    // fallback_application_name of the sessions: tells this host's sessions
+    // from others' on the status page (an application_name in the conninfo
+    // overrides it).
+    std::string application_name = "mod_pidlock";
     // Logging of the tier: level as syslog (3 error, 4 warning, 6 info), the
     // message carries its PIDLOCK4xx id. Null: silent.
     void (*log)(void *ctx, int level, const char *msg) = nullptr;
@@ -107,6 +111,7 @@ class ClusterBackend final : public LockBackend {
     uint64_t cancels_sent() const;
 
   private:
+    void remote_holders(TableSnapshot &out);
     LockBackend *local_;
     ClusterStats *stats_;
     ClusterOptions opt_;

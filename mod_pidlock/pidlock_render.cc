@@ -213,6 +213,29 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
             o += "\": ";
             o += std::to_string(f.value);
         }
+        o += ", \"remote\": [";
+        bool first_remote = true;
+        for (const RemoteHolder &h : snap.cluster.remote) {
+            o += first_remote ? "{\"key\": " : ", {\"key\": ";
+            first_remote = false;
+            if (!json_string(o, h.key)) {
+                o += ", \"key_hex\": \"";
+                o += hex_bytes(h.key);
+                o += '"';
+            }
+            o += ", \"mode\": \"";
+            o += mode_name(h.mode);
+            o += "\", \"session\": ";
+            o += std::to_string(h.session);
+            o += ", \"application\": ";
+            json_string(o, h.application);
+            o += ", \"client\": ";
+            json_string(o, h.client);
+            o += ", \"since\": ";
+            json_string(o, iso8601_utc(h.since_us));
+            o += "}";
+        }
+        o += "]";
     }
     o += "},\n \"locks\": [";
     first = true;
@@ -495,7 +518,27 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
         row("Cluster", snap.cluster.backend + " (every lock is also taken there)");
         for (const ClusterField &f : cluster_fields(snap.cluster)) row(f.label, std::to_string(f.value));
     }
-    o += "</table>\n<h2>Locks";
+    o += "</table>\n";
+    if (!snap.cluster.remote.empty()) {
+        o += "<h2>Held on other hosts (keys this host waits for in PostgreSQL)</h2>\n"
+             "<table class=\"locks\">\n<tr><th>key</th><th>mode</th><th>session</th><th>application</th>"
+             "<th>client</th><th>since</th></tr>\n";
+        for (const RemoteHolder &h : snap.cluster.remote) {
+            o += "<tr><td><code>";
+            html_escape(o, h.key);
+            o += "</code></td><td>";
+            o += mode_name(h.mode);
+            o += "</td><td>" + std::to_string(h.session) + "</td><td>";
+            html_escape(o, h.application);
+            o += "</td><td>";
+            html_escape(o, h.client);
+            o += "</td><td class=\"t\">";
+            html_escape(o, iso8601_utc(h.since_us));
+            o += "</td></tr>\n";
+        }
+        o += "</table>\n";
+    }
+    o += "<h2>Locks";
     const Totals t = totals(snap);
     auto count = [&](uint64_t n, const char *one, const char *many) {
         return num(n) + " " + (n == 1 ? one : many);

@@ -78,10 +78,22 @@ struct Counters {
 
 // The PostgreSQL tier (PidLockCluster), summed over the host's processes:
 // connections, held and waiting are current values, lost and errors totals.
+// A lock another host (or an SQL job) holds in PostgreSQL on a key this
+// host waits for there.
+struct RemoteHolder {
+    std::string key;
+    Mode mode = Mode::None;
+    int32_t session = 0;      // PostgreSQL backend pid
+    std::string application;  // its application_name
+    std::string client;       // its address ("" over a Unix socket)
+    int64_t since_us = 0;     // its transaction's start (wall clock)
+};
+
 struct ClusterView {
     bool on = false;  // false: no cluster tier, nothing to show
     std::string backend;  // "postgres"
     int64_t connections = 0, held = 0, waiting = 0, lost = 0, errors = 0;
+    std::vector<RemoteHolder> remote;
 };
 
 struct TableSnapshot {

@@ -17,6 +17,7 @@ import time
 
 from harness import REPO, Httpd, check, poll
 from test_startup import WORKER_ONE  # one child of 16 threads
+from test_status import _admin_page, _break
 
 PG_SH = os.path.join(REPO, "bench", "pg.sh")
 SQL = os.path.join(REPO, "conf", "pidlock-cluster.sql")
@@ -74,6 +75,11 @@ PidLockClusterOnFailure %s
 <Location /pidlock-status>
     SetHandler pidlock-status
     Require ip 127.0.0.1
+</Location>
+<Location /pidlock-admin>
+    SetHandler pidlock-status
+    Require ip 127.0.0.1
+    PidLockStatusActions On
 </Location>
 """ % (cluster, connections, failure, timeout, short_timeout)
 
@@ -320,6 +326,34 @@ def t_sql_client_lock_blocks_put(pg):
         stop_all([h])
 
 
+def t_status_and_break_across_hosts(pg):
+    """B waits in PostgreSQL for A's write: B's page names A's session as the
+    holder; Break on B's page ends it, and B's writer gets in at once."""
+    a, b = hs = hosts(pg.conninfo)
+    try:
+        holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "brk", sleep_ms=4000)))
+        holder.start()
+        check(poll(lambda: holder_pid(a, "brk"), timeout=5), "A's writer never held")
+        wt, got = waiting_put(b, "brk", 0.3)
+
+        def remote():
+            return b.get_json("/pidlock-status?json")["cluster"]["remote"]
+        rem = poll(remote, timeout=5)
+        check(rem and rem[0]["key"] == "brk" and rem[0]["mode"] == "write", "B's remote holders: %r" % rem)
+        check(rem[0]["application"].startswith("mod_pidlock "), "application %r" % rem[0])
+        page, nonce = _admin_page(b)
+        check("Held on other hosts" in page, "B's page without the remote holders")
+        broke = time.monotonic()
+        _break(b, "key", "brk", nonce)
+        wt.join(10)
+        check(got.get("status") == 200 and got["at"] - broke < 1.0, "B's writer after the break: %r" % got)
+        holder.join(10)
+        check(poll(lambda: "PIDLOCK402" in a.read_log(), timeout=5), "A did not log its broken lock as lost")
+        check(poll(lambda: "PIDLOCK408" in b.read_log(), timeout=3), "B did not log the sessions it ended")
+    finally:
+        stop_all(hs)
+
+
 def t_pool_cap_waits_then_503(pg):
     """PidLockClusterConnections 1 in the only child: a second request waits
     for the connection within its PidLockTimeout, then 503; none hangs, and
@@ -366,6 +400,7 @@ CLUSTER_TESTS = [
     ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put),
     ("pg_down_at_start", t_pg_down_at_start),
     ("pool_cap_waits_then_503", t_pool_cap_waits_then_503),
+    ("status_and_break_across_hosts", t_status_and_break_across_hosts),
     ("pg_restart_during_write", t_pg_restart_during_write),
 ]
 

@@ -238,6 +238,40 @@ TEST(Cluster, NoOverlapAcrossHostsAndTheWitnessCanFail) {
     CHECK(cross_host_overlaps(c.lb(), d.lb(), 200) > 0);
 }
 
+// The status view of a host that waits in PostgreSQL names what the other
+// host holds there.
+TEST(Cluster, SnapshotNamesWhatOtherHostsHold) {
+    ClusterOptions oa = options(), ob = options();
+    oa.application_name = "mod_pidlock host-a";
+    ob.application_name = "mod_pidlock host-b";
+    Host a(oa), b(ob);
+    LockSet held, asker;
+    CHECK(take(a.lb(), "remote-key", Mode::Write, 0, held) == AcquireResult::Acquired);
+    std::thread waiter([&] { take(b.lb(), "remote-key", Mode::Read, in_ms(1500), asker); });
+    TableSnapshot s;
+    for (int i = 0; i < 100 && s.cluster.remote.empty(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        s = TableSnapshot();
+        int err = 0;
+        CHECK(b.lb().snapshot(s, &err));
+    }
+    a.lb().release_all(held);
+    waiter.join();
+    b.lb().release_all(asker);
+    CHECK(s.cluster.on);
+    CHECK_EQUAL(1, s.cluster.remote.size());
+    const RemoteHolder &r = s.cluster.remote[0];
+    STRCMP_EQUAL("remote-key", r.key.c_str());
+    CHECK(r.mode == Mode::Write);
+    STRCMP_EQUAL("mod_pidlock host-a", r.application.c_str());
+    CHECK(r.session > 0 && r.since_us > 0);
+    // Nothing waits: no query, nothing shown.
+    s = TableSnapshot();
+    int err = 0;
+    CHECK(a.lb().snapshot(s, &err));
+    CHECK(s.cluster.remote.empty());
+}
+
 TEST(Cluster, PoolCapMakesRequestsWaitWithinTheirDeadline) {
     Host a(options(1));
     LockSet first, second;
