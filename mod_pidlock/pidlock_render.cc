@@ -149,6 +149,17 @@ bool key_fits_form(const std::string &key) {
 
 namespace {
 
+// "key": the key as a JSON string, and "key_hex" with its raw bytes where
+// they are not valid UTF-8.
+void json_key_fields(std::string &o, const std::string &key) {
+    o += "\"key\": ";
+    if (!json_string(o, key)) {
+        o += ", \"key_hex\": \"";
+        o += hex_bytes(key);
+        o += '"';
+    }
+}
+
 // The cluster tier's numbers, named once for every format.
 struct ClusterField {
     const char *name;   // JSON
@@ -216,13 +227,9 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         o += ", \"remote\": [";
         bool first_remote = true;
         for (const RemoteHolder &h : snap.cluster.remote) {
-            o += first_remote ? "{\"key\": " : ", {\"key\": ";
+            o += first_remote ? "{" : ", {";
             first_remote = false;
-            if (!json_string(o, h.key)) {
-                o += ", \"key_hex\": \"";
-                o += hex_bytes(h.key);
-                o += '"';
-            }
+            json_key_fields(o, h.key);
             o += ", \"mode\": \"";
             o += mode_name(h.mode);
             o += "\", \"session\": ";
@@ -242,12 +249,7 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
     for (const LockView &l : snap.locks) {
         o += first ? "\n  {" : ",\n  {";
         first = false;
-        o += "\"key\": ";
-        if (!json_string(o, l.key)) {
-            o += ", \"key_hex\": \"";
-            o += hex_bytes(l.key);
-            o += '"';
-        }
+        json_key_fields(o, l.key);
         o += ", \"mode\": \"";
         o += mode_name(l.mode);
         o += "\", \"waiting_read\": ";
@@ -637,12 +639,8 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
 }
 
 std::string render_busy_json(const BusyReport &rep, double timeout_s) {
-    std::string o = "{\"error\": \"lock not available\", \"key\": ";
-    if (!json_string(o, rep.key)) {
-        o += ", \"key_hex\": \"";
-        o += hex_bytes(rep.key);
-        o += '"';
-    }
+    std::string o = "{\"error\": \"lock not available\", ";
+    json_key_fields(o, rep.key);
     o += ", \"mode_held\": \"";
     o += mode_name(rep.held_mode);
     o += "\", \"holders\": ";
