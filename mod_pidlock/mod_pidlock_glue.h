@@ -158,6 +158,10 @@ void hold_unwatch(RequestLocks *rl);
 // the request's locks meanwhile (the caller releases the new set).
 bool hold_add_set(RequestLocks *rl);
 
+// The client socket of a connection (an HTTP/2 stream's: its master's); -1
+// if none.
+int connection_fd(conn_rec *c);
+
 int fixups(request_rec *r);
 int strip_fence(request_rec *r);
 // The keys of the request's `form` sources, read from its body (kept for

@@ -295,6 +295,7 @@ HolderInfo holder_info(request_rec *r, uint64_t request) {
     info.user = r->user;
     info.thread = static_cast<uint64_t>(apr_os_thread_current());
     info.request = request;
+    info.client_fd = connection_fd(r->connection);
     return info;
 }
 

@@ -327,10 +327,12 @@ class PgPool {
     // Sends `sql` (one or more statements) and reads every result by
     // `deadline`; past it, cancels and waits a little more for the answer.
     // `results` gets them in order (the caller frees them).
-    Exec exec(Conn &c, const std::string &sql, int64_t deadline, std::vector<PGresult *> &results) {
+    // A hang-up on `client_fd` (if >= 0) ends the wait as the deadline does.
+    Exec exec(Conn &c, const std::string &sql, int64_t deadline, std::vector<PGresult *> &results,
+              int client_fd = -1) {
         results.clear();
         if (!PQsendQuery(c.pg, sql.c_str())) return Exec::ConnLost;
-        bool cancelled = false;
+        bool cancelled = false, client_gone = false;
         int64_t until = deadline;
         for (;;) {
             const int fl = PQflush(c.pg);
@@ -343,26 +345,33 @@ class PgPool {
                 continue;
             }
             const int64_t now = monotonic_ns();
-            if (until != kNoDeadline && now >= until) {
+            if ((until != kNoDeadline && now >= until) || (client_gone && !cancelled)) {
                 if (cancelled) return Exec::ConnLost;  // no answer to the cancel either
                 send_cancel(c);
                 cancelled = true;
                 until = now + kCancelGraceNs;
                 continue;
             }
-            pollfd pfd{PQsocket(c.pg), static_cast<short>(POLLIN | (fl == 1 ? POLLOUT : 0)), 0};
-            if (pfd.fd < 0) return Exec::ConnLost;
+            pollfd pfd[2] = {{PQsocket(c.pg), static_cast<short>(POLLIN | (fl == 1 ? POLLOUT : 0)), 0},
+                             {client_fd, POLLRDHUP, 0}};
+            if (pfd[0].fd < 0) return Exec::ConnLost;
             const int64_t left_ms =
                 until == kNoDeadline ? 1000 : std::min<int64_t>(1000, (until - now + 999999) / 1000000);
-            const int pr = poll(&pfd, 1, static_cast<int>(left_ms));
+            const nfds_t nfds = client_fd >= 0 && !client_gone ? 2 : 1;
+            const int pr = poll(pfd, nfds, static_cast<int>(left_ms));
             if (pr < 0 && errno != EINTR) return Exec::ConnLost;
-            if (pr > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
+            if (pr > 0 && (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) {
                 if (!PQconsumeInput(c.pg)) return Exec::ConnLost;
+            }
+            if (pr > 0 && nfds == 2 && (pfd[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+                client_gone = true;  // it will never read the answer: leave the queue
+                ++client_gone_;
             }
         }
     }
 
     uint64_t cancels() const { return cancels_.load(); }
+    uint64_t clients_gone() const { return client_gone_.load(); }
 
   private:
     static constexpr int64_t kMinConnectNs = 1000LL * 1000000;
@@ -461,7 +470,7 @@ class PgPool {
     std::condition_variable cv_;
     std::vector<Conn> conns_;
     uint64_t tokens_ = 0;
-    std::atomic<uint64_t> cancels_{0};
+    std::atomic<uint64_t> cancels_{0}, client_gone_{0};
 };
 
 // -------------------------------------------------------- ClusterBackend
@@ -495,6 +504,7 @@ ClusterBackend::~ClusterBackend() = default;
 
 uint32_t ClusterBackend::open_connections() const { return pool_->open_count(); }
 uint64_t ClusterBackend::cancels_sent() const { return pool_->cancels(); }
+uint64_t ClusterBackend::clients_gone() const { return pool_->clients_gone(); }
 
 namespace {
 
@@ -564,7 +574,7 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
             if (deadline_ns != kNoDeadline && wait_ms == 0) client_deadline = now + 2000LL * 1000000;
             std::vector<PGresult *> rs;
             stats_->add(ClusterStats::Waiting, 1);
-            const PgPool::Exec ex = pool_->exec(c, sql, client_deadline, rs);
+            const PgPool::Exec ex = pool_->exec(c, sql, client_deadline, rs, info.client_fd);
             stats_->add(ClusterStats::Waiting, -1);
             if (ex == PgPool::Exec::ConnLost) {
                 clear_results(rs);

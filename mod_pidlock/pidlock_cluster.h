@@ -109,6 +109,8 @@ class ClusterBackend final : public LockBackend {
     // PostgreSQL cancels sent.
     uint32_t open_connections() const;
     uint64_t cancels_sent() const;
+    // Waits in PostgreSQL ended because the client hung up.
+    uint64_t clients_gone() const;
 
   private:
     void remote_holders(TableSnapshot &out);

@@ -31,6 +31,9 @@ struct HolderInfo {
     const char *user = nullptr;  // null: anonymous
     uint64_t thread = 0;
     uint64_t request = 0;  // the same for every lock one request holds
+    // The client's connection, where a backend's wait can watch it: a client
+    // that hangs up ends the wait early (-1: not watched).
+    int client_fd = -1;
 };
 
 // What a refused request may be told about the lock it waited for.

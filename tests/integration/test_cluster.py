@@ -10,6 +10,7 @@ bound); see the README.
 
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -354,6 +355,30 @@ def t_status_and_break_across_hosts(pg):
         stop_all(hs)
 
 
+def t_client_hangup_leaves_pg_queue(pg):
+    """A client that disconnects while its request waits in PostgreSQL: the
+    request leaves PostgreSQL's queue at once, not at its PidLockTimeout."""
+    a, b = hs = hosts(pg.conninfo)
+    try:
+        holder = threading.Thread(target=lambda: put(a, "hangup", sleep_ms=3000))
+        holder.start()
+        check(poll(lambda: holder_pid(a, "hangup"), timeout=5), "A's writer never held")
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=5)
+        s.sendall(b"PUT /mn/v2/object/hangup HTTP/1.1\r\nHost: x\r\nX-Test-Pid: hangup\r\n"
+                  b"Content-Length: 1\r\n\r\nx")
+
+        def waiting():
+            return b.get_json("/pidlock-status?json")["cluster"]["waiting"]
+        check(poll(lambda: waiting() == 1, timeout=5), "B's request never waited in PostgreSQL")
+        s.close()
+        gone = time.monotonic()
+        check(poll(lambda: waiting() == 0, timeout=2), "B's request still waits after the hang-up")
+        check(time.monotonic() - gone < 1.5, "left the queue %.2f s after the hang-up" % (time.monotonic() - gone))
+        holder.join(10)
+    finally:
+        stop_all(hs)
+
+
 def t_pool_cap_waits_then_503(pg):
     """PidLockClusterConnections 1 in the only child: a second request waits
     for the connection within its PidLockTimeout, then 503; none hangs, and
@@ -400,6 +425,7 @@ CLUSTER_TESTS = [
     ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put),
     ("pg_down_at_start", t_pg_down_at_start),
     ("pool_cap_waits_then_503", t_pool_cap_waits_then_503),
+    ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue),
     ("status_and_break_across_hosts", t_status_and_break_across_hosts),
     ("pg_restart_during_write", t_pg_restart_during_write),
 ]

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include <libpq-fe.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "pidlock_backend.h"
 #include "pidlock_cluster.h"
@@ -321,6 +323,38 @@ TEST(Cluster, ClientCancelsAtTheDeadline) {
     CHECK(take(b.lb(), "cancel-me", Mode::Write, in_ms(2000), again) == AcquireResult::Acquired);
     CHECK_EQUAL(1, b.cluster->open_connections());
     b.lb().release_all(again);
+}
+
+// A client that hangs up while its request waits in PostgreSQL takes the
+// request out of PostgreSQL's queue at once, not at its deadline.
+TEST(Cluster, ClientHangUpEndsTheWait) {
+    Host a(options()), b(options());
+    LockSet held, asker;
+    CHECK(take(a.lb(), "hang-up", Mode::Write, 0, held) == AcquireResult::Acquired);
+    int sv[2];
+    CHECK_EQUAL(0, socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+    std::thread client([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        close(sv[1]);
+    });
+    const std::string key = "hang-up";
+    KeyRef k{key.data(), key.size()};
+    HolderInfo info;
+    info.client_fd = sv[0];
+    int err = 0;
+    const int64_t t0 = monotonic_ns();
+    CHECK(b.lb().acquire_all(&k, 1, Mode::Write, in_ms(5000), info, asker, nullptr, &err) == AcquireResult::Busy);
+    client.join();
+    close(sv[0]);
+    CHECK(ms_since(t0) >= 190);
+    CHECK(ms_since(t0) < 1500);
+    CHECK_EQUAL(1, b.cluster->clients_gone());
+    CHECK_EQUAL(0, b.stats->totals().waiting);
+    a.lb().release_all(held);
+    // Its session serves the next request.
+    CHECK(take(b.lb(), "hang-up", Mode::Write, in_ms(2000), asker) == AcquireResult::Acquired);
+    b.lb().release_all(asker);
+    CHECK_EQUAL(0, b.stats->totals().errors);
 }
 
 TEST(Cluster, AnSqlJobTakesTheSameLock) {
