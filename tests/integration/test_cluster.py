@@ -4,11 +4,15 @@ a temp dir, stopped by its pid).
 
 The overlap witness both hosts see is the test backend's marker files
 (X-Test-Witness-Dir): a writer owns a PID while its O_EXCL file exists.
-Not done here: network-namespace faults (a host cut off, SIGSTOP + keepalive
-bound); see the README.
+A host cut off from the network runs in a network namespace of its own
+(ip netns, veth) and reaches PostgreSQL over TCP; without CAP_NET_ADMIN that
+test is skipped, and says so.
 """
 
+import http.client
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +20,7 @@ import tempfile
 import threading
 import time
 
+import harness
 from harness import REPO, Httpd, check, poll
 from test_startup import WORKER_ONE  # one child of 16 threads
 from test_status import _admin_page, _break
@@ -31,9 +36,10 @@ class Pg:
         self.dir = tempfile.mkdtemp(prefix="pidlock-pg-")
         self.conninfo = None
 
-    def start(self):
+    def start(self, extra_opts=""):
         p = subprocess.run(["sh", PG_SH, "start", self.dir], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=90)
+                           stderr=subprocess.STDOUT, timeout=90,
+                           env=dict(os.environ, PG_EXTRA_OPTS=extra_opts))
         out = p.stdout.decode("utf-8", "replace").strip()
         if p.returncode != 0:
             raise AssertionError("PostgreSQL did not start: %s" % out[-1500:])
@@ -75,7 +81,7 @@ PidLockClusterOnFailure %s
 </Location>
 <Location /pidlock-status>
     SetHandler pidlock-status
-    Require ip 127.0.0.1
+    Require ip 127.0.0.1 10.231.0.0/16
 </Location>
 <Location /pidlock-admin>
     SetHandler pidlock-status
@@ -403,6 +409,108 @@ def t_pool_cap_waits_then_503(pg):
         stop_all([h])
 
 
+class NetnsHost(Httpd):
+    """An httpd in network namespace `ns`, listening on `addr`."""
+
+    def __init__(self, ns, addr, **kw):
+        self.ns, self.addr = ns, addr
+        super().__init__(**kw)
+
+    def config_text(self):
+        return super().config_text().replace("Listen %s:" % harness.HOST, "Listen %s:" % self.addr)
+
+    def start(self, timeout=20):
+        wrapper = os.path.join(self.root, "apache-in-ns.sh")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n" % (self.ns, harness.APACHE))
+        os.chmod(wrapper, 0o755)
+        saved = harness.APACHE, harness.HOST
+        harness.APACHE, harness.HOST = wrapper, self.addr
+        try:
+            return super().start(timeout)
+        finally:
+            harness.APACHE, harness.HOST = saved
+
+    def connect(self, timeout=10):
+        return http.client.HTTPConnection(self.addr, self.port, timeout=timeout)
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
+
+
+def t_cut_off_host_loses_its_locks(_pg):
+    """Host A (its own network namespace, TCP to PostgreSQL) holds a write,
+    is frozen (SIGSTOP) and cut off: B's waiter is granted within the
+    server's keepalive bound (tcp_keepalives 2/1/2: about 4 s), and A logs
+    the lost lock when it thaws."""
+    net = random.randint(2, 250)
+    ns, veth_h, veth_a = "pidlock-a%d" % net, "plk%dh" % net, "plk%da" % net
+    pg_addr, a_addr = "10.231.%d.1" % net, "10.231.%d.2" % net
+    try:
+        sh("ip", "netns", "add", ns)
+    except (subprocess.CalledProcessError, OSError) as e:
+        print("SKIP cluster/cut_off_host_loses_its_locks: no network namespaces here (%s)"
+              % (getattr(e, "stderr", b"") or b"").decode().strip(), flush=True)
+        return
+    pg = a = b = None
+    hba_dir = tempfile.mkdtemp(prefix="pidlock-hba-")
+    try:
+        sh("ip", "link", "add", veth_h, "type", "veth", "peer", "name", veth_a)
+        sh("ip", "link", "set", veth_a, "netns", ns)
+        sh("ip", "addr", "add", pg_addr + "/30", "dev", veth_h)
+        sh("ip", "link", "set", veth_h, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", a_addr + "/30", "dev", veth_a)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", veth_a, "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        os.chmod(hba_dir, 0o755)
+        hba = os.path.join(hba_dir, "pg_hba.conf")
+        with open(hba, "w") as f:
+            f.write("local all all trust\nhost all all %s/30 trust\n" % pg_addr)
+        os.chmod(hba, 0o644)
+        pg = Pg().start("-c listen_addresses=%s -c hba_file=%s -c tcp_keepalives_idle=2 "
+                        "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=2" % (pg_addr, hba))
+        tcp = "host=%s port=5432 dbname=postgres user=postgres connect_timeout=5" % pg_addr
+        a = NetnsHost(ns, a_addr, mpm="prefork", body=host_config(tcp), name="cluster-netns-a")
+        a.start()
+        (b,) = hosts(pg.conninfo, n=1)
+        holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "cut-off", sleep_ms=1500, timeout=60)))
+        holder.start()
+        pid = poll(lambda: holder_pid(a, "cut-off"), timeout=5)
+        check(pid, "A's writer never held")
+        for p in [a.pid] + a.child_pids():
+            os.kill(p, signal.SIGSTOP)
+        sh("ip", "link", "set", veth_h, "down")
+        cut = time.monotonic()
+        wt, got = waiting_put(b, "cut-off", 0)
+        wt.join(15)
+        check(got.get("status") == 200, "B's writer after A was cut off: %r" % got)
+        waited = got["at"] - cut
+        check(waited < 8.0, "B granted %.1f s after A was cut off (keepalive bound about 4 s)" % waited)
+        sh("ip", "link", "set", veth_h, "up")
+        for p in [a.pid] + a.child_pids():
+            os.kill(p, signal.SIGCONT)
+        holder.join(30)
+        check(poll(lambda: "PIDLOCK402" in a.read_log() and "cut-off" in a.read_log(), timeout=15),
+              "A did not log its lost lock after the thaw")
+        print("# cut-off host: B granted %.1f s after A was cut off" % waited, flush=True)
+    finally:
+        for h in (a, b):
+            if h is not None:
+                for p in [h.pid] + h.child_pids() if h.pid else []:
+                    try:
+                        os.kill(p, signal.SIGCONT)
+                    except OSError:
+                        pass
+                h.stop()
+                h.cleanup()
+        if pg is not None:
+            pg.stop()
+        subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", veth_h], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(hba_dir, ignore_errors=True)
+
+
 def t_configtest_rejects_bad_conninfo(pg):
     h = Httpd(body=host_config("host=/tmp bogus_option=1"), name="cluster-bad")
     try:
@@ -428,6 +536,7 @@ CLUSTER_TESTS = [
     ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue),
     ("status_and_break_across_hosts", t_status_and_break_across_hosts),
     ("pg_restart_during_write", t_pg_restart_during_write),
+    ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks),
 ]
 
 
