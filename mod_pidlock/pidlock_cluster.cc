@@ -230,8 +230,7 @@ class PgPool {
     }
 
     // A free connection by `deadline` (opened if none is idle and the cap
-    // allows; the connect itself may take up to a second past a deadline
-    // that is already near). *index is its slot.
+    // allows). *index is its slot.
     Got lease(int64_t deadline, size_t *index, bool *fresh, std::string *why) {
         std::unique_lock<std::mutex> lk(mu_);
         adopt_after_fork();
@@ -261,7 +260,7 @@ class PgPool {
                 }
                 if (!c.pg) {
                     *fresh = true;
-                    if (!open_conn(c, std::max(deadline, monotonic_ns() + kMinConnectNs), why)) {
+                    if (!open_conn(c, connect_deadline(deadline), why)) {
                         give_back(pick, false);
                         return Got::Unreachable;
                     }
@@ -375,6 +374,16 @@ class PgPool {
 
   private:
     static constexpr int64_t kMinConnectNs = 1000LL * 1000000;
+    static constexpr int64_t kMaxConnectNs = 5000LL * 1000000;
+
+    // A connect may take a second even past a deadline that is near (a
+    // request that does not wait for a lock still needs a session), and
+    // never more than five (a server that does not answer at all).
+    static int64_t connect_deadline(int64_t deadline) {
+        const int64_t now = monotonic_ns();
+        const int64_t left = deadline == kNoDeadline ? kMaxConnectNs : deadline - now;
+        return now + std::min(kMaxConnectNs, std::max(kMinConnectNs, left));
+    }
     static constexpr int64_t kCancelGraceNs = 2000LL * 1000000;
 
     // A fork()ed process must not talk on its parent's sessions: it forgets
