@@ -112,6 +112,7 @@ struct State {
     LockBackend *backend;
     LockBackend *local;            // the host's table (backend wraps it under PidLockCluster)
     ClusterStats *cluster_stats;   // null: no cluster tier
+    ClusterBackend *cluster;       // the tier (== backend), null: none
     ServerFacts *facts;
     char nonce[33];
 };

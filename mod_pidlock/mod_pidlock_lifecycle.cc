@@ -309,7 +309,8 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
     opt.application_name = std::string("mod_pidlock ") + std::string(st->nonce, 8);
     opt.log = cluster_log;
     opt.log_ctx = s;
-    st->backend = new (apr_palloc(pconf, sizeof(ClusterBackend))) ClusterBackend(st->local, st->cluster_stats, opt);
+    st->cluster = new (apr_palloc(pconf, sizeof(ClusterBackend))) ClusterBackend(st->local, st->cluster_stats, opt);
+    st->backend = st->cluster;
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                  "PIDLOCK410: cluster tier on: every lock is also taken in PostgreSQL, at most %u "
                  "connection(s) per child, on failure %s",
@@ -423,7 +424,26 @@ void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_stat
     }
 }
 
+// The first child of a full start checks that PostgreSQL answers, so an
+// outage shows in the log at start rather than at the first request.
+void probe_cluster(server_rec *s) {
+    ClusterBackend *cb = g_state->cluster;
+    if (!cb || !g_state->cluster_stats->claim_probe()) return;
+    std::string why;
+    if (!cb->probe(&why))
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "PIDLOCK409: PostgreSQL (PidLockCluster) does not answer at start: %s; locked requests %s "
+                     "until it does", why.c_str(),
+                     cb->fails_open() ? "are served with this host's lock only" : "are answered 503");
+}
+
 void child_init(apr_pool_t *p, server_rec *s) {
+    if (g_state && g_state->cluster_stats) {
+        try {
+            probe_cluster(s);
+        } catch (...) {
+        }
+    }
     if (!g_state || !g_state->mutexes) return;
     for (unsigned i = 0; i < g_state->table->params().stripes; ++i) {
         const apr_status_t rv = apr_global_mutex_child_init(

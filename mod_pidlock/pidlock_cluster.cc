@@ -167,6 +167,26 @@ bool cluster_conninfo_valid(const char *conninfo, std::string *why) {
     return true;
 }
 
+bool cluster_probe(const ClusterOptions &opt, std::string *why) {
+    // The conninfo's own connect_timeout wins over this one (libpq's least: 2 s).
+    const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", nullptr};
+    const char *vals[] = {"2", opt.application_name.c_str(), opt.conninfo.c_str(), nullptr};
+    switch (PQpingParams(keys, vals, 1)) {
+    case PQPING_OK:
+        return true;
+    case PQPING_REJECT:
+        if (why) *why = "the server rejects connections (starting up, shutting down or in recovery)";
+        return false;
+    case PQPING_NO_RESPONSE:
+        if (why) *why = "no answer from the server";
+        return false;
+    case PQPING_NO_ATTEMPT:
+        if (why) *why = "libpq made no attempt (bad connection string?)";
+        return false;
+    }
+    return false;
+}
+
 // -------------------------------------------------------------- the pool
 
 namespace {

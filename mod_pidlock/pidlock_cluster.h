@@ -50,6 +50,12 @@ class ClusterStats {
     // The parent, when process `pid` ended: its current values go, its
     // totals (lost, errors) stay.
     void free_process(int32_t pid);
+    // True for the first caller since format(): the one process that checks
+    // PostgreSQL at start.
+    bool claim_probe() {
+        int32_t zero = 0;
+        return probed_.compare_exchange_strong(zero, 1);
+    }
 
   private:
     struct Slot {
@@ -59,6 +65,7 @@ class ClusterStats {
     Slot *slot_for_me();
     uint32_t slots_;
     std::atomic<int64_t> retired_lost_, retired_errors_;
+    std::atomic<int32_t> probed_;
     Slot slot_[1];  // slots_ of them
 };
 
@@ -80,6 +87,10 @@ struct ClusterOptions {
     void (*log)(void *ctx, int level, const char *msg) = nullptr;
     void *log_ctx = nullptr;
 };
+
+// Whether PostgreSQL answers at `opt.conninfo` (PQping, at most about 2 s;
+// opens no session). Else `*why` says what failed.
+bool cluster_probe(const ClusterOptions &opt, std::string *why);
 
 // True if libpq can parse `conninfo`; else `*why` says why.
 bool cluster_conninfo_valid(const char *conninfo, std::string *why);
@@ -105,6 +116,8 @@ class ClusterBackend final : public LockBackend {
     void count(Counter c) override { local_->count(c); }
     int maintain() override { return local_->maintain(); }
 
+    bool probe(std::string *why) const { return cluster_probe(opt_, why); }
+    bool fails_open() const { return opt_.fail_open; }
     // For tests and the status page: connections this process has open,
     // PostgreSQL cancels sent.
     uint32_t open_connections() const;

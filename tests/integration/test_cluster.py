@@ -294,6 +294,7 @@ def t_pg_down_at_start(pg):
         r = put(h, "down")
         check(r.status == 503 and "retry-after" in r.headers, "closed: %d %r" % (r.status, r.headers))
         check(poll(lambda: "PIDLOCK420" in h.read_log(), timeout=3), "no PIDLOCK420 in the log")
+        check("PIDLOCK409" in h.read_log(), "no PIDLOCK409 warning at start")
         doc = h.get_json("/pidlock-status?json")
         check(doc["cluster"]["errors"] >= 1, "cluster.errors %r" % doc["cluster"])
     finally:

@@ -445,6 +445,19 @@ TEST(Cluster, StatsSlotsPerProcessKeepTotalsWhenOneEnds) {
     CHECK_EQUAL(3, t.errors);
 }
 
+TEST(Cluster, ProbeTellsAnsweringFromSilent) {
+    std::string why;
+    CHECK(cluster_probe(options(), &why));
+    ClusterOptions down = options();
+    down.conninfo = "host=/nonexistent-pidlock-test";
+    CHECK_FALSE(cluster_probe(down, &why));
+    CHECK(!why.empty());
+    std::vector<char> mem(ClusterStats::region_size(1), 0);
+    ClusterStats *s = ClusterStats::format(mem.data(), 1);
+    CHECK(s->claim_probe());
+    CHECK_FALSE(s->claim_probe());
+}
+
 TEST(Cluster, ConninfoIsCheckedByLibpq) {
     std::string why;
     CHECK(cluster_conninfo_valid("host=/tmp dbname=x keepalives_idle=5", &why));
