@@ -313,9 +313,12 @@ class PgPool {
         return c.in_use && c.token == token ? &c : nullptr;
     }
 
+    // A connection goes back idle, or is closed: one that is not idle (a
+    // statement abandoned at its deadline, a transaction left open) never
+    // serves another request.
     void give_back(size_t i, bool healthy) {
         Conn &c = conns_[i];
-        if (!healthy) close_conn(c);
+        if (!healthy || (c.pg && PQtransactionStatus(c.pg) != PQTRANS_IDLE)) close_conn(c);
         {
             std::lock_guard<std::mutex> lk(mu_);
             c.in_use = false;
@@ -344,11 +347,14 @@ class PgPool {
     enum class Exec { Ok, Timeout, ConnLost };
 
     // Sends `sql` (one or more statements) and reads every result by
-    // `deadline`; past it, cancels and waits a little more for the answer.
-    // `results` gets them in order (the caller frees them).
-    // A hang-up on `client_fd` (if >= 0) ends the wait as the deadline does.
+    // `deadline`. Past it: with `cancel_at_deadline`, cancels (PQcancel) and
+    // waits a little more for the answer; without, gives up at once (Timeout,
+    // the statement still running: give_back then closes the connection, as
+    // a server that has not answered by then may not answer a cancel either).
+    // A hang-up on `client_fd` (if >= 0) cancels the wait.
+    // `results` gets the answers in order (the caller frees them).
     Exec exec(Conn &c, const std::string &sql, int64_t deadline, std::vector<PGresult *> &results,
-              int client_fd = -1) {
+              int client_fd = -1, bool cancel_at_deadline = false) {
         results.clear();
         if (!PQsendQuery(c.pg, sql.c_str())) return Exec::ConnLost;
         bool cancelled = false, client_gone = false;
@@ -366,6 +372,7 @@ class PgPool {
             const int64_t now = monotonic_ns();
             if ((until != kNoDeadline && now >= until) || (client_gone && !cancelled)) {
                 if (cancelled) return Exec::ConnLost;  // no answer to the cancel either
+                if (!cancel_at_deadline && !client_gone) return Exec::Timeout;
                 send_cancel(c);
                 cancelled = true;
                 until = now + kCancelGraceNs;
@@ -603,7 +610,10 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
             if (deadline_ns != kNoDeadline && wait_ms == 0) client_deadline = now + 2000LL * 1000000;
             std::vector<PGresult *> rs;
             stats_->add(ClusterStats::Waiting, 1);
-            const PgPool::Exec ex = pool_->exec(c, sql, client_deadline, rs, info.client_fd);
+            // With the server's lock_timeout, a server silent past it is gone
+            // rather than slow: no cancel (which could block on it).
+            const PgPool::Exec ex =
+                pool_->exec(c, sql, client_deadline, rs, info.client_fd, !opt_.server_lock_timeout);
             stats_->add(ClusterStats::Waiting, -1);
             if (ex == PgPool::Exec::ConnLost) {
                 clear_results(rs);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <libpq-fe.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -355,6 +356,34 @@ TEST(Cluster, ClientHangUpEndsTheWait) {
     CHECK(take(b.lb(), "hang-up", Mode::Write, in_ms(2000), asker) == AcquireResult::Acquired);
     b.lb().release_all(asker);
     CHECK_EQUAL(0, b.stats->totals().errors);
+}
+
+// A server that stops answering (its backend frozen): the request ends at
+// its deadline plus the half second the server's own lock_timeout has, no
+// cancel is sent (it could block on a dead host), and the session is
+// dropped, not reused.
+TEST(Cluster, SilentServerEndsTheWaitAndDropsTheSession) {
+    ClusterOptions o = options();
+    o.conninfo += " application_name=pidlock_freeze_test";
+    Host a(o);
+    LockSet w;
+    CHECK(take(a.lb(), "frozen", Mode::Write, 0, w) == AcquireResult::Acquired);
+    a.lb().release_all(w);
+    Sql admin;
+    const int backend = std::atoi(
+        admin.one("SELECT pid FROM pg_stat_activity WHERE application_name = 'pidlock_freeze_test'").c_str());
+    CHECK(backend > 0);
+    CHECK_EQUAL(0, kill(backend, SIGSTOP));
+    const int64_t t0 = monotonic_ns();
+    const AcquireResult res = take(a.lb(), "frozen", Mode::Write, in_ms(300), w);
+    const int64_t took = ms_since(t0);
+    kill(backend, SIGCONT);
+    CHECK(res == AcquireResult::Busy);
+    CHECK(took >= 750 && took < 1500);
+    CHECK_EQUAL(0, a.cluster->cancels_sent());
+    CHECK_EQUAL(0, a.cluster->open_connections());
+    CHECK(take(a.lb(), "frozen", Mode::Write, in_ms(2000), w) == AcquireResult::Acquired);
+    a.lb().release_all(w);
 }
 
 TEST(Cluster, AnSqlJobTakesTheSameLock) {
