@@ -154,6 +154,15 @@ def violations(witness):
         return 0
 
 
+def cluster_holder(h, key, timeout=5):
+    """The pid of h's child holding `key`, once it holds it in PostgreSQL
+    too (not only in h's own table); None if that does not happen."""
+    def held():
+        pid = holder_pid(h, key)
+        return pid if pid and h.get_json("/pidlock-status?json")["cluster"]["held"] >= 1 else None
+    return poll(held, timeout=timeout)
+
+
 def waiting_put(h, pid, settle):
     """A PUT in a thread, `settle` seconds on; got gets its status and the
     time it ended."""
@@ -217,7 +226,7 @@ def t_kill9_holder_frees_other_host(pg):
     try:
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "k9", sleep_ms=15000, timeout=30)))
         holder.start()
-        pid = poll(lambda: holder_pid(a, "k9"), timeout=5)
+        pid = cluster_holder(a, "k9")
         check(pid, "A's holder never showed on its status page")
         wt, got = waiting_put(b, "k9", 0.5)
         check("status" not in got, "B's writer did not wait for A's lock")
@@ -258,7 +267,7 @@ def t_pg_restart_during_write(pg):
                 got[name] = repr(e)
         ta = threading.Thread(target=req, args=("a", a, 2500))
         ta.start()
-        check(poll(lambda: holder_pid(a, "restart-me"), timeout=5), "A's writer never held the lock")
+        check(cluster_holder(a, "restart-me"), "A's writer never held the lock")
         tb = threading.Thread(target=req, args=("b", b, 0))
         tb.start()
         time.sleep(0.3)
@@ -341,7 +350,7 @@ def t_status_and_break_across_hosts(pg):
     try:
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "brk", sleep_ms=4000)))
         holder.start()
-        check(poll(lambda: holder_pid(a, "brk"), timeout=5), "A's writer never held")
+        check(cluster_holder(a, "brk"), "A's writer never held")
         wt, got = waiting_put(b, "brk", 0.3)
 
         def remote():
@@ -369,7 +378,7 @@ def t_client_hangup_leaves_pg_queue(pg):
     try:
         holder = threading.Thread(target=lambda: put(a, "hangup", sleep_ms=3000))
         holder.start()
-        check(poll(lambda: holder_pid(a, "hangup"), timeout=5), "A's writer never held")
+        check(cluster_holder(a, "hangup"), "A's writer never held")
         s = socket.create_connection(("127.0.0.1", b.port), timeout=5)
         s.sendall(b"PUT /mn/v2/object/hangup HTTP/1.1\r\nHost: x\r\nX-Test-Pid: hangup\r\n"
                   b"Content-Length: 1\r\n\r\nx")
@@ -394,7 +403,7 @@ def t_pool_cap_waits_then_503(pg):
     try:
         holder = threading.Thread(target=lambda: put(h, "cap-holder", sleep_ms=2500))
         holder.start()
-        check(poll(lambda: holder_pid(h, "cap-holder"), timeout=5), "the holder never held")
+        check(cluster_holder(h, "cap-holder"), "the holder never held")
         t0 = time.monotonic()
         r = put(h, "short/cap-other")
         took = time.monotonic() - t0
@@ -443,8 +452,9 @@ def sh(*cmd):
 def t_cut_off_host_loses_its_locks(_pg):
     """Host A (its own network namespace, TCP to PostgreSQL) holds a write,
     is frozen (SIGSTOP) and cut off: B's waiter is granted within the
-    server's keepalive bound (tcp_keepalives 2/1/2: about 4 s), and A logs
-    the lost lock when it thaws."""
+    server's keepalive bound (tcp_keepalives 2/1/2: about 4 s; and
+    tcp_user_timeout 4 s for a reply the server could not deliver), and A
+    logs the lost lock when it thaws."""
     net = random.randint(2, 250)
     ns, veth_h, veth_a = "pidlock-a%d" % net, "plk%dh" % net, "plk%da" % net
     pg_addr, a_addr = "10.231.%d.1" % net, "10.231.%d.2" % net
@@ -470,14 +480,15 @@ def t_cut_off_host_loses_its_locks(_pg):
             f.write("local all all trust\nhost all all %s/30 trust\n" % pg_addr)
         os.chmod(hba, 0o644)
         pg = Pg().start("-c listen_addresses=%s -c hba_file=%s -c tcp_keepalives_idle=2 "
-                        "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=2" % (pg_addr, hba))
+                        "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=4000"
+                        % (pg_addr, hba))
         tcp = "host=%s port=5432 dbname=postgres user=postgres connect_timeout=5" % pg_addr
         a = NetnsHost(ns, a_addr, mpm="prefork", body=host_config(tcp), name="cluster-netns-a")
         a.start()
         (b,) = hosts(pg.conninfo, n=1)
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "cut-off", sleep_ms=1500, timeout=60)))
         holder.start()
-        pid = poll(lambda: holder_pid(a, "cut-off"), timeout=5)
+        pid = cluster_holder(a, "cut-off")
         check(pid, "A's writer never held")
         for p in [a.pid] + a.child_pids():
             os.kill(p, signal.SIGSTOP)
