@@ -10,14 +10,17 @@ LIBEXEC   = $(shell $(APXS) -q LIBEXECDIR)
 SYSCONF   = $(shell $(APXS) -q SYSCONFDIR)
 
 WARN      = -Wall -Wextra -Werror
-CPPFLAGS_ALL = -I$(HTTPD_INC) -I$(APR_INC) -I$(APU_INC) -DLINUX -D_REENTRANT -D_GNU_SOURCE
+# libpq (libpq-dev): the PostgreSQL tier (PidLockCluster) is part of the module.
+PQ_INC    = $(shell pg_config --includedir 2>/dev/null)
+CPPFLAGS_ALL = -I$(HTTPD_INC) -I$(APR_INC) -I$(APU_INC) -I$(PQ_INC) -DLINUX -D_REENTRANT -D_GNU_SOURCE
 CXXFLAGS_ALL = -std=c++17 $(WARN) -fPIC -O2 -g -fvisibility=hidden
 
 CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
             mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc \
             mod_pidlock/pidlock_exits.cc \
-            mod_pidlock/pidlock_lease.cc
+            mod_pidlock/pidlock_lease.cc \
+            mod_pidlock/pidlock_cluster.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pidlock/mod_pidlock_lifecycle.cc \
             mod_pidlock/mod_pidlock_request.cc mod_pidlock/mod_pidlock_status.cc mod_pidlock/mod_pidlock_body.cc \
             mod_pidlock/mod_pidlock_watchdog.cc mod_pidlock/mod_pidlock_lease.cc
@@ -59,25 +62,23 @@ $(BUILD): | check-apxs
 # pidlock_module alone.
 $(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) mod_pidlock/pidlock.map Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) -fno-gnu-unique $(CPPFLAGS_ALL) -shared -Wl,--version-script=mod_pidlock/pidlock.map \
-	    -o $@ $(CORE_SRCS) $(GLUE_SRCS)
+	    -o $@ $(CORE_SRCS) $(GLUE_SRCS) -lpq
 
 $(BACKEND): tests/backend/mod_pidlock_testbackend.cc Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $<
 
 $(UNIT): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) $(UNIT_HDRS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g $(CPPFLAGS_ALL) -DPIDLOCK_CRASH_POINTS -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
-	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
+	    -lCppUTest -lCppUTestExt -lapr-1 -lpq -lpthread
 
 $(UNIT_SAN): $(CORE_SRCS) $(HEADERS) $(UNIT_SRCS) $(UNIT_HDRS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	    -fno-sanitize-recover=undefined $(CPPFLAGS_ALL) -DPIDLOCK_CRASH_POINTS -Imod_pidlock -o $@ $(CORE_SRCS) $(UNIT_SRCS) \
-	    -lCppUTest -lCppUTestExt -lapr-1 -lpthread
+	    -lCppUTest -lCppUTestExt -lapr-1 -lpq -lpthread
 
-# libpq (libpq-dev) for the PostgreSQL advisory-lock rows; without it the
-# bench builds and says PostgreSQL was not measured.
-PQ_INC    = $(shell pg_config --includedir 2>/dev/null)
-PQ_FLAGS  = $(if $(wildcard $(PQ_INC)/libpq-fe.h),-DHAVE_LIBPQ -I$(PQ_INC))
-PQ_LIBS   = $(if $(PQ_FLAGS),-lpq)
+# The PostgreSQL advisory-lock rows of the bench (libpq, as the module).
+PQ_FLAGS  = -DHAVE_LIBPQ
+PQ_LIBS   = -lpq
 
 $(BENCH): bench/bench_table.cc $(CORE_SRCS) $(HEADERS) Makefile | $(BUILD)
 	$(CXX) -std=c++17 $(WARN) -O2 -g $(CPPFLAGS_ALL) $(PQ_FLAGS) -Imod_pidlock -o $@ bench/bench_table.cc $(CORE_SRCS) \

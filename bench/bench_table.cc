@@ -51,6 +51,8 @@
 #include <unistd.h>
 
 #include <apr_general.h>
+
+#include "pidlock_cluster.h"
 #include <apr_global_mutex.h>
 
 #ifdef HAVE_LIBPQ
@@ -1004,6 +1006,60 @@ void section_scale(const Opts &o) {
 
 }  // namespace
 
+// Section 1c: what the PostgreSQL tier (PidLockCluster) adds to a request:
+// acquire_all + release_all of one key, uncontended, on the host's table
+// alone and with the tier (one round trip to lock, one to commit).
+void section_cluster(const Opts &o) {
+    printf("### 1c. Cluster tier: added latency per request (one key, uncontended, one thread)\n\n");
+#ifdef HAVE_LIBPQ
+    if (!g_env->have_pg) {
+        printf("Not measured: PostgreSQL not available.\n\n");
+        return;
+    }
+    TableParams p;
+    p.capacity = 256;
+    p.key_cap = 128;
+    p.stripes = 8;
+    std::vector<char> mem(LockTable::region_size(p)), lmem(PthreadStripeLocks::region_size(p.stripes));
+    PthreadStripeLocks::init(lmem.data(), p.stripes, false);
+    LockTable::format(mem.data(), mem.size(), p);
+    PthreadStripeLocks locks(lmem.data(), p.stripes);
+    LockTable table(mem.data(), &locks);
+    TableBackend local("thread", &table);
+    std::vector<char> smem(ClusterStats::region_size(1));
+    ClusterOptions opt;
+    opt.conninfo = g_env->pg_conninfo;
+    ClusterBackend cluster(&local, ClusterStats::format(smem.data(), 1), opt);
+    const int n = o.full ? 20000 : 3000;
+    printf("| backend | mode | p50 (us) | p99 (us) |\n|---|---|---|---|\n");
+    for (LockBackend *lb : {static_cast<LockBackend *>(&local), static_cast<LockBackend *>(&cluster)}) {
+        for (Mode m : {Mode::Read, Mode::Write}) {
+            std::vector<double> us;
+            HolderInfo info;
+            for (int i = -200; i < n; ++i) {  // the first ones warm the pool
+                const std::string key = "doi:10.5063/F1-" + std::to_string(i & 63);
+                KeyRef k{key.data(), key.size()};
+                LockSet set;
+                const double t0 = now_s();
+                if (lb->acquire_all(&k, 1, m, kNoDeadline, info, set, nullptr, nullptr) != AcquireResult::Acquired) {
+                    printf("| %s | acquire failed | | |\n", lb == &local ? "table" : "table + PostgreSQL");
+                    return;
+                }
+                lb->release_all(set);
+                if (i >= 0) us.push_back((now_s() - t0) * 1e6);
+            }
+            printf("| %s | %s | %.1f | %.1f |\n", lb == &local ? "table alone" : "table + PostgreSQL tier",
+                   m == Mode::Read ? "read" : "write", pct(us, 50), pct(us, 99));
+        }
+    }
+    printf("\nPostgreSQL round trips per request: 2 (BEGIN + SET LOCAL + lock [+ nextval] in one, COMMIT); "
+           "a request that waits in the host's table makes none while it waits.\n\n");
+#else
+    (void)o;
+    printf("Not measured: bench built without libpq.\n\n");
+#endif
+}
+
 int main(int argc, char **argv) {
     Opts o;
     o.full = argc > 1 && !strcmp(argv[1], "full");
@@ -1054,6 +1110,7 @@ int main(int argc, char **argv) {
     auto want = [&](const char *s) { return !only || strstr(only, s); };
     if (want("1a")) section_uncontended(o);
     if (want("1b")) section_workers(o);
+    if (want("1c")) section_cluster(o);
     if (want("2")) section_handoff(o);
     if (want("4")) section_scale(o);
     printf("Lock benchmarks: %ld CPUs online.\n\n", sysconf(_SC_NPROCESSORS_ONLN));

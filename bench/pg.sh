@@ -4,6 +4,8 @@
 # as root.
 #   sh bench/pg.sh start DIR   prints the libpq conninfo, or a reason on stderr
 #                              and exit status 2 when PostgreSQL is missing
+#                              (PG_EXTRA_OPTS: more server options, last wins)
+#   sh bench/pg.sh restart DIR restarts the server (fast: every session ends)
 #   sh bench/pg.sh stop DIR    stops the server by the pid in its postmaster.pid
 #                              and removes DIR
 set -e
@@ -38,9 +40,12 @@ start)
     # Durability off (this cluster only holds advisory locks), 150 connections
     # for 100 waiters and the workers.
     as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start \
-        -o "-c listen_addresses='' -k $dir -c max_connections=150 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB" >/dev/null || {
+        -o "-c listen_addresses='' -k $dir -c max_connections=150 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB ${PG_EXTRA_OPTS:-}" >/dev/null || {
         echo "pg_ctl start failed, see $dir/server.log" >&2; cat "$dir/server.log" >&2; exit 1; }
     echo "host=$dir dbname=postgres user=postgres"
+    ;;
+restart)
+    as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 30 restart >/dev/null
     ;;
 stop)
     pidf="$dir/data/postmaster.pid"
@@ -60,6 +65,6 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start|stop DIR" >&2; exit 1
+    echo "usage: $0 start|restart|stop DIR" >&2; exit 1
     ;;
 esac

@@ -69,6 +69,8 @@ void *create_server_config(apr_pool_t *p, server_rec *) {
     s->max_waiters_key = kUnset;
     s->max_waiters_total = kUnset;
     s->lease_table_size = kUnset;
+    s->cluster_connections = kUnset;
+    s->cluster_fail_open = kUnset;
     return s;
 }
 
@@ -84,6 +86,9 @@ void *merge_server_config(apr_pool_t *p, void *basev, void *addv) {
     s->max_waiters_total = base->max_waiters_total;
     s->lease_table_size = base->lease_table_size;
     s->lease_used = add->lease_used | base->lease_used;
+    s->cluster_conninfo = base->cluster_conninfo;
+    s->cluster_connections = base->cluster_connections;
+    s->cluster_fail_open = base->cluster_fail_open;
     return s;
 }
 
@@ -317,6 +322,41 @@ const char *set_lease_table_size(cmd_parms *cmd, void *, const char *arg) {
     return nullptr;
 }
 
+// PidLockCluster Off | postgres CONNINFO: libpq parses the conninfo here,
+// so configtest refuses what it could never connect with.
+const char *set_cluster(cmd_parms *cmd, void *, int argc, char *const argv[]) {
+    if (const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) return err;
+    ServerConfig *sc = server_config(cmd->server);
+    if (argc == 1 && !strcasecmp(argv[0], "off")) {
+        sc->cluster_conninfo = nullptr;
+        return nullptr;
+    }
+    if (argc != 2 || strcasecmp(argv[0], "postgres"))
+        return "PidLockCluster: Off, or postgres followed by one libpq connection string (quoted)";
+    std::string why;
+    if (!cluster_conninfo_valid(argv[1], &why))
+        return apr_psprintf(cmd->pool, "PidLockCluster: libpq cannot parse the connection string: %s", why.c_str());
+    sc->cluster_conninfo = apr_pstrdup(cmd->pool, argv[1]);
+    return nullptr;
+}
+
+const char *set_cluster_connections(cmd_parms *cmd, void *, const char *arg) {
+    if (const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) return err;
+    apr_int64_t v;
+    if (!parse_count(arg, 1, 1024, &v))
+        return apr_psprintf(cmd->pool, "PidLockClusterConnections: '%s' is not a count from 1 to 1024", arg);
+    server_config(cmd->server)->cluster_connections = v;
+    return nullptr;
+}
+
+const char *set_cluster_failure(cmd_parms *cmd, void *, const char *arg) {
+    if (const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY)) return err;
+    if (!strcasecmp(arg, "closed")) server_config(cmd->server)->cluster_fail_open = 0;
+    else if (!strcasecmp(arg, "open")) server_config(cmd->server)->cluster_fail_open = 1;
+    else return apr_psprintf(cmd->pool, "PidLockClusterOnFailure: must be closed or open, not '%s'", arg);
+    return nullptr;
+}
+
 // httpd keeps every directive handler as one generic pointer type.
 template <typename F>
 cmd_func as_cmd(F f) {
@@ -342,6 +382,12 @@ const command_rec pidlock_cmds[] = {
                   "most leases held at once (default 1024)"),
     AP_INIT_TAKE1("PidLockBodyBuffer", as_cmd(set_body_buffer), nullptr, RSRC_CONF,
                   "most bytes of a body held in memory while a form key is looked for (default 65536)"),
+    AP_INIT_TAKE_ARGV("PidLockCluster", as_cmd(set_cluster), nullptr, RSRC_CONF,
+                      "Off, or postgres CONNINFO: also take every lock in PostgreSQL (several hosts)"),
+    AP_INIT_TAKE1("PidLockClusterConnections", as_cmd(set_cluster_connections), nullptr, RSRC_CONF,
+                  "most PostgreSQL connections per child process (default 8)"),
+    AP_INIT_TAKE1("PidLockClusterOnFailure", as_cmd(set_cluster_failure), nullptr, RSRC_CONF,
+                  "PostgreSQL unreachable: closed (503) or open (serve with the local lock only)"),
     AP_INIT_TAKE_ARGV("PidLockMethod", as_cmd(set_method), nullptr,
                       RSRC_CONF | ACCESS_CONF, "read|write|none METHOD..."),
     AP_INIT_TAKE1("PidLockTimeout", as_cmd(set_timeout), nullptr,

@@ -12,6 +12,7 @@
 
 #include "pidlock_backend.h"
 #include "pidlock_checks.h"
+#include "pidlock_cluster.h"
 #include "pidlock_key.h"
 #include "pidlock_lease.h"
 #include "pidlock_render.h"
@@ -84,7 +85,12 @@ struct ServerConfig {
     apr_int64_t max_waiters_total;  // kUnset or 0 (auto) or >= 1
     apr_int64_t lease_table_size;  // PidLockLeaseTableSize: kUnset or N (main server only)
     int lease_used;                // PidLockLease On somewhere in this host's configuration
+    // PidLockCluster: null unset or Off, else the libpq conninfo (postgres).
+    const char *cluster_conninfo;
+    apr_int64_t cluster_connections;  // PidLockClusterConnections: kUnset or N
+    int cluster_fail_open;            // PidLockClusterOnFailure: kUnset, 0 closed, 1 open
 };
+constexpr apr_int64_t kDefaultClusterConnections = 8;
 
 // PidLockMaxWaiters as it applies: per key, and in all (auto resolved).
 struct WaitLimits {
@@ -118,7 +124,10 @@ struct State {
     apr_global_mutex_t **mutexes;  // shared backend
     StripeLocks *locks;
     LockTable *table;
-    LockBackend *backend;  // a TableBackend
+    LockBackend *backend;
+    LockBackend *local;            // the host's table (backend wraps it under PidLockCluster)
+    ClusterStats *cluster_stats;   // null: no cluster tier
+    ClusterBackend *cluster;       // the tier (== backend), null: none
     ServerFacts *facts;
     uint32_t generation;        // the MPM's, asked in post_config and child_init
     void *exits;                // the exit list (shared backend); null: none
@@ -170,6 +179,10 @@ void hold_unwatch(RequestLocks *rl);
 // Counts a set just acquired by a redirect; false if the watchdog released
 // the request's locks meanwhile (the caller releases the new set).
 bool hold_add_set(RequestLocks *rl);
+
+// The client socket of a connection (an HTTP/2 stream's: its master's); -1
+// if none.
+int connection_fd(conn_rec *c);
 
 int fixups(request_rec *r);
 int strip_fence(request_rec *r);

@@ -38,6 +38,7 @@ State *g_state = nullptr;
 apr_status_t forget_state(void *) {
     if (g_state) {
         if (g_state->backend) g_state->backend->~LockBackend();
+        if (g_state->local && g_state->local != g_state->backend) g_state->local->~LockBackend();
         if (g_state->table) g_state->table->~LockTable();
         if (g_state->facts) g_state->facts->~ServerFacts();
         if (g_state->locks) g_state->locks->~StripeLocks();
@@ -294,6 +295,63 @@ void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Re
     return base;
 }
 
+// The cluster tier's counters: a small shared region of its own, kept until
+// a full stop (old-generation children keep counting into it).
+struct ClusterRetained {
+    apr_shm_t *shm;
+    uint32_t slots;
+};
+
+void cluster_log(void *ctx, int level, const char *msg) {
+    ap_log_error(APLOG_MARK, level, 0, static_cast<server_rec *>(ctx), "%s", msg);
+}
+
+// PidLockCluster postgres: wraps `st->backend` (the host's table) in the
+// PostgreSQL tier. Connections open later, in the children that use them.
+bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State *st) {
+    const ServerConfig *sc = server_config(s);
+    st->local = st->backend;
+    if (!sc->cluster_conninfo) return true;
+    auto *cr = static_cast<ClusterRetained *>(ap_retained_data_get("mod_pidlock-cluster"));
+    if (!cr) cr = static_cast<ClusterRetained *>(ap_retained_data_create("mod_pidlock-cluster", sizeof(ClusterRetained)));
+    if (!cr->shm) {
+        // A slot per child of two generations (graceful restarts overlap).
+        const uint32_t slots = static_cast<uint32_t>(mpm.server_limit > 0 ? mpm.server_limit : 1) * 2 + 2;
+        const apr_size_t size = ClusterStats::region_size(slots);
+        const apr_status_t rv = apr_shm_create(&cr->shm, size, nullptr, s->process->pool);
+        if (rv != APR_SUCCESS) {
+            cr->shm = nullptr;
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK411: cannot create %" APR_SIZE_T_FMT
+                         " bytes of shared memory for the cluster counters", size);
+            return false;
+        }
+        ClusterStats::format(apr_shm_baseaddr_get(cr->shm), slots);
+        cr->slots = slots;
+    }
+    st->cluster_stats = ClusterStats::attach(apr_shm_baseaddr_get(cr->shm));
+    ClusterOptions opt;
+    opt.conninfo = sc->cluster_conninfo;
+    opt.max_connections = static_cast<uint32_t>(
+        sc->cluster_connections == kUnset ? kDefaultClusterConnections : sc->cluster_connections);
+    // A child never runs more requests at once than it has threads (one
+    // under prefork): more connections would only fill PostgreSQL's slots.
+    const uint32_t threads = static_cast<uint32_t>(mpm.max_threads > 0 ? mpm.max_threads : 1);
+    if (opt.max_connections > threads) opt.max_connections = threads;
+    opt.fail_open = sc->cluster_fail_open == 1;
+    // This server's sessions, told apart from other hosts' on the status
+    // page: one tag per full start, the same in every child.
+    opt.application_name = std::string("mod_pidlock ") + std::string(st->nonce, 8);
+    opt.log = cluster_log;
+    opt.log_ctx = s;
+    st->cluster = new (apr_palloc(pconf, sizeof(ClusterBackend))) ClusterBackend(st->local, st->cluster_stats, opt);
+    st->backend = st->cluster;
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                 "PIDLOCK410: cluster tier on: every lock is also taken in PostgreSQL, at most %u "
+                 "connection(s) per child, on failure %s",
+                 opt.max_connections, opt.fail_open ? "open" : "closed");
+    return true;
+}
+
 int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) return OK;
     try {
@@ -377,6 +435,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
         }
         apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
         if (!lease_post_config(s, pconf, st, mod.key_cap, &rd->lease)) return HTTP_INTERNAL_SERVER_ERROR;
+        if (!setup_cluster(s, pconf, mpm, st)) return HTTP_INTERNAL_SERVER_ERROR;
         g_state = st;
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
@@ -410,17 +469,40 @@ WaitLimits wait_limits(const MpmFacts &mpm, const ServerConfig *sc) {
 // what it held (maintain(), on their next locking request). It never
 // touches the table: a child may have scribbled anything there.
 void child_status(server_rec *, pid_t pid, ap_generation_t, int, mpm_child_status status) {
-    if (status != MPM_CHILD_EXITED || !g_state || !g_state->exits || !g_state->exits_published) return;
+    if (status != MPM_CHILD_EXITED || !g_state) return;
+    // Its PostgreSQL sessions ended with it: its current counts go. The
+    // parent writes only within the stats region, at slots it bounds itself.
+    if (g_state->cluster_stats) g_state->cluster_stats->free_process(static_cast<int32_t>(pid));
+    if (!g_state->exits || !g_state->exits_published) return;
     ExitList::publish(g_state->exits, *g_state->exits_published, static_cast<int32_t>(pid));
+}
+
+// The first child of a full start checks that PostgreSQL answers, so an
+// outage shows in the log at start rather than at the first request.
+void probe_cluster(server_rec *s) {
+    ClusterBackend *cb = g_state->cluster;
+    if (!cb || !g_state->cluster_stats->claim_probe()) return;
+    std::string why;
+    if (!cb->probe(&why))
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "PIDLOCK409: PostgreSQL (PidLockCluster) does not answer at start: %s; locked requests %s "
+                     "until it does", why.c_str(),
+                     cb->fails_open() ? "are served with this host's lock only" : "are answered 503");
 }
 
 void child_init(apr_pool_t *p, server_rec *s) {
     lease_child_init(p, s);
     if (!g_state) return;
+    if (g_state->cluster_stats) {
+        try {
+            probe_cluster(s);
+        } catch (...) {
+        }
+    }
     int gen = 0;
     if (ap_mpm_query(AP_MPMQ_GENERATION, &gen) == APR_SUCCESS) {
         g_state->generation = static_cast<uint32_t>(gen);
-        if (g_state->backend) static_cast<TableBackend *>(g_state->backend)->set_generation(g_state->generation);
+        if (g_state->local) static_cast<TableBackend *>(g_state->local)->set_generation(g_state->generation);
     }
     if (!g_state->mutexes) return;
     for (unsigned i = 0; i < g_state->table->params().stripes; ++i) {
@@ -432,7 +514,7 @@ void child_init(apr_pool_t *p, server_rec *s) {
     // What processes of earlier generations left (all of them after a hard
     // restart) is cleaned up here, by a child, not by the parent.
     try {
-        const int reaped = static_cast<TableBackend *>(g_state->backend)->start_child();
+        const int reaped = static_cast<TableBackend *>(g_state->local)->start_child();
         if (reaped > 0)
             ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
                          "PIDLOCK012: released %d lock record(s) of processes that are gone", reaped);

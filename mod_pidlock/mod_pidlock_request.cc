@@ -295,6 +295,7 @@ HolderInfo holder_info(request_rec *r, uint64_t request) {
     info.user = r->user;
     info.thread = static_cast<uint64_t>(apr_os_thread_current());
     info.request = request;
+    info.client_fd = connection_fd(r->connection);
     return info;
 }
 
@@ -324,6 +325,13 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
                       "or use auto.", capacity);
         return answer_busy(r, HTTP_SERVICE_UNAVAILABLE, nullptr, 1.0,
                            "The lock table is full; try again shortly.\n");
+    case AcquireResult::Unavailable:
+        // PidLockClusterOnFailure closed: the backend logged why.
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      "PIDLOCK420: PostgreSQL (PidLockCluster) unavailable: %s lock not had; answering 503",
+                      mode_name(mode));
+        return answer_busy(r, HTTP_SERVICE_UNAVAILABLE, nullptr, 5.0,
+                           "The cluster lock service is unavailable; try again shortly.\n");
     case AcquireResult::Error:
     case AcquireResult::Acquired:
         break;

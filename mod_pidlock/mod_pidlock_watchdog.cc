@@ -79,6 +79,8 @@ void run_watchdog() {
     }
 }
 
+}  // namespace
+
 int connection_fd(conn_rec *c) {
     // An HTTP/2 stream's connection is a secondary one: the socket is its
     // master's, and aborting means aborting that connection.
@@ -88,8 +90,6 @@ int connection_fd(conn_rec *c) {
     if (!s || apr_os_sock_get(&fd, s) != APR_SUCCESS) return -1;
     return fd;
 }
-
-}  // namespace
 
 void hold_watch(RequestLocks *rl, request_rec *r, apr_int64_t max_hold_ms) {
     Watchdog &w = dog();

@@ -52,6 +52,9 @@ class LockSet {
     // For backends only.
     Slot &slot(size_t i) { return slots_[i]; }
     const Slot &slot(size_t i) const { return slots_[i]; }
+    // A backend that wraps another (the PostgreSQL tier) keeps its own
+    // handle here, beside the wrapped backend's slots; clear() resets it.
+    Slot &tier() { return tier_; }
     void set(size_t n, Mode m) {
         n_ = static_cast<uint32_t>(n);
         mode_ = m;
@@ -60,10 +63,12 @@ class LockSet {
         n_ = 0;
         mode_ = Mode::None;
         fence_ = 0;
+        tier_ = Slot{0, 0};
     }
 
   private:
     Slot slots_[kMaxKeys] = {};
+    Slot tier_ = {};
     uint64_t fence_ = 0;
     uint32_t n_ = 0;
     Mode mode_ = Mode::None;

@@ -162,6 +162,35 @@ bool key_fits_form(const std::string &key) {
     return true;
 }
 
+namespace {
+
+// "key": the key as a JSON string, and "key_hex" with its raw bytes where
+// they are not valid UTF-8.
+void json_key_fields(std::string &o, const std::string &key) {
+    o += "\"key\": ";
+    if (!json_string(o, key)) {
+        o += ", \"key_hex\": \"";
+        o += hex_bytes(key);
+        o += '"';
+    }
+}
+
+// The cluster tier's numbers, named once for every format.
+struct ClusterField {
+    const char *name;   // JSON
+    const char *label;  // HTML
+    int64_t value;
+};
+std::vector<ClusterField> cluster_fields(const ClusterView &c) {
+    return {{"connections", "PostgreSQL connections", c.connections},
+            {"held", "Requests holding cluster locks", c.held},
+            {"waiting", "Requests waiting in PostgreSQL", c.waiting},
+            {"lost", "Cluster locks lost while held", c.lost},
+            {"errors", "PostgreSQL errors", c.errors}};
+}
+
+}  // namespace
+
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
                                int64_t now_us, bool show_query, const StatusExtra *extra) {
     std::string o;
@@ -205,17 +234,41 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
     for (const auto &kv : counters) counter(kv.first, kv.second);
     if (extra)
         for (const auto &kv : extra->counters) counter(kv.first, kv.second);
+    if (snap.cluster.on) {
+        o += "},\n \"cluster\": {\"backend\": ";
+        json_string(o, snap.cluster.backend);
+        for (const ClusterField &f : cluster_fields(snap.cluster)) {
+            o += ", \"";
+            o += f.name;
+            o += "\": ";
+            o += std::to_string(f.value);
+        }
+        o += ", \"remote\": [";
+        bool first_remote = true;
+        for (const RemoteHolder &h : snap.cluster.remote) {
+            o += first_remote ? "{" : ", {";
+            first_remote = false;
+            json_key_fields(o, h.key);
+            o += ", \"mode\": \"";
+            o += mode_name(h.mode);
+            o += "\", \"session\": ";
+            o += std::to_string(h.session);
+            o += ", \"application\": ";
+            json_string(o, h.application);
+            o += ", \"client\": ";
+            json_string(o, h.client);
+            o += ", \"since\": ";
+            json_string(o, iso8601_utc(h.since_us));
+            o += "}";
+        }
+        o += "]";
+    }
     o += "},\n \"locks\": [";
     first = true;
     for (const LockView &l : snap.locks) {
         o += first ? "\n  {" : ",\n  {";
         first = false;
-        o += "\"key\": ";
-        if (!json_string(o, l.key)) {
-            o += ", \"key_hex\": \"";
-            o += hex_bytes(l.key);
-            o += '"';
-        }
+        json_key_fields(o, l.key);
         o += ", \"mode\": \"";
         o += mode_name(l.mode);
         o += "\", \"waiting_read\": ";
@@ -489,7 +542,31 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
     row("Waited / timed out", num(c.waited) + " / " + num(c.timeouts));
     row("Bad keys / table full", num(c.bad_keys) + " / " + num(c.full));
     row("Reaped / broken / repairs", num(c.reaped) + " / " + num(c.broken) + " / " + num(c.repairs));
-    o += "</table>\n<h2>Locks";
+    if (snap.cluster.on) {
+        row("Cluster", snap.cluster.backend + " (every lock is also taken there)");
+        for (const ClusterField &f : cluster_fields(snap.cluster)) row(f.label, std::to_string(f.value));
+    }
+    o += "</table>\n";
+    if (!snap.cluster.remote.empty()) {
+        o += "<h2>Held on other hosts (keys this host waits for in PostgreSQL)</h2>\n"
+             "<table class=\"locks\">\n<tr><th>key</th><th>mode</th><th>session</th><th>application</th>"
+             "<th>client</th><th>since</th></tr>\n";
+        for (const RemoteHolder &h : snap.cluster.remote) {
+            o += "<tr><td><code>";
+            html_escape(o, h.key);
+            o += "</code></td><td>";
+            o += mode_name(h.mode);
+            o += "</td><td>" + std::to_string(h.session) + "</td><td>";
+            html_escape(o, h.application);
+            o += "</td><td>";
+            html_escape(o, h.client);
+            o += "</td><td class=\"t\">";
+            html_escape(o, iso8601_utc(h.since_us));
+            o += "</td></tr>\n";
+        }
+        o += "</table>\n";
+    }
+    o += "<h2>Locks";
     const Totals t = totals(snap);
     auto count = [&](uint64_t n, const char *one, const char *many) {
         return num(n) + " " + (n == 1 ? one : many);
@@ -589,12 +666,8 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
 }
 
 std::string render_busy_json(const BusyReport &rep, double timeout_s) {
-    std::string o = "{\"error\": \"lock not available\", \"key\": ";
-    if (!json_string(o, rep.key)) {
-        o += ", \"key_hex\": \"";
-        o += hex_bytes(rep.key);
-        o += '"';
-    }
+    std::string o = "{\"error\": \"lock not available\", ";
+    json_key_fields(o, rep.key);
     o += ", \"mode_held\": \"";
     o += mode_name(rep.held_mode);
     o += "\", \"holders\": ";

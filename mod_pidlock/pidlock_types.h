@@ -14,7 +14,9 @@ namespace pidlock {
 enum class Mode : uint8_t { None = 0, Read = 1, Write = 2 };
 const char *mode_name(Mode m);
 
-enum class AcquireResult { Acquired, Busy, Full, Error };
+// Unavailable: a backend the lock depends on (PostgreSQL) cannot be reached;
+// answered like Busy (503 with Retry-After).
+enum class AcquireResult { Acquired, Busy, Full, Error, Unavailable };
 
 // Field sizes of a holder record; longer values are cut.
 constexpr size_t kMethodCap = 16;
@@ -29,6 +31,9 @@ struct HolderInfo {
     const char *user = nullptr;  // null: anonymous
     uint64_t thread = 0;
     uint64_t request = 0;  // the same for every lock one request holds
+    // The client's connection, where a backend's wait can watch it: a client
+    // that hangs up ends the wait early (-1: not watched).
+    int client_fd = -1;
 };
 
 // What a refused request may be told about the lock it waited for.
@@ -76,11 +81,32 @@ struct Counters {
     uint64_t wait_sum_us = 0;
 };
 
+// The PostgreSQL tier (PidLockCluster), summed over the host's processes:
+// connections, held and waiting are current values, lost and errors totals.
+// A lock another host (or an SQL job) holds in PostgreSQL on a key this
+// host waits for there.
+struct RemoteHolder {
+    std::string key;
+    Mode mode = Mode::None;
+    int32_t session = 0;      // PostgreSQL backend pid
+    std::string application;  // its application_name
+    std::string client;       // its address ("" over a Unix socket)
+    int64_t since_us = 0;     // its transaction's start (wall clock)
+};
+
+struct ClusterView {
+    bool on = false;  // false: no cluster tier, nothing to show
+    std::string backend;  // "postgres"
+    int64_t connections = 0, held = 0, waiting = 0, lost = 0, errors = 0;
+    std::vector<RemoteHolder> remote;
+};
+
 struct TableSnapshot {
     uint32_t capacity = 0, used = 0, high_water = 0, key_cap = 0, stripes = 0;
     uint32_t generation = 0;
     Counters counters;
     std::vector<LockView> locks;  // oldest first
+    ClusterView cluster;
 };
 
 enum class Counter { BadKeys };

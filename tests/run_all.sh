@@ -54,12 +54,28 @@ else
     failed=$((failed + 1))
 fi
 
+# A throwaway PostgreSQL for the cluster tier's unit tests (the contract
+# suite runs over it too); make test installed the server, so one that does
+# not start is a failure. Stopped by its pid (bench/pg.sh stop).
+pgdir=$(mktemp -d /tmp/pidlock-unit-pg.XXXXXX)
+trap 'rm -f "$log"; sh bench/pg.sh stop "$pgdir" >/dev/null 2>&1' EXIT
+if PIDLOCK_TEST_PG=$(sh bench/pg.sh start "$pgdir" 2>"$log") &&
+    psql "$PIDLOCK_TEST_PG" -X -q -v ON_ERROR_STOP=1 -f conf/pidlock-cluster.sql >>"$log" 2>&1; then
+    export PIDLOCK_TEST_PG
+    passed=$((passed + 1))
+else
+    echo "FAIL the throwaway PostgreSQL did not start:"; tail -n 20 "$log"
+    failed=$((failed + 1))
+fi
+
 run_cpputest "unit tests" "$BUILD/unit_tests"
 # Exported, not prefixed: an assignment before a function call is not
 # guaranteed to reach the commands inside it.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
 unset ASAN_OPTIONS UBSAN_OPTIONS
+sh bench/pg.sh stop "$pgdir" >/dev/null 2>&1
+unset PIDLOCK_TEST_PG
 
 # Short libFuzzer runs (make fuzz runs longer); any crash or broken
 # assertion fails one. Arguments: target, seed corpus, work corpus.

@@ -26,7 +26,9 @@
 #include <cstring>
 #include <initializer_list>
 #include <new>
+#include <string>
 
+#include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -245,6 +247,28 @@ int backend_handler(request_rec *r) {
     Shared *sh = g_shared;
     sh->requests.fetch_add(1, std::memory_order_relaxed);
 
+    // X-Test-Witness-Dir: a witness several httpd instances share (hosts of
+    // a cluster): a writer owns the PID while its O_EXCL marker file exists;
+    // a second one appends a line to DIR/violations.
+    const char *wdir = write ? apr_table_get(r->headers_in, "X-Test-Witness-Dir") : nullptr;
+    const char *marker = nullptr;
+    if (wdir) {
+        std::string hexpid;
+        for (const char *c = pid; *c; ++c) hexpid += apr_psprintf(r->pool, "%02x", static_cast<unsigned char>(*c));
+        marker = apr_psprintf(r->pool, "%s/in-%s", wdir, hexpid.substr(0, 200).c_str());
+        const int fd = open(marker, O_CREAT | O_EXCL | O_WRONLY, 0666);
+        if (fd >= 0) {
+            close(fd);
+        } else {
+            marker = nullptr;
+            const int vf = open(apr_pstrcat(r->pool, wdir, "/violations", nullptr), O_CREAT | O_APPEND | O_WRONLY, 0666);
+            if (vf >= 0) {
+                const char *line = apr_pstrcat(r->pool, pid, "\n", nullptr);
+                (void)!::write(vf, line, std::strlen(line));
+                close(vf);
+            }
+        }
+    }
     Slot *s = find_slot(sh, pid, std::strlen(pid));
     if (!s) {
         sh->table_full.fetch_add(1, std::memory_order_relaxed);
@@ -283,6 +307,7 @@ int backend_handler(request_rec *r) {
         }
     }
 
+    if (marker) unlink(marker);
     ap_rprintf(r, "ok %s %s %ld\n", pid, mode, static_cast<long>(getpid()));
     if (sum_body)
         ap_rprintf(r, "body %" APR_UINT64_T_FMT " %016" APR_UINT64_T_HEX_FMT "\n", body_len, body_sum);

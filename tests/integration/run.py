@@ -437,6 +437,8 @@ def main():
         from test_lease import run_lease_suite
         for mpm in opts.mpm or MPMS:
             run_lease_suite(mpm, res.record, opts.tests)
+        from test_cluster import run_cluster_suite
+        run_cluster_suite(res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 

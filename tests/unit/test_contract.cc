@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "pidlock_backend.h"
+#include "pidlock_cluster.h"
 #include "concurrency.h"
 #include "pidlock_locks.h"
 #include "pidlock_table.h"
@@ -88,6 +89,37 @@ class TableSubject final : public Subject {
     std::unique_ptr<TableBackend> backend_;
 };
 
+// The PostgreSQL tier over a "shared" table, against the throwaway server
+// tests/run_all.sh starts (PIDLOCK_TEST_PG: its conninfo; unset: skipped).
+class ClusterSubject final : public Subject {
+  public:
+    ClusterSubject(uint32_t capacity, const char *conninfo) : table_("postgres", capacity, true) {
+        stats_size_ = ClusterStats::region_size(16);
+        stats_mem_ = map_shared(stats_size_);
+        CHECK(stats_mem_ != nullptr);
+        ClusterOptions opt;
+        opt.conninfo = conninfo;
+        backend_.reset(new ClusterBackend(&table_.backend(), ClusterStats::format(stats_mem_, 16), opt));
+    }
+    ~ClusterSubject() override {
+        backend_.reset();
+        munmap(stats_mem_, stats_size_);
+    }
+    LockBackend &backend() override { return *backend_; }
+
+  private:
+    TableSubject table_;
+    size_t stats_size_ = 0;
+    void *stats_mem_ = nullptr;
+    std::unique_ptr<ClusterBackend> backend_;
+};
+
+std::unique_ptr<Subject> make_cluster_subject(uint32_t capacity) {
+    const char *conninfo = std::getenv("PIDLOCK_TEST_PG");
+    if (!conninfo || !*conninfo) return nullptr;
+    return std::make_unique<ClusterSubject>(capacity, conninfo);
+}
+
 struct BackendFactory {
     const char *name;
     bool across_fork;  // processes forked after make() share its locks
@@ -99,6 +131,7 @@ struct BackendFactory {
 const BackendFactory kBackends[] = {
     {"thread", false, [](uint32_t cap) -> std::unique_ptr<Subject> { return std::make_unique<TableSubject>("thread", cap, false); }},
     {"shared", true, [](uint32_t cap) -> std::unique_ptr<Subject> { return std::make_unique<TableSubject>("shared", cap, true); }},
+    {"postgres", true, make_cluster_subject},
 };
 
 // What a contract check sees of the backend it runs over.
@@ -132,6 +165,7 @@ const char *result_name(AcquireResult r) {
     case AcquireResult::Busy: return "Busy";
     case AcquireResult::Full: return "Full";
     case AcquireResult::Error: return "Error";
+    case AcquireResult::Unavailable: return "Unavailable";
     }
     return "?";
 }

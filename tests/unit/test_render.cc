@@ -394,3 +394,49 @@ TEST(Render, QueryStringsHiddenUnlessShown) {
     CHECK(valid_json(j));
     CHECK(j.find("\"uri\": \"/mn/v2/other?pid=x&token=SECRET123\"") != std::string::npos);
 }
+
+// PidLockCluster: the cluster object in JSON and the same numbers on the
+// HTML page; nothing of it without the tier.
+TEST(Render, ClusterObjectOnlyWithTheTier) {
+    TableSnapshot s = sample("k");
+    CHECK(render_status_json(s, facts(), 0).find("\"cluster\"") == std::string::npos);
+    CHECK(render_status_html(s, facts(), 0).find("PostgreSQL") == std::string::npos);
+    s.cluster.on = true;
+    s.cluster.backend = "postgres";
+    s.cluster.connections = 3;
+    s.cluster.held = 2;
+    s.cluster.waiting = 1;
+    s.cluster.lost = 7;
+    s.cluster.errors = 11;
+    const std::string j = render_status_json(s, facts(), 0);
+    CHECK_TRUE(valid_json(j));
+    const char *want = "\"cluster\": {\"backend\": \"postgres\", \"connections\": 3, \"held\": 2, "
+                       "\"waiting\": 1, \"lost\": 7, \"errors\": 11, \"remote\": []}";
+    if (j.find(want) == std::string::npos) FAIL(("missing cluster object in " + j).c_str());
+    const std::string h = render_status_html(s, facts(), 0);
+    const char *rows[] = {"PostgreSQL connections</th><td>3", "Requests holding cluster locks</th><td>2",
+                          "Requests waiting in PostgreSQL</th><td>1", "Cluster locks lost while held</th><td>7",
+                          "PostgreSQL errors</th><td>11"};
+    for (const char *r : rows)
+        if (h.find(r) == std::string::npos) FAIL((std::string("missing ") + r).c_str());
+    CHECK(h.find("Held on other hosts") == std::string::npos);
+    // What other hosts hold on keys this host waits for: escaped, odd keys as hex.
+    RemoteHolder r;
+    r.key = "<b>\xFF";
+    r.mode = Mode::Write;
+    r.session = 4711;
+    r.application = "mod_pidlock <a1b2c3d4>";
+    r.client = "10.0.0.2";
+    r.since_us = 1795309323456000;
+    s.cluster.remote.push_back(r);
+    const std::string j2 = render_status_json(s, facts(), 0);
+    CHECK_TRUE(valid_json(j2));
+    CHECK(j2.find("\"remote\": [{\"key\": ") != std::string::npos);
+    CHECK(j2.find("\"key_hex\": \"3c623eff\"") != std::string::npos);
+    CHECK(j2.find("\"mode\": \"write\", \"session\": 4711") != std::string::npos);
+    CHECK(j2.find("\"since\": \"2026-11-22T01:02:03.456Z\"") != std::string::npos);
+    const std::string h2 = render_status_html(s, facts(), 0);
+    CHECK(h2.find("Held on other hosts") != std::string::npos);
+    CHECK(h2.find("&lt;b&gt;") != std::string::npos && h2.find("<b>") == std::string::npos);
+    CHECK(h2.find("mod_pidlock &lt;a1b2c3d4&gt;") != std::string::npos);
+}

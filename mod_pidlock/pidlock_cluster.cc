@@ -1,0 +1,870 @@
+#include "pidlock_cluster.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <libpq-fe.h>
+
+namespace pidlock {
+
+// ------------------------------------------------------------ the key hash
+
+namespace {
+
+constexpr uint32_t kSha256K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+void sha256_block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i)
+        w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) | (uint32_t(p[4 * i + 2]) << 8) |
+               uint32_t(p[4 * i + 3]);
+    for (int i = 16; i < 64; ++i) {
+        const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; ++i) {
+        const uint32_t t1 = k + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + kSha256K[i] + w[i];
+        const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+
+}  // namespace
+
+void sha256(const void *data, size_t len, unsigned char out[32]) {
+    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    const auto *p = static_cast<const unsigned char *>(data);
+    size_t left = len;
+    while (left >= 64) {
+        sha256_block(h, p);
+        p += 64;
+        left -= 64;
+    }
+    unsigned char tail[128] = {};
+    if (left) std::memcpy(tail, p, left);
+    tail[left] = 0x80;
+    const size_t tail_len = left + 1 + 8 <= 64 ? 64 : 128;
+    const uint64_t bits = static_cast<uint64_t>(len) * 8;
+    for (int i = 0; i < 8; ++i) tail[tail_len - 1 - i] = static_cast<unsigned char>(bits >> (8 * i));
+    sha256_block(h, tail);
+    if (tail_len == 128) sha256_block(h, tail + 64);
+    for (int i = 0; i < 8; ++i)
+        for (int j = 0; j < 4; ++j) out[4 * i + j] = static_cast<unsigned char>(h[i] >> (24 - 8 * j));
+}
+
+int64_t cluster_key(const char *bytes, size_t len) {
+    unsigned char d[32];
+    sha256(bytes, len, d);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = (v << 8) | d[i];
+    return static_cast<int64_t>(v);
+}
+
+// ----------------------------------------------------------- ClusterStats
+
+size_t ClusterStats::region_size(uint32_t slots) {
+    return sizeof(ClusterStats) + sizeof(Slot) * (slots ? slots : 1);
+}
+
+ClusterStats *ClusterStats::format(void *mem, uint32_t slots) {
+    std::memset(mem, 0, region_size(slots));
+    auto *s = static_cast<ClusterStats *>(mem);
+    // Slot 0 is shared by processes that find no free slot; never claimed.
+    s->slots_ = (slots ? slots : 1) + 1;
+    return s;
+}
+
+ClusterStats::Slot *ClusterStats::slot_for_me() {
+    struct Cache {
+        const ClusterStats *owner;
+        int32_t pid;
+        Slot *slot;
+    };
+    static thread_local Cache cache{nullptr, 0, nullptr};
+    const int32_t me = static_cast<int32_t>(getpid());
+    if (cache.owner == this && cache.pid == me &&
+        (cache.slot == &slot_[0] || cache.slot->pid.load(std::memory_order_relaxed) == me))
+        return cache.slot;
+    Slot *found = nullptr;
+    for (uint32_t i = 1; i < slots_ && !found; ++i)
+        if (slot_[i].pid.load(std::memory_order_acquire) == me) found = &slot_[i];
+    for (uint32_t i = 1; i < slots_ && !found; ++i) {
+        int32_t zero = 0;
+        if (slot_[i].pid.compare_exchange_strong(zero, me)) found = &slot_[i];
+    }
+    if (!found) found = &slot_[0];
+    cache = Cache{this, me, found};
+    return found;
+}
+
+void ClusterStats::add(Field f, int64_t d) { slot_for_me()->v[f].fetch_add(d, std::memory_order_relaxed); }
+
+ClusterStats::Totals ClusterStats::totals() const {
+    int64_t sum[kFields] = {};
+    for (uint32_t i = 0; i < slots_; ++i)
+        for (int f = 0; f < kFields; ++f) sum[f] += slot_[i].v[f].load(std::memory_order_relaxed);
+    Totals t;
+    t.connections = sum[Connections];
+    t.held = sum[Held];
+    t.waiting = sum[Waiting];
+    t.lost = sum[Lost] + retired_lost_.load(std::memory_order_relaxed);
+    t.errors = sum[Errors] + retired_errors_.load(std::memory_order_relaxed);
+    return t;
+}
+
+void ClusterStats::free_process(int32_t pid) {
+    if (pid <= 0) return;
+    for (uint32_t i = 1; i < slots_; ++i) {
+        Slot &s = slot_[i];
+        if (s.pid.load(std::memory_order_acquire) != pid) continue;
+        retired_lost_.fetch_add(s.v[Lost].exchange(0), std::memory_order_relaxed);
+        retired_errors_.fetch_add(s.v[Errors].exchange(0), std::memory_order_relaxed);
+        for (int f = 0; f < kFields; ++f) s.v[f].store(0, std::memory_order_relaxed);
+        s.pid.store(0, std::memory_order_release);
+    }
+}
+
+bool cluster_conninfo_valid(const char *conninfo, std::string *why) {
+    char *err = nullptr;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+    if (!opts) {
+        if (why) *why = err ? err : "out of memory";
+        if (err) PQfreemem(err);
+        for (std::string::size_type i; why && (i = why->find('\n')) != std::string::npos;) why->erase(i, 1);
+        return false;
+    }
+    PQconninfoFree(opts);
+    return true;
+}
+
+bool cluster_probe(const ClusterOptions &opt, std::string *why) {
+    // The conninfo's own connect_timeout wins over this one (libpq's least: 2 s).
+    const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", nullptr};
+    const char *vals[] = {"2", opt.application_name.c_str(), opt.conninfo.c_str(), nullptr};
+    switch (PQpingParams(keys, vals, 1)) {
+    case PQPING_OK:
+        return true;
+    case PQPING_REJECT:
+        if (why) *why = "the server rejects connections (starting up, shutting down or in recovery)";
+        return false;
+    case PQPING_NO_RESPONSE:
+        if (why) *why = "no answer from the server";
+        return false;
+    case PQPING_NO_ATTEMPT:
+        if (why) *why = "libpq made no attempt (bad connection string?)";
+        return false;
+    }
+    return false;
+}
+
+// -------------------------------------------------------------- the pool
+
+namespace {
+
+// SQLSTATEs the tier tells apart.
+constexpr const char *kLockNotAvailable = "55P03";  // lock_timeout
+constexpr const char *kQueryCanceled = "57014";     // our cancel
+constexpr const char *kUndefinedTable = "42P01";    // no pidlock_fence sequence
+
+// A printable form of a key for the log: at most 80 bytes, others as \xNN.
+std::string key_for_log(const char *p, size_t n) {
+    std::string out;
+    for (size_t i = 0; i < n && out.size() < 80; ++i) {
+        const unsigned char c = static_cast<unsigned char>(p[i]);
+        if (c >= 0x20 && c < 0x7f && c != '\\' && c != '"') {
+            out += static_cast<char>(c);
+        } else {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        }
+    }
+    if (out.size() >= 80) out += "...";
+    return out;
+}
+
+}  // namespace
+
+// One process's connections: at most max_connections, opened on demand,
+// each leased to one request at a time (a lease holds at most one open
+// transaction). The mutex guards the slots' bookkeeping only; the libpq work
+// on a leased connection runs outside it.
+class PgPool {
+  public:
+    struct Conn {
+        PGconn *pg = nullptr;
+        bool in_use = false;
+        bool broken = false;  // its session was ended by break_key on purpose
+        uint64_t token = 0;   // of the current lease
+        int server_version = 0;
+        int backend_pid = 0;
+        std::string keys;     // the lease's keys, for a lost-lock line
+        size_t nkeys = 0;
+    };
+    enum class Got { Ok, Timeout, Unreachable };
+
+    PgPool(const ClusterOptions &opt, ClusterStats *stats)
+        : opt_(opt), stats_(stats), owner_(getpid()), conns_(opt.max_connections ? opt.max_connections : 1) {}
+
+    ~PgPool() {
+        if (getpid() != owner_) return;  // a forked copy: the sessions are the parent's
+        for (Conn &c : conns_)
+            if (c.pg) {
+                PQfinish(c.pg);
+                stats_->add(ClusterStats::Connections, -1);
+            }
+    }
+
+    void log(int level, const std::string &msg) {
+        if (opt_.log) opt_.log(opt_.log_ctx, level, msg.c_str());
+    }
+
+    // A free connection by `deadline` (opened if none is idle and the cap
+    // allows). *index is its slot.
+    Got lease(int64_t deadline, size_t *index, bool *fresh, std::string *why) {
+        std::unique_lock<std::mutex> lk(mu_);
+        adopt_after_fork();
+        bool counted = false;
+        for (;;) {
+            // An idle open connection first, else an empty slot to open.
+            size_t pick = conns_.size(), empty = conns_.size();
+            for (size_t i = 0; i < conns_.size(); ++i) {
+                if (conns_[i].in_use) continue;
+                if (conns_[i].pg && pick == conns_.size()) pick = i;
+                if (!conns_[i].pg && empty == conns_.size()) empty = i;
+            }
+            if (pick == conns_.size()) pick = empty;
+            if (pick < conns_.size()) {
+                Conn &c = conns_[pick];
+                c.in_use = true;
+                c.broken = false;
+                c.token = ++tokens_;
+                if (counted) stats_->add(ClusterStats::Waiting, -1);
+                lk.unlock();
+                *index = pick;
+                *fresh = false;
+                if (c.pg && !still_usable(c)) {
+                    log(6, "PIDLOCK404: a pooled PostgreSQL connection had ended (server restarted?); "
+                           "opening a new one");
+                    close_conn(c);
+                }
+                if (!c.pg) {
+                    *fresh = true;
+                    if (!open_conn(c, connect_deadline(deadline), why)) {
+                        give_back(pick, false);
+                        return Got::Unreachable;
+                    }
+                }
+                return Got::Ok;
+            }
+            if (!counted) {
+                stats_->add(ClusterStats::Waiting, 1);
+                counted = true;
+            }
+            const int64_t left = deadline == kNoDeadline ? INT64_MAX : deadline - monotonic_ns();
+            if (left <= 0) {
+                stats_->add(ClusterStats::Waiting, -1);
+                if (why) *why = "no free PostgreSQL connection (PidLockClusterConnections)";
+                return Got::Timeout;
+            }
+            if (deadline == kNoDeadline) cv_.wait(lk);
+            else cv_.wait_for(lk, std::chrono::nanoseconds(left));
+        }
+    }
+
+    Conn &conn(size_t i) { return conns_[i]; }
+
+    // The connection a LockSet's tier slot names, if that lease is still
+    // current; null for a stale copy or a released set.
+    Conn *by_lease(uint64_t index1, uint64_t token) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (index1 == 0 || index1 > conns_.size()) return nullptr;
+        Conn &c = conns_[index1 - 1];
+        return c.in_use && c.token == token ? &c : nullptr;
+    }
+
+    // A connection goes back idle, or is closed: one that is not idle (a
+    // statement abandoned at its deadline, a transaction left open) never
+    // serves another request.
+    void give_back(size_t i, bool healthy) {
+        Conn &c = conns_[i];
+        if (!healthy || (c.pg && PQtransactionStatus(c.pg) != PQTRANS_IDLE)) close_conn(c);
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            c.in_use = false;
+            c.token = ++tokens_;  // every stale copy of the lease now misses
+            c.keys.clear();
+            c.nkeys = 0;
+        }
+        cv_.notify_one();
+    }
+
+    // Marks the leased connections whose session is `backend_pid` as broken
+    // on purpose: their release is not a lost lock.
+    void mark_broken(int backend_pid) {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (Conn &c : conns_)
+            if (c.pg && c.in_use && c.backend_pid == backend_pid) c.broken = true;
+    }
+
+    uint32_t open_count() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        uint32_t n = 0;
+        for (const Conn &c : conns_) n += c.pg ? 1 : 0;
+        return n;
+    }
+
+    enum class Exec { Ok, Timeout, ConnLost };
+
+    // Sends `sql` (one or more statements) and reads every result by
+    // `deadline`. Past it: with `cancel_at_deadline`, cancels (PQcancel) and
+    // waits a little more for the answer; without, gives up at once (Timeout,
+    // the statement still running: give_back then closes the connection, as
+    // a server that has not answered by then may not answer a cancel either).
+    // A hang-up on `client_fd` (if >= 0) cancels the wait.
+    // `results` gets the answers in order (the caller frees them).
+    Exec exec(Conn &c, const std::string &sql, int64_t deadline, std::vector<PGresult *> &results,
+              int client_fd = -1, bool cancel_at_deadline = false) {
+        results.clear();
+        if (!PQsendQuery(c.pg, sql.c_str())) return Exec::ConnLost;
+        bool cancelled = false, client_gone = false;
+        int64_t until = deadline;
+        for (;;) {
+            const int fl = PQflush(c.pg);
+            if (fl < 0) return Exec::ConnLost;
+            if (fl == 0 && !PQisBusy(c.pg)) {
+                PGresult *r = PQgetResult(c.pg);
+                if (!r) return cancelled ? Exec::Timeout : Exec::Ok;
+                results.push_back(r);
+                if (PQstatus(c.pg) == CONNECTION_BAD) return Exec::ConnLost;
+                continue;
+            }
+            const int64_t now = monotonic_ns();
+            if ((until != kNoDeadline && now >= until) || (client_gone && !cancelled)) {
+                if (cancelled) return Exec::ConnLost;  // no answer to the cancel either
+                if (!cancel_at_deadline && !client_gone) return Exec::Timeout;
+                send_cancel(c);
+                cancelled = true;
+                until = now + kCancelGraceNs;
+                continue;
+            }
+            pollfd pfd[2] = {{PQsocket(c.pg), static_cast<short>(POLLIN | (fl == 1 ? POLLOUT : 0)), 0},
+                             {client_fd, POLLRDHUP, 0}};
+            if (pfd[0].fd < 0) return Exec::ConnLost;
+            const int64_t left_ms =
+                until == kNoDeadline ? 1000 : std::min<int64_t>(1000, (until - now + 999999) / 1000000);
+            const nfds_t nfds = client_fd >= 0 && !client_gone ? 2 : 1;
+            const int pr = poll(pfd, nfds, static_cast<int>(left_ms));
+            if (pr < 0 && errno != EINTR) return Exec::ConnLost;
+            if (pr > 0 && (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+                if (!PQconsumeInput(c.pg)) return Exec::ConnLost;
+            }
+            if (pr > 0 && nfds == 2 && (pfd[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+                client_gone = true;  // it will never read the answer: leave the queue
+                ++client_gone_;
+            }
+        }
+    }
+
+    uint64_t cancels() const { return cancels_.load(); }
+    uint64_t clients_gone() const { return client_gone_.load(); }
+
+  private:
+    static constexpr int64_t kMinConnectNs = 1000LL * 1000000;
+    static constexpr int64_t kMaxConnectNs = 5000LL * 1000000;
+
+    // A connect may take a second even past a deadline that is near (a
+    // request that does not wait for a lock still needs a session), and
+    // never more than five (a server that does not answer at all).
+    static int64_t connect_deadline(int64_t deadline) {
+        const int64_t now = monotonic_ns();
+        const int64_t left = deadline == kNoDeadline ? kMaxConnectNs : deadline - now;
+        return now + std::min(kMaxConnectNs, std::max(kMinConnectNs, left));
+    }
+    static constexpr int64_t kCancelGraceNs = 2000LL * 1000000;
+
+    // A fork()ed process must not talk on its parent's sessions: it forgets
+    // them (no Terminate message on a socket the parent still uses).
+    void adopt_after_fork() {
+        const pid_t me = getpid();
+        if (me == owner_) return;
+        for (Conn &c : conns_) c = Conn();
+        owner_ = me;
+    }
+
+    // An idle connection has nothing to say: anything readable is the
+    // server ending it (restart, terminate) or a notice.
+    bool still_usable(Conn &c) {
+        if (PQstatus(c.pg) != CONNECTION_OK) return false;
+        pollfd pfd{PQsocket(c.pg), POLLIN, 0};
+        if (pfd.fd < 0) return false;
+        if (poll(&pfd, 1, 0) > 0) {
+            if (!PQconsumeInput(c.pg) || PQstatus(c.pg) != CONNECTION_OK) return false;
+            if (PQtransactionStatus(c.pg) != PQTRANS_IDLE) return false;
+        }
+        return PQtransactionStatus(c.pg) == PQTRANS_IDLE;
+    }
+
+    bool open_conn(Conn &c, int64_t deadline, std::string *why) {
+        const std::string idle = std::to_string(opt_.keepalive_idle_s);
+        const std::string intvl = std::to_string(opt_.keepalive_interval_s);
+        const std::string cnt = std::to_string(opt_.keepalive_count);
+        // Earlier keywords are defaults: the conninfo (expanded from dbname)
+        // overrides them.
+        const char *keys[] = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                              "fallback_application_name", "dbname", nullptr};
+        const char *vals[] = {"1", idle.c_str(), intvl.c_str(), cnt.c_str(), opt_.application_name.c_str(),
+                              opt_.conninfo.c_str(), nullptr};
+        PGconn *pg = PQconnectStartParams(keys, vals, 1);
+        if (!pg) {
+            if (why) *why = "out of memory";
+            return false;
+        }
+        PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+        while (PQstatus(pg) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+            const int64_t left = deadline - monotonic_ns();
+            if (left <= 0) {
+                if (why) *why = "timed out connecting";
+                PQfinish(pg);
+                return false;
+            }
+            pollfd pfd{PQsocket(pg), static_cast<short>(st == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+            const int pr = poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left / 1000000 + 1, 1000)));
+            if (pr < 0 && errno != EINTR) break;
+            if (pr == 0) continue;
+            st = PQconnectPoll(pg);
+        }
+        if (PQstatus(pg) != CONNECTION_OK) {
+            if (why) {
+                *why = PQerrorMessage(pg);
+                while (!why->empty() && (why->back() == '\n' || why->back() == ' ')) why->pop_back();
+                for (char &ch : *why)
+                    if (ch == '\n') ch = ' ';
+            }
+            PQfinish(pg);
+            return false;
+        }
+        PQsetnonblocking(pg, 1);
+        c.pg = pg;
+        c.server_version = PQserverVersion(pg);
+        c.backend_pid = PQbackendPID(pg);
+        stats_->add(ClusterStats::Connections, 1);
+        return true;
+    }
+
+    void close_conn(Conn &c) {
+        if (!c.pg) return;
+        PQfinish(c.pg);
+        c.pg = nullptr;
+        c.backend_pid = 0;
+        stats_->add(ClusterStats::Connections, -1);
+    }
+
+    void send_cancel(Conn &c) {
+        ++cancels_;
+        PGcancel *cn = PQgetCancel(c.pg);
+        if (!cn) return;
+        char err[256];
+        PQcancel(cn, err, sizeof err);
+        PQfreeCancel(cn);
+    }
+
+    ClusterOptions opt_;
+    ClusterStats *stats_;
+    pid_t owner_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::vector<Conn> conns_;
+    uint64_t tokens_ = 0;
+    std::atomic<uint64_t> cancels_{0}, client_gone_{0};
+};
+
+// -------------------------------------------------------- ClusterBackend
+
+namespace {
+
+void clear_results(std::vector<PGresult *> &rs) {
+    for (PGresult *r : rs) PQclear(r);
+    rs.clear();
+}
+
+const char *sqlstate(const PGresult *r) {
+    const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    return s ? s : "";
+}
+
+std::string error_text(const PGresult *r) {
+    std::string m = PQresultErrorMessage(r);
+    for (char &ch : m)
+        if (ch == '\n') ch = ' ';
+    while (!m.empty() && m.back() == ' ') m.pop_back();
+    return m;
+}
+
+}  // namespace
+
+ClusterBackend::ClusterBackend(LockBackend *local, ClusterStats *stats, const ClusterOptions &opt)
+    : local_(local), stats_(stats), opt_(opt), pool_(new PgPool(opt, stats)) {}
+
+ClusterBackend::~ClusterBackend() = default;
+
+uint32_t ClusterBackend::open_connections() const { return pool_->open_count(); }
+uint64_t ClusterBackend::cancels_sent() const { return pool_->cancels(); }
+uint64_t ClusterBackend::clients_gone() const { return pool_->clients_gone(); }
+
+namespace {
+
+struct PgKey {
+    int64_t hash;
+    size_t index;  // in the request's keys
+};
+
+// The lock statements for one request, in one string: PostgreSQL runs them
+// in order and stops at the first error. Keys go in hash order (not byte
+// order), so two requests whose keys collide never wait for each other in
+// a cycle.
+std::string lock_sql(const std::vector<PgKey> &pk, Mode mode, int64_t wait_ms, bool server_timeout,
+                     int server_version, int check_ms) {
+    std::string sql = "BEGIN;";
+    if (wait_ms > 0 && server_timeout) sql += "SET LOCAL lock_timeout = '" + std::to_string(wait_ms) + "ms';";
+    if (server_version >= 140000 && check_ms > 0)
+        sql += "SET LOCAL client_connection_check_interval = '" + std::to_string(check_ms) + "ms';";
+    const char *fn = wait_ms > 0 ? (mode == Mode::Write ? "pg_advisory_xact_lock" : "pg_advisory_xact_lock_shared")
+                                 : (mode == Mode::Write ? "pg_try_advisory_xact_lock"
+                                                        : "pg_try_advisory_xact_lock_shared");
+    for (const PgKey &k : pk) sql += std::string("SELECT ") + fn + "(" + std::to_string(k.hash) + ");";
+    if (mode == Mode::Write) sql += "SELECT nextval('pidlock_fence');";
+    return sql;
+}
+
+}  // namespace
+
+AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
+                                          const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
+    const AcquireResult local = local_->acquire_all(keys, n, mode, deadline_ns, info, set, report, err);
+    if (local != AcquireResult::Acquired) return local;
+    try {
+        std::vector<PgKey> pk;
+        for (size_t i = 0; i < n; ++i) pk.push_back(PgKey{cluster_key(keys[i].data, keys[i].len), i});
+        std::sort(pk.begin(), pk.end(), [](const PgKey &a, const PgKey &b) { return a.hash < b.hash; });
+        pk.erase(std::unique(pk.begin(), pk.end(), [](const PgKey &a, const PgKey &b) { return a.hash == b.hash; }),
+                 pk.end());
+        std::string why;
+        size_t busy_key = 0;
+        bool created_sequence = false;
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            size_t idx = 0;
+            bool fresh = false;
+            const PgPool::Got got = pool_->lease(deadline_ns, &idx, &fresh, &why);
+            if (got == PgPool::Got::Timeout) {
+                local_->release_all(set);
+                if (report) {
+                    *report = BusyReport();
+                    report->key.assign(keys[0].data, keys[0].len);
+                }
+                return AcquireResult::Busy;
+            }
+            if (got == PgPool::Got::Unreachable) break;
+            PgPool::Conn &c = pool_->conn(idx);
+            const int64_t now = monotonic_ns();
+            int64_t wait_ms = 0;
+            if (deadline_ns == kNoDeadline) wait_ms = INT32_MAX;
+            else if (deadline_ns > now) wait_ms = std::max<int64_t>(1, (deadline_ns - now) / 1000000);
+            const std::string sql =
+                lock_sql(pk, mode, wait_ms, opt_.server_lock_timeout, c.server_version, opt_.check_interval_ms);
+            // The server's lock_timeout ends the wait; the client's own
+            // deadline, a little later, is the backstop (cancel).
+            int64_t client_deadline = deadline_ns;
+            if (deadline_ns != kNoDeadline && opt_.server_lock_timeout)
+                client_deadline = std::max(deadline_ns, now) + 500LL * 1000000;
+            if (deadline_ns != kNoDeadline && wait_ms == 0) client_deadline = now + 2000LL * 1000000;
+            std::vector<PGresult *> rs;
+            stats_->add(ClusterStats::Waiting, 1);
+            // With the server's lock_timeout, a server silent past it is gone
+            // rather than slow: no cancel (which could block on it).
+            const PgPool::Exec ex =
+                pool_->exec(c, sql, client_deadline, rs, info.client_fd, !opt_.server_lock_timeout);
+            stats_->add(ClusterStats::Waiting, -1);
+            if (ex == PgPool::Exec::ConnLost) {
+                clear_results(rs);
+                why = PQerrorMessage(c.pg);
+                for (char &ch : why)
+                    if (ch == '\n') ch = ' ';
+                pool_->give_back(idx, false);
+                if (!fresh) continue;  // a stale pooled session: once more on a new one
+                break;
+            }
+            // Read the answers: BEGIN, SETs, one per key, the fence.
+            size_t granted = 0, lock_results = 0;
+            bool busy = ex == PgPool::Exec::Timeout, failed = false, no_sequence = false;
+            uint64_t fence = 0;
+            const size_t sets = 1 + (wait_ms > 0 && opt_.server_lock_timeout ? 1 : 0) +
+                          (c.server_version >= 140000 && opt_.check_interval_ms > 0 ? 1 : 0);
+            for (size_t i = 0; i < rs.size(); ++i) {
+                PGresult *r = rs[i];
+                const ExecStatusType s = PQresultStatus(r);
+                if (s == PGRES_FATAL_ERROR) {
+                    const char *st = sqlstate(r);
+                    if (!strcmp(st, kLockNotAvailable) || !strcmp(st, kQueryCanceled)) {
+                        busy = true;
+                    } else if (!strcmp(st, kUndefinedTable) && mode == Mode::Write && !created_sequence) {
+                        no_sequence = true;
+                    } else {
+                        failed = true;
+                        why = error_text(r);
+                    }
+                    busy_key = lock_results < pk.size() ? pk[lock_results].index : 0;
+                    break;
+                }
+                if (i < sets) continue;
+                if (lock_results < pk.size()) {
+                    ++lock_results;
+                    const char *v = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
+                    // The try form answers f when another session holds it.
+                    if (wait_ms == 0 && v[0] == 'f' && !busy) {
+                        busy = true;
+                        busy_key = pk[lock_results - 1].index;
+                    }
+                    if (!busy) ++granted;
+                } else if (PQntuples(r) == 1) {
+                    fence = std::strtoull(PQgetvalue(r, 0, 0), nullptr, 10);
+                }
+            }
+            clear_results(rs);
+            const bool all = !busy && !failed && !no_sequence && granted == pk.size() &&
+                             (mode != Mode::Write || fence > 0);
+            if (all) {
+                c.keys.clear();
+                for (size_t i = 0; i < n && c.keys.size() < 200; ++i)
+                    c.keys += (i ? ", " : "") + key_for_log(keys[i].data, keys[i].len);
+                c.nkeys = n;
+                set.tier() = LockSet::Slot{idx + 1, c.token};
+                if (mode == Mode::Write) set.set_fence(fence);
+                stats_->add(ClusterStats::Held, 1);
+                return AcquireResult::Acquired;
+            }
+            // Nothing kept: end the transaction (or the session).
+            std::vector<PGresult *> rb;
+            const bool rolled = pool_->exec(c, "ROLLBACK", monotonic_ns() + 2000LL * 1000000, rb) == PgPool::Exec::Ok &&
+                                PQstatus(c.pg) == CONNECTION_OK;
+            clear_results(rb);
+            if (no_sequence) {
+                // The setup SQL was not run: create what the fence needs.
+                std::vector<PGresult *> cr;
+                pool_->exec(c, "CREATE SEQUENCE IF NOT EXISTS pidlock_fence", monotonic_ns() + 2000LL * 1000000, cr);
+                const bool ok = cr.size() == 1 && PQresultStatus(cr[0]) == PGRES_COMMAND_OK;
+                if (!ok && !cr.empty()) why = error_text(cr.back());
+                clear_results(cr);
+                pool_->give_back(idx, rolled);
+                created_sequence = true;
+                pool_->log(ok ? 5 : 3, ok ? std::string("PIDLOCK405: created the fence sequence pidlock_fence "
+                                                        "(conf/pidlock-cluster.sql was not run)")
+                                          : "PIDLOCK406: no sequence pidlock_fence, and it cannot be created (" +
+                                                why + "); run conf/pidlock-cluster.sql");
+                if (ok) continue;
+                break;
+            }
+            pool_->give_back(idx, rolled);
+            if (busy) {
+                local_->release_all(set);
+                if (report) {
+                    *report = BusyReport();
+                    report->key.assign(keys[busy_key].data, keys[busy_key].len);
+                }
+                return AcquireResult::Busy;
+            }
+            pool_->log(3, "PIDLOCK401: PostgreSQL refused the lock statement: " + why);
+            break;
+        }
+        // PostgreSQL cannot be had.
+        stats_->add(ClusterStats::Errors, 1);
+        if (opt_.fail_open) {
+            pool_->log(4, "PIDLOCK403: PostgreSQL unavailable (" + why + "); serving key " +
+                              key_for_log(keys[0].data, keys[0].len) +
+                              " with this host's lock only (PidLockClusterOnFailure open)");
+            return AcquireResult::Acquired;
+        }
+        pool_->log(4, "PIDLOCK400: PostgreSQL unavailable: " + why);
+        local_->release_all(set);
+        if (err) *err = ECONNREFUSED;
+        return AcquireResult::Unavailable;
+    } catch (...) {
+        local_->release_all(set);
+        if (err) *err = ENOMEM;
+        return AcquireResult::Error;
+    }
+}
+
+int ClusterBackend::release_all(LockSet &set) {
+    try {
+        const LockSet::Slot t = set.tier();
+        if (t.a) {
+            set.tier() = LockSet::Slot{0, 0};
+            if (PgPool::Conn *c = pool_->by_lease(t.a, t.b)) {
+                std::vector<PGresult *> rs;
+                const PgPool::Exec ex = pool_->exec(*c, "COMMIT", monotonic_ns() + 5000LL * 1000000, rs);
+                const bool ok = ex == PgPool::Exec::Ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_COMMAND_OK &&
+                                PQstatus(c->pg) == CONNECTION_OK;
+                std::string why = rs.empty() ? std::string(PQerrorMessage(c->pg)) : error_text(rs.back());
+                for (char &ch : why)
+                    if (ch == '\n') ch = ' ';
+                clear_results(rs);
+                stats_->add(ClusterStats::Held, -1);
+                if (!ok && !c->broken) {
+                    stats_->add(ClusterStats::Lost, 1);
+                    pool_->log(3, "PIDLOCK402: lock lost while held: key(s) " + c->keys +
+                                      ": the PostgreSQL session ended before the request did (" + why + ")");
+                }
+                pool_->give_back(t.a - 1, ok);
+            }
+        }
+        return local_->release_all(set);
+    } catch (...) {
+        return ENOMEM;
+    }
+}
+
+int ClusterBackend::break_key(const KeyRef &key) {
+    const int n = local_->break_key(key);
+    int ended = 0;
+    try {
+        // The PostgreSQL sessions holding it (any host) end, and with them
+        // every lock of their request there.
+        const uint64_t h = static_cast<uint64_t>(cluster_key(key.data, key.len));
+        size_t idx = 0;
+        bool fresh = false;
+        std::string why;
+        if (pool_->lease(monotonic_ns() + 2000LL * 1000000, &idx, &fresh, &why) != PgPool::Got::Ok) {
+            pool_->log(4, "PIDLOCK407: cannot reach PostgreSQL to break a cluster lock: " + why);
+            return n;
+        }
+        PgPool::Conn &c = pool_->conn(idx);
+        const std::string sql =
+            "SELECT pid, pg_terminate_backend(pid, 2000) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = " + std::to_string(h >> 32) + " AND objid = " + std::to_string(h & 0xffffffffu) +
+            " AND objsubid = 1 AND granted AND pid <> pg_backend_pid()";
+        std::vector<PGresult *> rs;
+        const bool ok = pool_->exec(c, sql, monotonic_ns() + 5000LL * 1000000, rs) == PgPool::Exec::Ok;
+        if (ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_TUPLES_OK) {
+            for (int i = 0; i < PQntuples(rs[0]); ++i) {
+                pool_->mark_broken(atoi(PQgetvalue(rs[0], i, 0)));
+                ++ended;
+            }
+        } else if (!rs.empty()) {
+            pool_->log(4, "PIDLOCK412: breaking a cluster lock failed: " + error_text(rs.back()));
+        }
+        clear_results(rs);
+        pool_->give_back(idx, ok && PQstatus(c.pg) == CONNECTION_OK);
+        if (ended)
+            pool_->log(5, "PIDLOCK408: ended " + std::to_string(ended) +
+                              " PostgreSQL session(s) holding key " + key_for_log(key.data, key.len));
+    } catch (...) {
+    }
+    // The same holders are counted in both tiers; a key held on other hosts
+    // alone counts their sessions.
+    return n < 0 ? n : std::max(n, ended);
+}
+
+namespace {
+
+// The holders, in other sessions than this host's, of the advisory locks
+// this host's sessions wait for.
+std::string remote_holders_sql(PGconn *pg, const std::string &tag) {
+    char *lit = PQescapeLiteral(pg, tag.data(), tag.size());
+    const std::string t = lit ? lit : "''";
+    if (lit) PQfreemem(lit);
+    return "SELECT h.classid, h.objid, h.mode, h.pid, coalesce(a.application_name, ''), "
+           "coalesce(host(a.client_addr), ''), coalesce(floor(extract(epoch FROM a.xact_start) * 1000000), 0) "
+           "FROM pg_locks w JOIN pg_stat_activity wa ON wa.pid = w.pid "
+           "JOIN pg_locks h ON h.locktype = 'advisory' AND h.granted AND h.database = w.database "
+           "AND h.classid = w.classid AND h.objid = w.objid AND h.objsubid = w.objsubid "
+           "LEFT JOIN pg_stat_activity a ON a.pid = h.pid "
+           "WHERE w.locktype = 'advisory' AND NOT w.granted AND wa.application_name = " + t +
+           " AND a.application_name IS DISTINCT FROM " + t + " ORDER BY a.xact_start LIMIT 200";
+}
+
+}  // namespace
+
+void ClusterBackend::remote_holders(TableSnapshot &out) {
+    size_t idx = 0;
+    bool fresh = false;
+    std::string why;
+    if (pool_->lease(monotonic_ns() + 500LL * 1000000, &idx, &fresh, &why) != PgPool::Got::Ok) return;
+    PgPool::Conn &c = pool_->conn(idx);
+    std::vector<PGresult *> rs;
+    const bool ok = pool_->exec(c, remote_holders_sql(c.pg, opt_.application_name), monotonic_ns() + 1000LL * 1000000,
+                                rs) == PgPool::Exec::Ok;
+    if (ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_TUPLES_OK) {
+        for (int i = 0; i < PQntuples(rs[0]); ++i) {
+            const uint64_t h = (std::strtoull(PQgetvalue(rs[0], i, 0), nullptr, 10) << 32) |
+                               std::strtoull(PQgetvalue(rs[0], i, 1), nullptr, 10);
+            RemoteHolder r;
+            // The key, if this host holds or waits for it; else the number.
+            for (const LockView &l : out.locks)
+                if (static_cast<uint64_t>(cluster_key(l.key.data(), l.key.size())) == h) r.key = l.key;
+            if (r.key.empty()) r.key = "pidlock_key " + std::to_string(static_cast<int64_t>(h));
+            r.mode = !strcmp(PQgetvalue(rs[0], i, 2), "ExclusiveLock") ? Mode::Write : Mode::Read;
+            r.session = atoi(PQgetvalue(rs[0], i, 3));
+            r.application = PQgetvalue(rs[0], i, 4);
+            r.client = PQgetvalue(rs[0], i, 5);
+            r.since_us = std::strtoll(PQgetvalue(rs[0], i, 6), nullptr, 10);
+            out.cluster.remote.push_back(std::move(r));
+        }
+    }
+    clear_results(rs);
+    pool_->give_back(idx, ok && PQstatus(c.pg) == CONNECTION_OK);
+}
+
+bool ClusterBackend::snapshot(TableSnapshot &out, int *err) {
+    if (!local_->snapshot(out, err)) return false;
+    const ClusterStats::Totals t = stats_->totals();
+    out.cluster.on = true;
+    out.cluster.backend = "postgres";
+    out.cluster.connections = t.connections;
+    out.cluster.held = t.held;
+    out.cluster.waiting = t.waiting;
+    out.cluster.lost = t.lost;
+    out.cluster.errors = t.errors;
+    // Only when something waits there: the status page costs PostgreSQL
+    // nothing otherwise.
+    if (t.waiting > 0) {
+        try {
+            remote_holders(out);
+        } catch (...) {
+        }
+    }
+    return true;
+}
+
+}  // namespace pidlock
