@@ -203,13 +203,14 @@ void register_body_filters() {
     ap_hook_insert_filter(body_insert_filter, nullptr, nullptr, APR_HOOK_MIDDLE);
 }
 
-int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector<std::string> &keys) {
-    const FormType type = form_type(apr_table_get(r->headers_in, "Content-Type"));
-    if (type.kind == FormKind::None) return 0;
+int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector<std::string> &values) {
     const KeySpec *specs = reinterpret_cast<const KeySpec *>(d->keys->elts);
     std::vector<std::string> names;
     for (int i = 0; i < d->keys->nelts; ++i)
         if (specs[i].source == KeySource::Form) names.emplace_back(specs[i].name);
+    values.assign(names.size(), std::string());
+    const FormType type = form_type(apr_table_get(r->headers_in, "Content-Type"));
+    if (type.kind == FormKind::None) return 0;
     if (type.bad) return refuse_body(r, names[0].c_str(), KeyStatus::Malformed, "multipart without a valid boundary");
     // Read once per request: an internal redirect shares its pool and gets
     // the kept body from the replay filter (see body_insert_filter).
@@ -306,12 +307,8 @@ int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vecto
         c->failed = true;
         return status;
     }
-    const bool all = d->keys_all == 1;
-    for (size_t i = 0; i < names.size(); ++i) {
-        if (c->scanner->status(i) != FieldStatus::Found) continue;
-        keys.push_back(c->scanner->value(i));
-        if (!all) break;
-    }
+    for (size_t i = 0; i < names.size(); ++i)
+        if (c->scanner->status(i) == FieldStatus::Found) values[i] = c->scanner->value(i);
     if (c->eos_seen) destroy_scanner(c);
     return 0;
 }

@@ -186,10 +186,10 @@ int connection_fd(conn_rec *c);
 
 int fixups(request_rec *r);
 int strip_fence(request_rec *r);
-// The keys of the request's `form` sources, read from its body (kept for
-// the handler): appended to `keys` (all of them under PidLockKeys all, else
-// the first found). 0 or the HTTP status refusing the request.
-int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector<std::string> &keys);
+// The values of the request's `form` sources, read from its body (kept for
+// the handler): `values` gets one per form source, in their order ("" where
+// the field is absent). 0 or the HTTP status refusing the request.
+int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector<std::string> &values);
 void register_body_filters();
 extern ap_filter_rec_t *g_release_filter;
 apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb);

@@ -213,39 +213,30 @@ int keys_for(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector
     if (!d->keys) return 0;
     const bool all = d->keys_all == 1;
     const KeySpec *specs = reinterpret_cast<const KeySpec *>(d->keys->elts);
-    bool has_form = false;
+    // Form values are read from the body once, when the first form source
+    // is reached in order, and then taken like any other source's key.
+    std::vector<std::string> form_values;
+    bool form_read = false;
+    size_t form_i = 0;
     std::string key;
     for (int i = 0; i < d->keys->nelts; ++i) {
         const KeySpec &k = specs[i];
         if (k.source == KeySource::Form) {
-            has_form = true;
-            if (!all) break;  // sources after a form source wait for the body
-            continue;
-        }
-        const KeyStatus st = key_from_spec(k, r, max_len, key);
-        if (st == KeyStatus::Absent) continue;
-        if (st != KeyStatus::Ok) return refuse_key(r, k, st, nullptr);
-        keys.push_back(key);
-        if (!all) return 0;
-    }
-    if (has_form) {
-        const int bad = form_keys(d, r, max_len, keys);
-        if (bad) return bad;
-        if (!all && !keys.empty()) return 0;
-        if (!all) {
-            // Sources listed after the form source, in order.
-            bool after = false;
-            for (int i = 0; i < d->keys->nelts; ++i) {
-                const KeySpec &k = specs[i];
-                if (k.source == KeySource::Form) { after = true; continue; }
-                if (!after) continue;
-                const KeyStatus st = key_from_spec(k, r, max_len, key);
-                if (st == KeyStatus::Absent) continue;
-                if (st != KeyStatus::Ok) return refuse_key(r, k, st, nullptr);
-                keys.push_back(key);
-                return 0;
+            if (!form_read) {
+                const int bad = form_keys(d, r, max_len, form_values);
+                if (bad) return bad;
+                form_read = true;
             }
+            const std::string &v = form_values[form_i++];
+            if (v.empty()) continue;  // absent (an empty value was refused)
+            keys.push_back(v);
+        } else {
+            const KeyStatus st = key_from_spec(k, r, max_len, key);
+            if (st == KeyStatus::Absent) continue;
+            if (st != KeyStatus::Ok) return refuse_key(r, k, st, nullptr);
+            keys.push_back(key);
         }
+        if (!all) return 0;
     }
     sort_keys(keys);
     if (keys.size() > LockSet::kMaxKeys) {

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from harness import HOST, MODDIR, Httpd, check, poll, run_on_server
+from harness import HOST, MODDIR, Httpd, check, poll, read_to_close, run_on_server
 
 FNV_OFFSET = 1469598103934665603
 FNV_PRIME = 1099511628211
@@ -375,26 +375,6 @@ def t_urlencoded(h):
     wait_empty(h)
 
 
-def _raw(h, data, timeout=10, read_after=None):
-    s = socket.create_connection((HOST, h.port), timeout=timeout)
-    try:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if read_after and read_after in out:
-                break
-        return out
-    finally:
-        s.close()
-
-
 def t_expect_100(h):
     body, ctype = multipart([("pid", b"e100", None), ("object", b"q" * 5000, "o.bin")])
     s = socket.create_connection((HOST, h.port), timeout=10)
@@ -406,12 +386,7 @@ def t_expect_100(h):
         first = s.recv(4096)
         check(first.startswith(b"HTTP/1.1 100"), "no 100 Continue before the body: %r" % first[:100])
         s.sendall(body)
-        out = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            out += c
+        out = read_to_close(s)
     finally:
         s.close()
     check(b" 200 " in out.split(b"\r\n", 1)[0], "after 100-continue: %r" % out[:200])
@@ -435,12 +410,7 @@ def t_slow_client_holds_no_lock(h):
         st, text, _ = post(h, "/f/object", [("pid", b"slowpid", None)], headers={"X-Test-Pid": "o"})
         check(st == 200, "write beside a slow upload: %d" % st)
         s.sendall(body[half:])
-        out = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            out += c
+        out = read_to_close(s)
     finally:
         s.close()
     check(b" 200 " in out.split(b"\r\n", 1)[0], "slow upload: %r" % out[:200])
@@ -590,13 +560,8 @@ def t_max_hold(h):
         r = h.request("PUT", "/mh/up", body=b"x", headers={"X-Test-Pid": "up2"})
         check(r.status == 200, "after PidLockMaxHold: %d" % r.status)
         s.settimeout(5)
-        data = b""
         try:
-            while True:
-                c = s.recv(65536)
-                if not c:
-                    break
-                data += c
+            read_to_close(s)
         except OSError:
             pass  # reset: aborted as it should be
     finally:
