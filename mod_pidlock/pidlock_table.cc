@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <poll.h>
 #include <sched.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -42,9 +43,29 @@ namespace pidlock {
 namespace {
 
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
-constexpr uint32_t kLayoutVersion = 3;
+// 4: the lock-free fast path (state word per entry, holder slots).
+constexpr uint32_t kLayoutVersion = 4;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
+
+// An entry's state word: fast-path holders, flags, and a tag (high 32 bits)
+// bumped whenever the entry is freed for reuse or its lock broken, so that
+// a CAS or a release prepared against the old entry fails.
+constexpr uint64_t kReadersMask = 0xffff;        // fast readers holding
+constexpr uint64_t kWriterBit = 1ull << 16;      // a fast writer holds
+constexpr uint64_t kQueuedBit = 1ull << 17;      // the entry has records (slow path)
+constexpr uint64_t kRepairBit = 1ull << 18;      // being repaired: every fast CAS fails
+constexpr uint64_t kDeadBit = 1ull << 19;        // not a live entry (free)
+constexpr uint64_t kFlagsMask = kWriterBit | kQueuedBit | kRepairBit | kDeadBit;
+inline uint32_t tag_of(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
+inline uint64_t with_tag(uint32_t tag) { return static_cast<uint64_t>(tag) << 32; }
+
+// A holder slot's state (low byte; the mode in the next).
+enum SlotState : uint32_t { kSlotFree = 0, kSlotIdle = 1, kSlotPending = 2, kSlotHeld = 3, kSlotReleasing = 4 };
+inline uint32_t slot_kind(uint32_t st) { return st & 0xff; }
+inline Mode slot_mode(uint32_t st) { return static_cast<Mode>((st >> 8) & 0xff); }
+inline uint32_t slot_state(SlotState k, Mode m) { return k | (static_cast<uint32_t>(m) << 8); }
+inline uint64_t slot_what(uint32_t e1, uint32_t tag) { return e1 | with_tag(tag); }
 
 int64_t mono_ns() {
     timespec ts;
@@ -135,11 +156,15 @@ uint64_t cached_start() {
 }
 
 // How long a waiter sleeps before it checks that whoever it waits behind is
-// alive: the first in line checks the holders every 100 ms (well under the
-// 1 s a dead holder may block it); the others each check the waiter just
-// ahead of them, less often, so that a long queue costs little CPU.
-constexpr int64_t kLivenessSliceNs = 100 * 1000000LL;
-constexpr int64_t kFollowerSliceNs = 250 * 1000000LL;
+// alive: the first in line checks the holders every 25 ms (a dead holder
+// blocks it well under 100 ms); the others each check the waiter just
+// ahead of them, less often, so that a long queue costs little CPU. A
+// waiter whose client is watched looks at it at least every 100 ms.
+constexpr int64_t kLivenessSliceNs = 25 * 1000000LL;
+constexpr int64_t kFollowerSliceNs = 100 * 1000000LL;
+// How long a repair waits for live processes' pending or releasing slots on
+// the entry to settle before it gives up (and is tried again later).
+constexpr int64_t kSettleNs = 50 * 1000000LL;
 
 }  // namespace
 
@@ -311,6 +336,7 @@ struct LockTable::Header {
     alignas(64) std::atomic<uint64_t> fence;
     alignas(64) std::atomic<uint64_t> entry_free;
     alignas(64) std::atomic<uint64_t> record_free;
+    alignas(64) std::atomic<uint64_t> slot_free;  // holder slots no process owns
 };
 
 // Per stripe, guarded by the stripe's mutex: counters and small caches of
@@ -318,6 +344,7 @@ struct LockTable::Header {
 struct alignas(64) LockTable::Stripe {
     uint64_t acquired_read, acquired_write, waited, timeouts, broken, reaped, full;
     uint64_t refused_waiters;  // PidLockMaxWaiters said no
+    uint64_t client_gone;      // waits ended because the client hung up
     std::atomic<uint32_t> used;  // keys in this stripe; read unlocked for the high water
     std::atomic<uint32_t> reserve;  // capacity taken from the budget, not in use;
                                     // other stripes may take single units from it
@@ -332,15 +359,19 @@ struct alignas(64) LockTable::Stripe {
     uint32_t record_cache, record_cached;  // index + 1, count
 };
 
-// One key with holders or waiters. Guarded by its bucket's stripe mutex,
-// except `free_next` (the lock-free free list).
+// One key, held, waited for, or idle (kept for reuse). Guarded by its
+// bucket's stripe mutex, except `word` (the fast path's state word), and
+// `free_next`; `chain`, `hash`, `key_len` and the key are read without the
+// mutex by the fast lookup, which trusts nothing it finds there until its
+// CAS on the word (whose tag changes on every reuse) has succeeded.
 struct alignas(64) LockTable::Entry {
+    std::atomic<uint64_t> word;
     std::atomic<uint32_t> free_next;
     uint32_t chain;  // next entry in the bucket, index + 1
     uint32_t key_len;
     uint64_t hash;
-    uint32_t readers;  // holding read
-    uint32_t writer;   // 1 while a writer holds
+    uint32_t readers;  // holding read through a record (slow path)
+    uint32_t writer;   // 1 while a writer holds through a record
     uint32_t waiting_read, waiting_write;
     uint32_t first, last;  // records, arrival order, index + 1
 };
@@ -369,6 +400,29 @@ struct LockTable::Record {
     char uri[kUriCap];
 };
 
+// A holder slot: owned by one process (which alone writes it, but for a
+// repairer freeing the slots of a dead one), used by one request at a time
+// for one fast-path hold. The owner marks it pending before its CAS on the
+// entry's word and held after; releasing before its CAS and idle after.
+struct alignas(64) LockTable::Slot {
+    std::atomic<uint32_t> state;      // SlotState | mode << 8
+    std::atomic<int32_t> owner;       // pid, 0: in the free list
+    std::atomic<uint64_t> what;       // entry index + 1 | tag << 32
+    std::atomic<uint32_t> free_next;  // the table's free list or the owner's pool
+    uint32_t unused;
+    std::atomic<uint64_t> owner_start;
+    uint64_t token;  // bumped on every hold (the handle's check)
+    std::atomic<uint64_t> acquired_read, acquired_write;  // summed by snapshot()
+    uint64_t thread;
+    int64_t since_us;
+    uint64_t request;
+    uint8_t has_user;
+    char method[kMethodCap];
+    char client[kClientCap];
+    char user[kUserCap];
+    char uri[kUriCap];
+};
+
 namespace {
 
 // Slots beyond the capacity: at most this many free ones can sit in each
@@ -380,7 +434,7 @@ constexpr uint32_t kReserveChunk = 4;
 
 struct Layout {
     uint32_t nbuckets, slots;
-    size_t buckets_off, entries_off, records_off, keys_off, stripes_off, end;
+    size_t buckets_off, entries_off, records_off, keys_off, stripes_off, slots_off, end;
 };
 
 }  // namespace
@@ -403,6 +457,8 @@ bool LockTable::layout(const TableParams &p, void *out) {
     off += align_up(sizeof(Record) * l.slots, 64);
     l.keys_off = off;
     off += align_up(static_cast<size_t>(p.key_cap) * l.slots, 64);
+    l.slots_off = off;
+    off += sizeof(Slot) * l.slots;
     l.end = off;
     return true;
 }
@@ -443,16 +499,21 @@ bool LockTable::format(void *base, size_t size, const TableParams &p, const unsi
     Entry *entries = reinterpret_cast<Entry *>(b + l.entries_off);
     Record *records = reinterpret_cast<Record *>(b + l.records_off);
     Stripe *stripes = reinterpret_cast<Stripe *>(b + l.stripes_off);
+    Slot *slots = reinterpret_cast<Slot *>(b + l.slots_off);
     for (uint32_t i = 0; i < p.stripes; ++i) new (&stripes[i]) Stripe();
     for (uint32_t i = 0; i < l.slots; ++i) {
         new (&entries[i]) Entry();
         new (&records[i]) Record();
+        new (&slots[i]) Slot();
+        entries[i].word.store(kDeadBit, std::memory_order_relaxed);
+        slots[i].free_next.store(i + 1 < l.slots ? i + 2 : 0, std::memory_order_relaxed);
         // Free lists hold index + 1, 0 ends them; tag 0.
         entries[i].free_next.store(i + 1 < l.slots ? i + 2 : 0, std::memory_order_relaxed);
         records[i].free_next.store(i + 1 < l.slots ? i + 2 : 0, std::memory_order_relaxed);
     }
     h->entry_free.store(1, std::memory_order_relaxed);
     h->record_free.store(1, std::memory_order_relaxed);
+    h->slot_free.store(1, std::memory_order_relaxed);
     h->budget.store(p.capacity, std::memory_order_relaxed);
     h->fence.store(static_cast<uint64_t>(wall_clock_us()), std::memory_order_relaxed);
     f.layout_version = kLayoutVersion;
@@ -490,6 +551,43 @@ bool LockTable::check_region(void *base, size_t size, const TableParams &expect)
            got.key_cap == expect.key_cap && got.stripes == expect.stripes;
 }
 
+namespace {
+
+std::mutex g_registry_mu;
+std::vector<std::pair<LockTable *, uint64_t>> *g_registry = nullptr;
+uint64_t g_serial = 0;
+// Called from ~ThreadSlots with the registry's mutex held: the table still
+// exists, so its pool may take the slot back.
+void (*g_give_back)(LockTable *, uint32_t, int32_t) = nullptr;
+
+struct ThreadSlots {
+    struct One {
+        LockTable *table = nullptr;
+        uint64_t serial = 0;
+        int32_t pid = 0;
+        uint32_t s1 = 0;
+    };
+    static constexpr int kTables = 4;
+    One one[kTables];
+    ~ThreadSlots();
+};
+thread_local ThreadSlots t_slots;
+
+}  // namespace
+
+
+ThreadSlots::~ThreadSlots() {
+    std::lock_guard<std::mutex> g(g_registry_mu);
+    if (!g_registry || !g_give_back) return;
+    const int32_t pid = cached_pid();
+    for (One &o : one) {
+        if (!o.s1 || o.pid != pid) continue;
+        for (const auto &r : *g_registry)
+            if (r.first == o.table && r.second == o.serial) g_give_back(o.table, o.s1, pid);
+        o.s1 = 0;
+    }
+}
+
 LockTable::LockTable(void *base, StripeLocks *locks) : locks_(locks) {
     TableParams p;
     uint64_t sip[2];
@@ -506,6 +604,13 @@ LockTable::LockTable(void *base, size_t size, const TableParams &expect, StripeL
 }
 
 void LockTable::attach(void *base, const TableParams &p, const uint64_t sip[2]) {
+    {
+        std::lock_guard<std::mutex> g(g_registry_mu);
+        if (!g_registry) g_registry = new std::vector<std::pair<LockTable *, uint64_t>>();
+        g_give_back = &LockTable::give_back;
+        serial_ = ++g_serial;
+        g_registry->emplace_back(this, serial_);
+    }
     Layout l;
     layout(p, &l);
     hdr_ = static_cast<Header *>(align_base(base));
@@ -518,11 +623,190 @@ void LockTable::attach(void *base, const TableParams &p, const uint64_t sip[2]) 
     entries_ = reinterpret_cast<Entry *>(base_ + l.entries_off);
     records_ = reinterpret_cast<Record *>(base_ + l.records_off);
     keys_ = base_ + l.keys_off;
+    slots_arr_ = reinterpret_cast<Slot *>(base_ + l.slots_off);
     sip_[0] = sip[0];
     sip_[1] = sip[1];
 }
 
 uint64_t LockTable::hash(const char *key, size_t len) const { return siphash24(sip_[0], sip_[1], key, len); }
+
+// ----------------------------------------------------------- holder slots
+//
+// Each thread keeps one idle slot of each table it used (the common case: a
+// request holds one key); more come from the process's pool, and the pool
+// from the table's free list. Slots stay with their process until it is
+// found gone (reap, repair, audit). A thread that ends gives its cached slot
+// back to its process's pool, if the table object is still there.
+
+LockTable::~LockTable() {
+    std::lock_guard<std::mutex> g(g_registry_mu);
+    if (!g_registry) return;
+    for (auto it = g_registry->begin(); it != g_registry->end(); ++it)
+        if (it->first == this && it->second == serial_) {
+            g_registry->erase(it);
+            break;
+        }
+}
+
+LockTable::Slot *LockTable::slot(uint32_t s1) const { return slots_arr_ + (s1 - 1); }
+
+uint32_t LockTable::take_slot(int32_t pid) {
+    for (ThreadSlots::One &o : t_slots.one) {
+        if (o.table == this && o.serial == serial_ && o.pid == pid && o.s1) {
+            const uint32_t s1 = o.s1;
+            o.s1 = 0;
+            return s1;
+        }
+    }
+    if (pool_pid_.load(std::memory_order_acquire) != pid) {
+        // A forked child: the pool it inherited is its parent's.
+        static std::mutex mu;
+        std::lock_guard<std::mutex> g(mu);
+        if (pool_pid_.load(std::memory_order_relaxed) != pid) {
+            pool_head_.store(0, std::memory_order_relaxed);
+            pool_pid_.store(pid, std::memory_order_release);
+        }
+    }
+    uint64_t h = pool_head_.load(std::memory_order_acquire);
+    for (;;) {
+        const uint32_t s1 = static_cast<uint32_t>(h);
+        if (s1 == 0 || s1 > slots_) break;
+        const uint32_t next = slot(s1)->free_next.load(std::memory_order_relaxed);
+        const uint64_t nh = (((h >> 32) + 1) << 32) | next;
+        if (pool_head_.compare_exchange_weak(h, nh, std::memory_order_acq_rel, std::memory_order_acquire)) {
+            if (slot(s1)->owner.load(std::memory_order_relaxed) == pid) return s1;
+            h = pool_head_.load(std::memory_order_acquire);  // not ours (scribbled): drop it
+        }
+    }
+    // From the table: tagged Treiber stack, each index checked.
+    h = hdr_->slot_free.load(std::memory_order_acquire);
+    for (;;) {
+        const uint32_t s1 = static_cast<uint32_t>(h);
+        if (s1 == 0 || s1 > slots_) return 0;
+        const uint32_t next = slot(s1)->free_next.load(std::memory_order_relaxed);
+        const uint64_t nh = (((h >> 32) + 1) << 32) | next;
+        if (hdr_->slot_free.compare_exchange_weak(h, nh, std::memory_order_acq_rel, std::memory_order_acquire)) {
+            Slot *sl = slot(s1);
+            sl->owner_start.store(cached_start(), std::memory_order_relaxed);
+            sl->state.store(kSlotIdle, std::memory_order_relaxed);
+            sl->owner.store(pid, std::memory_order_release);
+            return s1;
+        }
+    }
+}
+
+void LockTable::give_slot(uint32_t s1, int32_t pid) {
+    ThreadSlots::One *spare = nullptr;
+    for (ThreadSlots::One &o : t_slots.one) {
+        if (o.table == this && o.serial == serial_ && o.pid == pid) {
+            if (o.s1 == 0) {
+                o.s1 = s1;
+                return;
+            }
+            spare = nullptr;
+            break;
+        }
+        if (!spare && (o.s1 == 0 || o.pid != pid)) spare = &o;
+    }
+    if (spare) {
+        // Another table's (or a parent's) entry, empty or stale: take it.
+        *spare = ThreadSlots::One{this, serial_, pid, s1};
+        return;
+    }
+    pool_push(s1);
+}
+
+void LockTable::give_back(LockTable *t, uint32_t s1, int32_t pid) {
+    if (t->pool_pid_.load(std::memory_order_acquire) == pid) t->pool_push(s1);
+}
+
+void LockTable::pool_push(uint32_t s1) {
+    uint64_t h = pool_head_.load(std::memory_order_relaxed);
+    for (;;) {
+        slot(s1)->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
+        const uint64_t nh = (((h >> 32) + 1) << 32) | s1;
+        if (pool_head_.compare_exchange_weak(h, nh, std::memory_order_release, std::memory_order_relaxed))
+            return;
+    }
+}
+
+void LockTable::fill_slot(Slot *sl, const HolderInfo &info) {
+    sl->thread = info.thread;
+    sl->request = info.request;
+    sl->has_user = info.user != nullptr;
+    copy_cut(sl->method, sizeof sl->method, info.method);
+    copy_cut(sl->uri, sizeof sl->uri, info.uri);
+    copy_cut(sl->client, sizeof sl->client, info.client);
+    copy_cut(sl->user, sizeof sl->user, info.user);
+}
+
+// The bucket's chain walked without the mutex: every index is checked and
+// the walk bounded; what it finds is only a candidate (the caller's CAS on
+// the word, whose tag changes on reuse, decides).
+uint32_t LockTable::lookup(uint32_t bucket, uint64_t hash, const char *key, size_t len) const {
+    uint32_t e1 = __atomic_load_n(&buckets_[bucket], __ATOMIC_ACQUIRE);
+    for (uint32_t steps = 0; e1 != 0 && e1 <= slots_ && steps < 64; ++steps) {
+        const Entry *e = entry(e1);
+        if (__atomic_load_n(&e->hash, __ATOMIC_RELAXED) == hash &&
+            __atomic_load_n(&e->key_len, __ATOMIC_RELAXED) == len && std::memcmp(key_of(e1), key, len) == 0)
+            return e1;
+        e1 = __atomic_load_n(&e->chain, __ATOMIC_ACQUIRE);
+    }
+    return 0;
+}
+
+// One fast attempt on entry e1 with slot s1: 1 acquired (h filled), 0 the
+// word says the slow path must decide (queued, repair, dead, held against
+// us), -1 the entry is not this key any more.
+int LockTable::try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint32_t si,
+                        const char *key, size_t len, uint64_t hash) {
+    Entry *e = entry(e1);
+    Slot *sl = slot(s1);
+    for (int spins = 0; spins < 16; ++spins) {
+        uint64_t w = e->word.load(std::memory_order_acquire);
+        if (w & (kQueuedBit | kRepairBit | kDeadBit | kWriterBit)) return (w & kDeadBit) ? -1 : 0;
+        if (mode == Mode::Write ? (w & kReadersMask) != 0 : (w & kReadersMask) == kReadersMask) return 0;
+        // The key as of this word: an entry reused after this load has
+        // another tag, and the CAS below fails.
+        if (__atomic_load_n(&e->hash, __ATOMIC_RELAXED) != hash ||
+            __atomic_load_n(&e->key_len, __ATOMIC_RELAXED) != len || std::memcmp(key_of(e1), key, len) != 0)
+            return -1;
+        const uint32_t tag = tag_of(w);
+        sl->what.store(slot_what(e1, tag), std::memory_order_relaxed);
+        sl->state.store(slot_state(kSlotPending, mode), std::memory_order_seq_cst);
+        PIDLOCK_CRASH_POINT(23);
+        const uint64_t nw = mode == Mode::Write ? w | kWriterBit : w + 1;
+        if (e->word.compare_exchange_strong(w, nw, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+            PIDLOCK_CRASH_POINT(24);
+            sl->since_us = wall_clock_us();
+            const uint64_t token = sl->token + 1;
+            sl->token = token;
+            sl->state.store(slot_state(kSlotHeld, mode), std::memory_order_release);
+            std::atomic<uint64_t> &c = mode == Mode::Write ? sl->acquired_write : sl->acquired_read;
+            c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+            h.record = s1 | LockHandle::kSlotBit;
+            h.stripe = si;
+            h.token = token;
+            h.mode = mode;
+            return 1;
+        }
+        sl->state.store(kSlotIdle, std::memory_order_release);
+        if (tag_of(w) != tag) return -1;
+    }
+    return 0;
+}
+
+// Under the stripe's mutex: the entry has records, so no fast acquire may
+// succeed on it any more (a concurrent one's CAS fails and it queues).
+void LockTable::set_queued(Entry *e) {
+    e->word.fetch_or(kQueuedBit, std::memory_order_seq_cst);
+}
+
+// Under the stripe's mutex: the queued bit says whether the entry has records.
+void LockTable::settle_queued(Entry *e) {
+    if (e->first == 0) e->word.fetch_and(~kQueuedBit, std::memory_order_seq_cst);
+    else e->word.fetch_or(kQueuedBit, std::memory_order_seq_cst);
+}
 
 bool LockTable::test_crash_at(int point) {
     crash_at_ = point;
@@ -706,17 +990,24 @@ int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t
         for (uint32_t x = e->first; x; x = record(x)->next)
             if (record(x)->state == kHolding) note(record(x));
     }
-    if (n == 0) return 0;
+    const bool fast = !ahead && (e->word.load(std::memory_order_acquire) & (kReadersMask | kWriterBit)) != 0;
+    if (n == 0 && !fast) return 0;
     leave(si);
     int ngone = 0;
     for (int i = 0; i < n; ++i) {
         sus[i].gone = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
         ngone += sus[i].gone;
     }
+    // Fast holders: their slots, read without the mutex.
+    const bool fast_gone = fast && fast_holders_dead(e1);
     const int rc = enter(si);
-    if (rc != 0 || ngone == 0) return rc;
+    if (rc != 0 || (ngone == 0 && !fast_gone)) return rc;
     Stripe *st = stripe(si);
     Wakeups w;
+    if (fast_gone) {
+        const bool had_writer = (e->word.load(std::memory_order_acquire) & kWriterBit) != 0;
+        if (repair_entry(e1, true)) dispatch(st, e, had_writer, w);
+    }
     for (uint32_t x = e->first; x;) {
         Record *r = record(x);
         const uint32_t next = r->next;
@@ -771,12 +1062,15 @@ int LockTable::reap(int32_t only_pid) {
             const uint32_t e1 = sus[i].e1;
             remove_dead(st, e1, sus[i].r1, w);
             ++total;
-            free_entry_if_idle(st, static_cast<uint32_t>(entry(e1)->hash) & (nbuckets_ - 1), e1);
+            settle_queued(entry(e1));
         }
         leave(si);
         wake_up(w);
     }
-    return total;
+    // Fast-path holders of processes that are gone.
+    const int fast = free_dead_slots(only_pid);
+    if (fast < 0) return -1;
+    return total + fast;
 }
 
 // Takes stripe si's mutex; if the last holder died inside its critical
@@ -833,7 +1127,8 @@ int LockTable::stop_the_world(bool audit, uint32_t keep, bool *repaired) {
             needed = needed || stripe(s)->inside.load(std::memory_order_relaxed) != 0;
         // Every walk of check_consistency() is bounded and checks each index
         // before it follows it: safe on whatever a process left behind.
-        if (!needed && audit) needed = !check_consistency().empty();
+        std::string why;
+        if (!needed && audit) needed = !check_parts(false, why);
         if (needed) {
             rebuild(woken);
             hdr_->c_repairs.fetch_add(1, std::memory_order_relaxed);
@@ -861,8 +1156,67 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
     const uint32_t slots = slots_;
     std::vector<uint8_t> e_used(slots + 1, 0), r_used(slots + 1, 0);
     std::vector<uint32_t> used(params_.stripes, 0);
-    // 1. Live records.
     std::map<std::pair<int32_t, uint64_t>, bool> alive;  // (pid, start) -> alive
+    auto is_alive = [&](int32_t pid, uint64_t start) {
+        auto it = alive.find({pid, start});
+        if (it == alive.end())
+            it = alive.emplace(std::make_pair(pid, start), pid == cached_pid() ||
+                                                               process_state(pid, start) == ProcessState::Alive).first;
+        return it->second;
+    };
+    // 0. The fast path: every live entry under REPAIR (fast CASes fail), live
+    // processes' pending and releasing slots given a moment to settle, then
+    // each entry's fast holders counted from the held slots of the living.
+    std::vector<uint64_t> old_word(slots + 1, 0);
+    std::vector<uint32_t> fast_r(slots + 1, 0), fast_w(slots + 1, 0);
+    std::vector<uint8_t> unsettled(slots + 1, 0);
+    for (uint32_t e1 = 1; e1 <= slots; ++e1) {
+        const uint64_t w = entry(e1)->word.fetch_or(kRepairBit, std::memory_order_seq_cst);
+        old_word[e1] = w & ~kRepairBit;
+    }
+    std::vector<uint32_t> dead_slots;
+    for (const int64_t until = mono_ns() + kSettleNs;;) {
+        std::fill(fast_r.begin(), fast_r.end(), 0u);
+        std::fill(fast_w.begin(), fast_w.end(), 0u);
+        std::fill(unsettled.begin(), unsettled.end(), 0);
+        dead_slots.clear();
+        bool any = false;
+        for (uint32_t s1 = 1; s1 <= slots; ++s1) {
+            const Slot *sl = slot(s1);
+            const int32_t owner = sl->owner.load(std::memory_order_relaxed);
+            if (owner == 0) continue;
+            const uint32_t state = sl->state.load(std::memory_order_seq_cst);
+            const uint32_t kind = slot_kind(state);
+            const uint64_t what = sl->what.load(std::memory_order_relaxed);
+            const uint32_t e1 = static_cast<uint32_t>(what);
+            if (!is_alive(owner, sl->owner_start.load(std::memory_order_relaxed))) {
+                dead_slots.push_back(s1);
+                continue;
+            }
+            if (kind < kSlotPending || kind > kSlotReleasing || e1 == 0 || e1 > slots ||
+                (old_word[e1] & kDeadBit) || tag_of(old_word[e1]) != tag_of(what))
+                continue;
+            if (kind != kSlotHeld) {
+                unsettled[e1] = 1;
+                any = true;
+            } else if (slot_mode(state) == Mode::Write) {
+                ++fast_w[e1];
+            } else {
+                ++fast_r[e1];
+            }
+        }
+        if (!any || mono_ns() > until) break;
+        timespec ts{0, 200000};
+        nanosleep(&ts, nullptr);
+    }
+    // An entry that would not settle keeps its old counts (never fewer than
+    // hold it; what the dead held there is repaired by a later check).
+    for (uint32_t e1 = 1; e1 <= slots; ++e1) {
+        if (!unsettled[e1]) continue;
+        fast_r[e1] = static_cast<uint32_t>(old_word[e1] & kReadersMask);
+        fast_w[e1] = (old_word[e1] & kWriterBit) ? 1 : 0;
+    }
+    // 1. Live records.
     std::vector<uint8_t> live(slots + 1, 0);
     for (uint32_t r1 = 1; r1 <= slots; ++r1) {
         const Record *r = record(r1);
@@ -872,15 +1226,22 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
             continue;
         const Entry *e = entry(r->entry);
         if (e->key_len == 0 || e->key_len > params_.key_cap) continue;  // no key to file it under
-        const auto who = std::make_pair(r->pid, r->pid_start);
-        auto it = alive.find(who);
-        if (it == alive.end())
-            it = alive.emplace(who, process_state(r->pid, r->pid_start) == ProcessState::Alive).first;
-        if (it->second) live[r1] = 1;
+        if (is_alive(r->pid, r->pid_start)) live[r1] = 1;
     }
-    // 2. One entry per key: the first entry (by index) any live record names.
+    // 2. One entry per key: entries fast holders hold first (their slots
+    // name them), then the first entry (by index) any live record names.
     std::map<std::string, uint32_t> by_key;
     std::vector<uint32_t> canon(slots + 1, 0);  // entry -> the entry its records go to
+    std::vector<uint8_t> keep(slots + 1, 0);
+    for (uint32_t e1 = 1; e1 <= slots; ++e1) {
+        if (fast_r[e1] == 0 && fast_w[e1] == 0 && !unsettled[e1]) continue;
+        const Entry *e = entry(e1);
+        if (e->key_len == 0 || e->key_len > params_.key_cap) continue;
+        if (by_key.emplace(std::string(key_of(e1), e->key_len), e1).second) {
+            canon[e1] = e1;
+            keep[e1] = 1;
+        }
+    }
     for (uint32_t r1 = 1; r1 <= slots; ++r1) {
         if (!live[r1]) continue;
         const uint32_t e1 = record(r1)->entry;
@@ -915,10 +1276,11 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
     uint32_t waiting = 0;
     for (uint32_t e1 = 1; e1 <= slots; ++e1) {
         const std::vector<uint32_t> &list = lists[e1];
-        if (list.empty()) continue;
+        if (list.empty() && !keep[e1]) continue;
         Entry *e = entry(e1);
         e->hash = hash(key_of(e1), e->key_len);
         e->readers = e->writer = e->waiting_read = e->waiting_write = 0;
+        e->first = e->last = 0;
         uint32_t prev = 0;
         for (uint32_t r1 : list) {
             Record *r = record(r1);
@@ -936,6 +1298,16 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
             }
         }
         e->last = prev;
+        // Alive, same tag: its fast holders' releases still match.
+        const uint64_t tag = with_tag(tag_of(old_word[e1]));
+        if (old_word[e1] & kDeadBit) {
+            // A record named an entry already freed: it lives again, with a new tag.
+            e->word.store(with_tag(tag_of(old_word[e1]) + 1) | (e->first ? kQueuedBit : 0), std::memory_order_seq_cst);
+        } else {
+            e->word.store(tag | (e->first ? kQueuedBit : 0) | std::min<uint64_t>(fast_r[e1], kReadersMask) |
+                              (fast_w[e1] ? kWriterBit : 0),
+                          std::memory_order_seq_cst);
+        }
         const uint32_t b = static_cast<uint32_t>(e->hash) & (nbuckets_ - 1);
         e->chain = buckets_[b];
         buckets_[b] = e1;
@@ -947,8 +1319,12 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
     uint32_t efree = 0, rfree = 0;
     for (uint32_t i = slots; i >= 1; --i) {
         if (!e_used[i]) {
-            entry(i)->free_next.store(efree, std::memory_order_relaxed);
-            entry(i)->key_len = 0;
+            Entry *e = entry(i);
+            const uint64_t w = old_word[i];
+            e->word.store((w & kDeadBit) ? w : with_tag(tag_of(w) + 1) | kDeadBit, std::memory_order_seq_cst);
+            e->free_next.store(efree, std::memory_order_relaxed);
+            e->key_len = 0;
+            e->chain = 0;
             efree = i;
         }
         if (!r_used[i]) {
@@ -971,6 +1347,60 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
         in_use += used[s];
     }
     hdr_->budget.store(std::max<int64_t>(0, static_cast<int64_t>(params_.capacity) - in_use));
+    // Slots of the living in a state no protocol step leaves: idle.
+    for (uint32_t s1 = 1; s1 <= slots; ++s1) {
+        Slot *sl = slot(s1);
+        if (sl->owner.load(std::memory_order_relaxed) != 0 &&
+            (slot_kind(sl->state.load(std::memory_order_relaxed)) > kSlotReleasing ||
+             slot_kind(sl->state.load(std::memory_order_relaxed)) == kSlotFree))
+            sl->state.store(kSlotIdle, std::memory_order_relaxed);
+    }
+    // Slots of the dead go back to the table, but for those naming an entry
+    // that would not settle (a later repair must still see them there).
+    for (uint32_t s1 : dead_slots) {
+        Slot *sl = slot(s1);
+        const uint32_t e1 = static_cast<uint32_t>(sl->what.load(std::memory_order_relaxed));
+        if (e1 >= 1 && e1 <= slots && unsettled[e1]) continue;
+        int32_t pid = sl->owner.load(std::memory_order_relaxed);
+        if (pid == 0 || !sl->owner.compare_exchange_strong(pid, 0)) continue;
+        sl->state.store(kSlotFree, std::memory_order_relaxed);
+        uint64_t h = hdr_->slot_free.load(std::memory_order_relaxed);
+        for (;;) {
+            sl->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
+            if (hdr_->slot_free.compare_exchange_weak(h, (((h >> 32) + 1) << 32) | s1, std::memory_order_release,
+                                                      std::memory_order_relaxed))
+                break;
+        }
+    }
+    // The slots' free list: if it is not a bounded list of unowned slots
+    // holding every unowned slot, it is made anew from them.
+    {
+        std::vector<uint8_t> in_list(slots + 1, 0);
+        bool sound = true;
+        uint32_t n = 0;
+        for (uint32_t i = static_cast<uint32_t>(hdr_->slot_free.load()); i && sound;
+             i = slot(i)->free_next.load(std::memory_order_relaxed)) {
+            if (i > slots || in_list[i] || slot(i)->owner.load(std::memory_order_relaxed) != 0 || ++n > slots)
+                sound = false;
+            else
+                in_list[i] = 1;
+        }
+        for (uint32_t i = 1; i <= slots && sound; ++i)
+            if (!in_list[i] && slot(i)->owner.load(std::memory_order_relaxed) == 0) sound = false;
+        if (!sound) {
+            uint32_t head = 0;
+            for (uint32_t i = slots; i >= 1; --i) {
+                Slot *sl = slot(i);
+                if (sl->owner.load(std::memory_order_relaxed) != 0) continue;
+                sl->state.store(kSlotFree, std::memory_order_relaxed);
+                sl->free_next.store(head, std::memory_order_relaxed);
+                head = i;
+            }
+            hdr_->slot_free.store((((hdr_->slot_free.load() >> 32) + 1) << 32) | head);
+        }
+        for (uint32_t i = 1; i <= slots; ++i)
+            if (slot(i)->owner.load(std::memory_order_relaxed) == 0) slot(i)->state.store(kSlotFree);
+    }
     // A holder that died mid-release may have left waiters ungranted.
     for (uint32_t b = 0; b < nbuckets_; ++b)
         for (uint32_t e1 = buckets_[b]; e1; e1 = entry(e1)->chain) {
@@ -1094,13 +1524,20 @@ void LockTable::note_high_water() {
     while (total > hw && !hdr_->high_water.compare_exchange_weak(hw, total, std::memory_order_relaxed)) {}
 }
 
-void LockTable::free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1) {
+// Under the stripe's mutex: frees entry e1 if it is idle (no records, no
+// fast holder, no flag): the word goes DEAD with the next tag first, so a
+// fast lookup that still finds it fails its CAS; then it leaves its chain.
+void LockTable::free_entry(Stripe *st, uint32_t bucket, uint32_t e1) {
     Entry *e = entry(e1);
     if (e->first != 0) return;
-    uint32_t *buckets = buckets_;
-    uint32_t *link = &buckets[bucket];
-    while (*link != e1) link = &entry(*link)->chain;
-    *link = e->chain;
+    uint64_t w = e->word.load(std::memory_order_acquire);
+    if ((w & (kReadersMask | kFlagsMask)) != 0) return;
+    if (!e->word.compare_exchange_strong(w, with_tag(tag_of(w) + 1) | kDeadBit, std::memory_order_seq_cst))
+        return;
+    PIDLOCK_CRASH_POINT(31);
+    uint32_t *link = &buckets_[bucket];
+    while (*link && *link != e1) link = &entry(*link)->chain;
+    if (*link) __atomic_store_n(link, e->chain, __ATOMIC_RELEASE);
     PIDLOCK_CRASH_POINT(21);
     e->chain = 0;
     e->key_len = 0;
@@ -1112,11 +1549,45 @@ void LockTable::free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1) {
     give_entry(st, e1);
 }
 
+// Under stripe si's mutex: frees up to `want` idle entries of the stripe
+// (kept after their last release for the fast path). Returns how many.
+int LockTable::reclaim_idle(uint32_t si, uint32_t want) {
+    Stripe *st = stripe(si);
+    int n = 0;
+    for (uint32_t b = si; b < nbuckets_ && static_cast<uint32_t>(n) < want; b += params_.stripes) {
+        for (uint32_t e1 = buckets_[b]; e1 && static_cast<uint32_t>(n) < want;) {
+            const uint32_t next = entry(e1)->chain;
+            const uint32_t before = st->used.load(std::memory_order_relaxed);
+            free_entry(st, b, e1);
+            if (st->used.load(std::memory_order_relaxed) != before) ++n;
+            e1 = next;
+        }
+    }
+    return n;
+}
+
+// Holding no stripe: frees one idle entry in a stripe other than si (one
+// mutex at a time, so reclaimers never deadlock), so that its capacity unit
+// can be taken from that stripe's reserve. -1 on a mutex error.
+int LockTable::reclaim_elsewhere(uint32_t si) {
+    for (uint32_t j = 1; j < params_.stripes; ++j) {
+        const uint32_t o = (si + j) & (params_.stripes - 1);
+        if (enter(o) != 0) return -1;
+        const int n = reclaim_idle(o, 1);
+        leave(o);
+        if (n > 0) return 1;
+    }
+    return 0;
+}
+
 // Grants what the entry's state allows, in arrival order. `prefer_readers`
 // after a writer's release: every waiting reader enters before the next
-// writer, so neither side starves. True if anyone was granted.
+// writer, so neither side starves. The entry has records (the queued bit is
+// set), so the word's fast holders can only leave meanwhile; the last to
+// leave sees the bit and dispatches again. True if anyone was granted.
 bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w) {
-    if (e->writer) return false;
+    const uint64_t word = e->word.load(std::memory_order_seq_cst);
+    if (e->writer || (word & kWriterBit)) return false;
     if (e->waiting_read > 0 && (e->waiting_write == 0 || prefer_readers)) {
         const int64_t now = wall_clock_us();
         for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
@@ -1135,7 +1606,7 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w) 
         e->waiting_read = 0;
         return true;
     }
-    if (e->readers == 0 && e->waiting_write > 0) {
+    if (e->readers == 0 && (word & kReadersMask) == 0 && e->waiting_write > 0) {
         for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
             Record *r = record(r1);
             if (r->state == kWaiting && r->mode == Mode::Write) {
@@ -1155,9 +1626,12 @@ bool LockTable::dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w) 
 }
 
 void LockTable::fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const {
+    const uint64_t word = e->word.load(std::memory_order_acquire);
     rep.key.assign(key_of(e1), e->key_len);
-    rep.held_mode = e->writer ? Mode::Write : (e->readers ? Mode::Read : Mode::None);
-    rep.holders = e->writer + e->readers;
+    const bool writer = e->writer || (word & kWriterBit);
+    const uint32_t readers = e->readers + static_cast<uint32_t>(word & kReadersMask);
+    rep.held_mode = writer ? Mode::Write : (readers ? Mode::Read : Mode::None);
+    rep.holders = (writer ? 1 : 0) + readers;
     rep.waiting_read = e->waiting_read;
     rep.waiting_write = e->waiting_write;
     int64_t oldest = 0;
@@ -1165,35 +1639,67 @@ void LockTable::fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const 
         const Record *r = record(r1);
         if (r->state == kHolding && (oldest == 0 || r->since_us < oldest)) oldest = r->since_us;
     }
+    if (word & (kReadersMask | kWriterBit)) {
+        const uint64_t what = slot_what(e1, tag_of(word));
+        for (uint32_t s1 = 1; s1 <= slots_; ++s1) {
+            const Slot *sl = slot(s1);
+            if (slot_kind(sl->state.load(std::memory_order_acquire)) == kSlotHeld &&
+                sl->what.load(std::memory_order_relaxed) == what && (oldest == 0 || sl->since_us < oldest))
+                oldest = sl->since_us;
+        }
+    }
     rep.held_us = oldest ? std::max<int64_t>(0, wall_clock_us() - oldest) : 0;
+}
+
+bool LockTable::client_gone(const HolderInfo &info) const {
+    if (info.client_gone && info.client_gone(info.client_gone_arg)) return true;
+    if (info.client_fd < 0) return false;
+    pollfd p{info.client_fd, POLLRDHUP, 0};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
                                  int64_t timeout_ns, const HolderInfo &info,
                                  LockHandle &h, BusyReport *report, int *err) {
-    // <0: for ever; 0: no wait; else the absolute deadline on mono_ns().
-    int64_t deadline = timeout_ns < 0 ? -1 : 0;
-    if (timeout_ns > 0) deadline = mono_ns() + timeout_ns;
-    for (;;) {
-        bool vanished = false;
-        const AcquireResult res = acquire_once(key, len, mode, deadline, info, h, report, err, vanished);
-        // A record taken from its waiter (a lock granted and broken before
-        // the waiter woke, or anything else that freed it) is not a grant:
-        // queue again, by the same deadline.
-        if (!vanished) return res;
-    }
-}
-
-AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
-                                      int64_t deadline, const HolderInfo &info,
-                                      LockHandle &h, BusyReport *report, int *err,
-                                      bool &vanished) {
     h = LockHandle();
     if (!hdr_ || len == 0 || len > params_.key_cap || mode == Mode::None) {
         if (err) *err = EINVAL;
         return AcquireResult::Error;
     }
     const uint64_t hash = this->hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
+    const uint32_t si = bucket & (params_.stripes - 1);
+    const int32_t pid = cached_pid();
+    // The fast path: no mutex, one CAS on the entry's word.
+    const uint32_t s1 = take_slot(pid);
+    if (s1) {
+        fill_slot(slot(s1), info);
+        const uint32_t e1 = lookup(bucket, hash, key, len);
+        if (e1 && try_fast(e1, s1, mode, h, si, key, len, hash) == 1) return AcquireResult::Acquired;
+    }
+    // <0: for ever; 0: no wait; else the absolute deadline on mono_ns().
+    int64_t deadline = timeout_ns < 0 ? -1 : 0;
+    if (timeout_ns > 0) deadline = mono_ns() + timeout_ns;
+    int reclaims = 0;
+    for (;;) {
+        bool vanished = false;
+        const AcquireResult res =
+            acquire_once(key, len, hash, mode, deadline, info, s1, h, report, err, vanished, reclaims);
+        // A record taken from its waiter (a lock granted and broken before
+        // the waiter woke, or anything else that freed it) is not a grant:
+        // queue again, by the same deadline.
+        if (!vanished) {
+            if (s1 && !(h.record & LockHandle::kSlotBit)) give_slot(s1, pid);
+            return res;
+        }
+    }
+}
+
+AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash, Mode mode,
+                                      int64_t deadline, const HolderInfo &info, uint32_t s1,
+                                      LockHandle &h, BusyReport *report, int *err,
+                                      bool &vanished, int &reclaims) {
+    h = LockHandle();
     const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
     const uint32_t si = bucket & (params_.stripes - 1);
     Stripe *st = stripe(si);
@@ -1205,13 +1711,36 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
         if (err) *err = rc;
         return AcquireResult::Error;
     }
-    const uint32_t r1 = take_record(st);
-    PIDLOCK_CRASH_POINT(1);
-    uint32_t e1 = r1 ? find(bucket, hash, key, len) : 0;
-    if (r1 && e1 == 0) {
+    uint32_t e1 = find(bucket, hash, key, len);
+    if (e1 == 0) {
         // Capacity counts distinct keys exactly; the slack slots exist only
-        // so that the stripe caches can never starve another stripe.
-        if (reserve_entry(si, st)) e1 = take_entry(st);
+        // so that the stripe caches can never starve another stripe. Idle
+        // entries (kept for the fast path) give way to a new key.
+        bool room = reserve_entry(si, st);
+        if (!room && reclaim_idle(si, kReserveChunk) > 0) room = reserve_entry(si, st);
+        if (!room && reclaims < 64) {
+            // Idle entries of other stripes: freed one mutex at a time, then
+            // this one is entered anew (vanished: the caller comes again).
+            // Another request may take the unit first: try again while
+            // something idle is found.
+            ++reclaims;
+            leave(si);
+            const int n = reclaim_elsewhere(si);
+            if (n < 0) {
+                if (err) *err = EIO;
+                return AcquireResult::Error;
+            }
+            // Nothing idle anywhere: full, unless an entry is on its way
+            // between two stripes (another request's reclaim): look again
+            // a few times before saying so.
+            if (n == 0) {
+                reclaims += 8;
+                sched_yield();
+            }
+            vanished = true;
+            return AcquireResult::Busy;
+        }
+        if (room) e1 = take_entry(st);
         PIDLOCK_CRASH_POINT(2);
         if (e1 != 0) {
             Entry *ne = entry(e1);
@@ -1221,7 +1750,10 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
             ne->readers = ne->writer = ne->waiting_read = ne->waiting_write = 0;
             ne->first = ne->last = 0;
             ne->chain = buckets_[bucket];
-            buckets_[bucket] = e1;
+            // Alive, with the tag it had when it was freed.
+            ne->word.store(with_tag(tag_of(ne->word.load(std::memory_order_relaxed))),
+                           std::memory_order_release);
+            __atomic_store_n(&buckets_[bucket], e1, __ATOMIC_RELEASE);
             PIDLOCK_CRASH_POINT(3);
             const uint32_t used = st->used.load(std::memory_order_relaxed) + 1;
             st->used.store(used, std::memory_order_relaxed);
@@ -1231,32 +1763,53 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
             }
         }
     }
-    if (r1 == 0 || e1 == 0) {
-        if (r1) give_record(st, r1);
+    if (e1 == 0) {
         ++st->full;
         leave(si);
         return AcquireResult::Full;
     }
     Entry *e = entry(e1);
+    // No records: the fast protocol, under the mutex.
+    if (s1 && e->first == 0 && try_fast(e1, s1, mode, h, si, key, len, hash) == 1) {
+        leave(si);
+        return AcquireResult::Acquired;
+    }
+    const uint32_t r1 = take_record(st);
+    PIDLOCK_CRASH_POINT(1);
+    if (r1 == 0) {
+        ++st->full;
+        leave(si);
+        return AcquireResult::Full;
+    }
+    // From here no fast acquire succeeds on the entry: its holders can only
+    // leave, so what the word says now is the most that holds.
+    set_queued(e);
+    PIDLOCK_CRASH_POINT(29);
+    const uint64_t word = e->word.load(std::memory_order_seq_cst);
+    const bool fast_writer = (word & kWriterBit) != 0;
+    const bool fast_readers = (word & kReadersMask) != 0;
     const bool free_now = mode == Mode::Read
-                              ? (!e->writer && e->waiting_write == 0)
-                              : (!e->writer && e->readers == 0 && e->waiting_write == 0 &&
-                                 e->waiting_read == 0);
-    if (!free_now && deadline != 0 &&
-        ((max_wait_key_ && e->waiting_read + e->waiting_write >= max_wait_key_) ||
-         (max_wait_total_ && hdr_->waiting.load(std::memory_order_relaxed) >= max_wait_total_))) {
-        // PidLockMaxWaiters: no more waiters here, or in all; busy at once.
-        // An entry someone must wait for has holders or waiters: it stays.
+                              ? (!e->writer && !fast_writer && e->waiting_write == 0)
+                              : (!e->writer && !fast_writer && e->readers == 0 && !fast_readers &&
+                                 e->waiting_write == 0 && e->waiting_read == 0);
+    if (!free_now && (deadline == 0 ||
+                      (max_wait_key_ && e->waiting_read + e->waiting_write >= max_wait_key_) ||
+                      (max_wait_total_ && hdr_->waiting.load(std::memory_order_relaxed) >= max_wait_total_))) {
+        // Not free and not to wait (PidLockMaxWaiters: no more waiters here,
+        // or in all): busy at once.
         give_record(st, r1);
-        ++st->refused_waiters;
+        settle_queued(e);
+        PIDLOCK_CRASH_POINT(30);
+        if (deadline != 0) ++st->refused_waiters;
         if (report) {
             try {
                 fill_report(e, e1, *report);
             } catch (...) {
                 *report = BusyReport();
             }
-            report->too_many_waiting = true;
+            report->too_many_waiting = deadline != 0;
         }
+        if (deadline == 0) ++st->timeouts;
         leave(si);
         if (report && report->key.empty()) report->key.assign(key, len);
         return AcquireResult::Busy;
@@ -1311,9 +1864,20 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
     if (mode == Mode::Read) ++e->waiting_read; else ++e->waiting_write;
     hdr_->waiting.fetch_add(1, std::memory_order_relaxed);
     PIDLOCK_CRASH_POINT(10);
-    bool counted_wait = false;
+    {
+        // Fast holders may all have left between the word's load and now.
+        Wakeups w0;
+        dispatch(st, e, false, w0);
+    }
+    bool counted_wait = false, gone = false;
+    const bool watch_client = info.client_fd >= 0 || info.client_gone != nullptr;
     const int64_t wait_start = mono_ns();
     for (;;) {
+        if (r->state == kHolding) {
+            note_wait(st, mono_ns() - wait_start);
+            leave(si);
+            return AcquireResult::Acquired;
+        }
         int64_t remaining = -1;
         if (deadline >= 0) remaining = deadline > 0 ? deadline - mono_ns() : 0;
         if (deadline >= 0 && remaining <= 0) break;
@@ -1329,9 +1893,11 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
         const uint32_t seen = r->wake.load(std::memory_order_acquire);
         leave(si);
         const bool slept_full = futex_wait(&r->wake, seen, slice) && slice == period;
+        // A client that hung up will never read the answer: leave the queue.
+        gone = watch_client && slept_full && client_gone(info);
         rc = enter(si);
         if (rc == 0) PIDLOCK_CRASH_POINT(11);
-        if (rc == 0 && slept_full && r->state == kWaiting &&
+        if (rc == 0 && slept_full && !gone && r->state == kWaiting &&
             r->token.load(std::memory_order_relaxed) == token) {
             // Not let in for a whole slice: perhaps whoever is ahead died.
             rc = reap_entry_if_dead(si, e1, r1, pid);
@@ -1353,13 +1919,10 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
             vanished = true;
             return AcquireResult::Busy;
         }
-        if (r->state == kHolding) {
-            note_wait(st, mono_ns() - wait_start);
-            leave(si);
-            return AcquireResult::Acquired;
-        }
+        if (gone && r->state != kHolding) break;
     }
-    // Not had in time. A grant that raced the deadline was seen in the loop.
+    // Not had in time, or the client is gone. A grant that raced the
+    // deadline was seen in the loop.
     h = LockHandle();
     if (counted_wait) note_wait(st, mono_ns() - wait_start);
     if (mode == Mode::Read) --e->waiting_read; else --e->waiting_write;
@@ -1378,14 +1941,87 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, Mode mode,
     Wakeups w;
     dispatch(st, e, false, w);
     PIDLOCK_CRASH_POINT(14);
-    free_entry_if_idle(st, bucket, e1);
+    settle_queued(e);
     PIDLOCK_CRASH_POINT(15);
     give_record(st, r1);
-    ++st->timeouts;
+    if (gone) ++st->client_gone; else ++st->timeouts;
     leave(si);
     wake_up(w);
     if (report && report->key.empty()) report->key.assign(key, len);
-    return AcquireResult::Busy;
+    return gone ? AcquireResult::ClientGone : AcquireResult::Busy;
+}
+
+// A fast-path hold: the slot says what it holds; the word is decremented by
+// CAS, without the mutex unless the entry is being repaired (then under it,
+// once the repair is done) or has records (then waiters are dispatched).
+int LockTable::release_fast(LockHandle &h) {
+    const LockHandle mine = h;
+    h = LockHandle();
+    const uint32_t s1 = mine.record & ~LockHandle::kSlotBit;
+    if (s1 == 0 || s1 > slots_ || mine.stripe >= params_.stripes) return 0;
+    Slot *sl = slot(s1);
+    const int32_t pid = cached_pid();
+    if (sl->owner.load(std::memory_order_relaxed) != pid || sl->token != mine.token ||
+        slot_kind(sl->state.load(std::memory_order_relaxed)) != kSlotHeld)
+        return 0;  // released already
+    const uint64_t what = sl->what.load(std::memory_order_relaxed);
+    const uint32_t e1 = static_cast<uint32_t>(what), tag = tag_of(what);
+    const Mode mode = slot_mode(sl->state.load(std::memory_order_relaxed));
+    if (e1 == 0 || e1 > slots_ || (mode != Mode::Read && mode != Mode::Write)) return 0;
+    Entry *e = entry(e1);
+    bool locked = false;
+    sl->state.store(slot_state(kSlotReleasing, mode), std::memory_order_seq_cst);
+    PIDLOCK_CRASH_POINT(25);
+    uint64_t w = e->word.load(std::memory_order_acquire);
+    for (;;) {
+        const bool mine_counted = mode == Mode::Write ? (w & kWriterBit) != 0 : (w & kReadersMask) != 0;
+        if (tag_of(w) != tag || (w & kDeadBit) || !mine_counted) {
+            // Broken (the tag moved on): nothing of ours to take off.
+            sl->state.store(kSlotIdle, std::memory_order_release);
+            if (locked) leave(mine.stripe);
+            give_slot(s1, pid);
+            return 0;
+        }
+        if (w & kRepairBit) {
+            // Being repaired: count as held again, and wait for the
+            // repairer's mutex; then the word is settled.
+            sl->state.store(slot_state(kSlotHeld, mode), std::memory_order_seq_cst);
+            PIDLOCK_CRASH_POINT(27);
+            if (locked) {  // a repair that gave up left the bit: should not happen under the mutex
+                sched_yield();
+            } else {
+                const int rc = enter(mine.stripe);
+                if (rc != 0) {
+                    h = mine;  // still held: a later call tries again
+                    return rc;
+                }
+                locked = true;
+            }
+            sl->state.store(slot_state(kSlotReleasing, mode), std::memory_order_seq_cst);
+            w = e->word.load(std::memory_order_acquire);
+            continue;
+        }
+        const uint64_t nw = mode == Mode::Write ? w & ~kWriterBit : w - 1;
+        if (e->word.compare_exchange_weak(w, nw, std::memory_order_seq_cst, std::memory_order_acquire)) break;
+    }
+    PIDLOCK_CRASH_POINT(26);
+    sl->state.store(kSlotIdle, std::memory_order_release);
+    give_slot(s1, pid);
+    if (w & kQueuedBit) {
+        // Someone waits: whoever this release lets in is granted now.
+        if (!locked) {
+            if (enter(mine.stripe) != 0) return 0;  // released; the waiters' own checks go on
+            locked = true;
+        }
+        PIDLOCK_CRASH_POINT(28);
+        Wakeups wk;
+        dispatch(stripe(mine.stripe), e, mode == Mode::Write, wk);
+        leave(mine.stripe);
+        wake_up(wk);
+        return 0;
+    }
+    if (locked) leave(mine.stripe);
+    return 0;
 }
 
 int LockTable::release(LockHandle &h) {
@@ -1393,8 +2029,10 @@ int LockTable::release(LockHandle &h) {
         h = LockHandle();
         return 0;
     }
+    if (h.record & LockHandle::kSlotBit) return release_fast(h);
     const LockHandle mine = h;
     h = LockHandle();
+    if (mine.record > slots_ || mine.stripe >= params_.stripes) return 0;
     Record *r = record(mine.record);
     // Tokens are unique per allocation: a mismatch means the lock was broken
     // (and the record perhaps reused); then there is nothing of ours to free.
@@ -1412,7 +2050,6 @@ int LockTable::release(LockHandle &h) {
     PIDLOCK_CRASH_POINT(16);
     const uint32_t e1 = r->entry;
     Entry *e = entry(e1);
-    const uint32_t bucket = static_cast<uint32_t>(e->hash) & (nbuckets_ - 1);
     const Mode mode = r->mode;
     unlink_record(e, mine.record);
     PIDLOCK_CRASH_POINT(17);
@@ -1427,7 +2064,7 @@ int LockTable::release(LockHandle &h) {
         dispatch(st, e, false, w);
     }
     PIDLOCK_CRASH_POINT(20);
-    free_entry_if_idle(st, bucket, e1);
+    settle_queued(e);
     PIDLOCK_CRASH_POINT(22);
     leave(mine.stripe);
     wake_up(w);
@@ -1465,15 +2102,203 @@ int LockTable::break_key(const char *key, size_t len) {
         }
         r1 = next;
     }
+    PIDLOCK_CRASH_POINT(32);
+    // The fast holders: a new tag, so their releases take nothing off.
+    uint64_t w = e->word.load(std::memory_order_acquire);
+    while (!e->word.compare_exchange_weak(w, with_tag(tag_of(w) + 1) | (w & kQueuedBit),
+                                          std::memory_order_seq_cst, std::memory_order_acquire)) {}
+    PIDLOCK_CRASH_POINT(35);
+    total += static_cast<int>(w & kReadersMask) + ((w & kWriterBit) ? 1 : 0);
+    writer_broken = writer_broken || (w & kWriterBit) != 0;
     // As if the holders had released: readers queued behind a broken writer
     // go first, but breaking readers lets the waiting writer in.
-    Wakeups w;
-    dispatch(st, e, writer_broken, w);
-    free_entry_if_idle(st, bucket, e1);
+    Wakeups wk;
+    dispatch(st, e, writer_broken, wk);
+    settle_queued(e);
     st->broken += static_cast<uint64_t>(total);
     leave(si);
-    wake_up(w);
+    wake_up(wk);
     return total;
+}
+
+// Under entry e1's stripe mutex: sets REPAIR (every fast CAS on the entry
+// now fails; those callers come to the mutex), waits for live processes'
+// pending or releasing slots on it to settle, and recomputes the word from
+// the held slots of live processes. With `free_dead`, the slots of dead
+// processes that named the entry go back to the table. False if it gave up
+// (a live process stayed pending: stopped, say); then the word is as it
+// was, and a later check tries again.
+bool LockTable::repair_entry(uint32_t e1, bool free_dead) {
+    Entry *e = entry(e1);
+    const uint64_t w = e->word.fetch_or(kRepairBit, std::memory_order_seq_cst);
+    if (w & (kDeadBit | kRepairBit)) {
+        if (!(w & kRepairBit)) e->word.fetch_and(~kRepairBit, std::memory_order_seq_cst);
+        return false;
+    }
+    PIDLOCK_CRASH_POINT(33);
+#ifdef PIDLOCK_CRASH_POINTS
+    if (crash_at_ == 27) {
+        // Test builds: a repair that takes its time, so that a release
+        // meets the REPAIR bit (crash point 27).
+        timespec pause{0, 100 * 1000000L};
+        nanosleep(&pause, nullptr);
+    }
+#endif
+    const uint32_t tag = tag_of(w);
+    const uint64_t what = slot_what(e1, tag);
+    const int32_t self = cached_pid();
+    std::vector<std::pair<std::pair<int32_t, uint64_t>, bool>> alive;
+    auto is_alive = [&](int32_t pid, uint64_t start) {
+        if (pid == self) return true;
+        for (const auto &a : alive)
+            if (a.first.first == pid && a.first.second == start) return a.second;
+        const bool al = process_state(pid, start) == ProcessState::Alive;
+        alive.push_back({{pid, start}, al});
+        return al;
+    };
+    const int64_t until = mono_ns() + kSettleNs;
+    uint64_t readers = 0;
+    bool writer = false;
+    std::vector<uint32_t> dead;
+    for (;;) {
+        readers = 0;
+        writer = false;
+        dead.clear();
+        bool unsettled = false;
+        for (uint32_t s1 = 1; s1 <= slots_; ++s1) {
+            const Slot *sl = slot(s1);
+            const uint32_t state = sl->state.load(std::memory_order_seq_cst);
+            const uint32_t kind = slot_kind(state);
+            if (kind < kSlotPending || kind > kSlotReleasing) continue;
+            if (sl->what.load(std::memory_order_relaxed) != what) continue;
+            if (!is_alive(sl->owner.load(std::memory_order_relaxed),
+                          sl->owner_start.load(std::memory_order_relaxed))) {
+                dead.push_back(s1);
+                continue;
+            }
+            if (kind != kSlotHeld) {
+                unsettled = true;
+            } else if (slot_mode(state) == Mode::Write) {
+                writer = true;
+            } else {
+                ++readers;
+            }
+        }
+        if (!unsettled) break;
+        if (mono_ns() > until) {
+            e->word.fetch_and(~kRepairBit, std::memory_order_seq_cst);
+            return false;
+        }
+        timespec ts{0, 200000};
+        nanosleep(&ts, nullptr);
+    }
+    PIDLOCK_CRASH_POINT(34);
+    e->word.store(with_tag(tag) | (e->first ? kQueuedBit : 0) | std::min<uint64_t>(readers, kReadersMask) |
+                      (writer ? kWriterBit : 0),
+                  std::memory_order_seq_cst);
+    if (free_dead) {
+        for (uint32_t s1 : dead) {
+            Slot *sl = slot(s1);
+            int32_t pid = sl->owner.load(std::memory_order_relaxed);
+            if (pid == 0 || !sl->owner.compare_exchange_strong(pid, 0)) continue;
+            if (slot_kind(sl->state.load(std::memory_order_relaxed)) == kSlotHeld) ++stripe(0)->reaped;
+            sl->state.store(kSlotFree, std::memory_order_relaxed);
+            uint64_t h = hdr_->slot_free.load(std::memory_order_relaxed);
+            for (;;) {
+                sl->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
+                if (hdr_->slot_free.compare_exchange_weak(h, (((h >> 32) + 1) << 32) | s1,
+                                                          std::memory_order_release, std::memory_order_relaxed))
+                    break;
+            }
+        }
+    }
+    return true;
+}
+
+// Whether a fast holder of e1 (by its current tag) belongs to a process that
+// is gone. Reads only the slots (no mutex needed).
+bool LockTable::fast_holders_dead(uint32_t e1) {
+    const uint64_t w = entry(e1)->word.load(std::memory_order_acquire);
+    if ((w & (kReadersMask | kWriterBit)) == 0 || (w & kDeadBit)) return false;
+    const uint64_t what = slot_what(e1, tag_of(w));
+    const int32_t self = cached_pid();
+    for (uint32_t s1 = 1; s1 <= slots_; ++s1) {
+        const Slot *sl = slot(s1);
+        const uint32_t kind = slot_kind(sl->state.load(std::memory_order_acquire));
+        if (kind < kSlotPending || kind > kSlotReleasing || sl->what.load(std::memory_order_relaxed) != what)
+            continue;
+        const int32_t pid = sl->owner.load(std::memory_order_relaxed);
+        if (pid != self && process_state(pid, sl->owner_start.load(std::memory_order_relaxed)) == ProcessState::Gone)
+            return true;
+    }
+    return false;
+}
+
+// Slots of processes that are gone (of `only` if nonzero): where one names
+// an entry by its current tag, that entry is repaired (its word recomputed
+// without the dead); the others go straight back to the table. Returns how
+// many held a lock.
+int LockTable::free_dead_slots(int32_t only) {
+    const int32_t self = cached_pid();
+    std::vector<std::pair<std::pair<int32_t, uint64_t>, bool>> alive;
+    std::vector<uint32_t> repair_list;
+    int held = 0;
+    for (uint32_t s1 = 1; s1 <= slots_; ++s1) {
+        Slot *sl = slot(s1);
+        int32_t pid = sl->owner.load(std::memory_order_acquire);
+        if (pid == 0 || pid == self || (only != 0 && pid != only)) continue;
+        const uint64_t start = sl->owner_start.load(std::memory_order_relaxed);
+        bool al = true, known = false;
+        for (const auto &a : alive)
+            if (a.first.first == pid && a.first.second == start) {
+                al = a.second;
+                known = true;
+            }
+        if (!known) {
+            al = process_state(pid, start) == ProcessState::Alive;
+            alive.push_back({{pid, start}, al});
+        }
+        if (al) continue;
+        const uint32_t kind = slot_kind(sl->state.load(std::memory_order_acquire));
+        const uint64_t what = sl->what.load(std::memory_order_relaxed);
+        const uint32_t e1 = static_cast<uint32_t>(what);
+        if (kind >= kSlotPending && kind <= kSlotReleasing && e1 >= 1 && e1 <= slots_ &&
+            tag_of(entry(e1)->word.load(std::memory_order_acquire)) == tag_of(what) &&
+            !(entry(e1)->word.load(std::memory_order_acquire) & kDeadBit)) {
+            repair_list.push_back(e1);  // its entry may count it: repaired first
+            continue;
+        }
+        if (!sl->owner.compare_exchange_strong(pid, 0)) continue;
+        sl->state.store(kSlotFree, std::memory_order_relaxed);
+        uint64_t h = hdr_->slot_free.load(std::memory_order_relaxed);
+        for (;;) {
+            sl->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
+            if (hdr_->slot_free.compare_exchange_weak(h, (((h >> 32) + 1) << 32) | s1, std::memory_order_release,
+                                                      std::memory_order_relaxed))
+                break;
+        }
+    }
+    std::sort(repair_list.begin(), repair_list.end());
+    repair_list.erase(std::unique(repair_list.begin(), repair_list.end()), repair_list.end());
+    for (uint32_t e1 : repair_list) {
+        const uint32_t si = (static_cast<uint32_t>(entry(e1)->hash) & (nbuckets_ - 1)) & (params_.stripes - 1);
+        if (enter(si) != 0) return -1;
+        Entry *e = entry(e1);
+        const uint64_t before = e->word.load(std::memory_order_acquire);
+        if (((static_cast<uint32_t>(e->hash) & (nbuckets_ - 1)) & (params_.stripes - 1)) == si &&
+            repair_entry(e1, true)) {
+            const uint64_t after = e->word.load(std::memory_order_acquire);
+            held += static_cast<int>((before & kReadersMask) - (after & kReadersMask)) +
+                    ((before & kWriterBit) && !(after & kWriterBit) ? 1 : 0);
+            Wakeups w;
+            dispatch(stripe(si), e, (before & kWriterBit) != 0, w);
+            leave(si);
+            wake_up(w);
+        } else {
+            leave(si);
+        }
+    }
+    return held;
 }
 
 void LockTable::count(Counter c) {
@@ -1487,6 +2312,10 @@ uint64_t LockTable::next_fence() {
     return hdr_ ? hdr_->fence.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
 }
 
+namespace {
+std::string cut_string(const char *p, size_t cap) { return std::string(p, strnlen(p, cap)); }
+}  // namespace
+
 bool LockTable::snapshot(TableSnapshot &out, int *err) {
     out = TableSnapshot();
     if (!hdr_) return false;
@@ -1496,6 +2325,16 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
     const uint32_t *buckets = buckets_;
     uint32_t used = 0;
     Counters &c = out.counters;
+    // The fast holders, read without any mutex: (what, slot), by entry.
+    std::vector<std::pair<uint64_t, uint32_t>> held;
+    for (uint32_t s1 = 1; s1 <= slots_; ++s1) {
+        const Slot *sl = slot(s1);
+        c.acquired_read += sl->acquired_read.load(std::memory_order_relaxed);
+        c.acquired_write += sl->acquired_write.load(std::memory_order_relaxed);
+        if (slot_kind(sl->state.load(std::memory_order_acquire)) == kSlotHeld)
+            held.emplace_back(sl->what.load(std::memory_order_relaxed), s1);
+    }
+    std::sort(held.begin(), held.end());
     for (uint32_t s = 0; s < params_.stripes; ++s) {
         int rc = enter(s);
         if (rc != 0) {
@@ -1517,17 +2356,46 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
         c.broken += st->broken;
         c.full += st->full;
         c.refused_waiters += st->refused_waiters;
+        c.client_gone += st->client_gone;
         for (size_t b = 0; b < kWaitBuckets; ++b) c.wait_buckets[b] += st->wait_hist[b];
         c.wait_sum_us += st->wait_sum_us;
         for (uint32_t b = s; b < nbuckets_; b += params_.stripes) {
             for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
                 const Entry *e = entry(e1);
+                const uint64_t word = e->word.load(std::memory_order_acquire);
+                const bool fast = (word & (kReadersMask | kWriterBit)) != 0;
+                if (e->first == 0 && !fast) continue;  // idle, kept for reuse
                 ++used;
                 LockView v;
                 v.key.assign(key_of(e1), e->key_len);
-                v.mode = e->writer ? Mode::Write : (e->readers ? Mode::Read : Mode::None);
+                v.mode = (e->writer || (word & kWriterBit)) ? Mode::Write
+                         : (e->readers || (word & kReadersMask)) ? Mode::Read : Mode::None;
                 v.waiting_read = e->waiting_read;
                 v.waiting_write = e->waiting_write;
+                auto add = [&](HolderView &&hv) {
+                    if (!hv.waiting && (v.oldest_us == 0 || hv.since_us < v.oldest_us)) v.oldest_us = hv.since_us;
+                    v.holders.push_back(std::move(hv));
+                };
+                if (fast) {
+                    const uint64_t what = slot_what(e1, tag_of(word));
+                    auto it = std::lower_bound(held.begin(), held.end(), std::make_pair(what, 0u));
+                    for (; it != held.end() && it->first == what; ++it) {
+                        const Slot *sl = slot(it->second);
+                        HolderView hv;
+                        hv.pid = sl->owner.load(std::memory_order_relaxed);
+                        hv.thread = sl->thread;
+                        hv.mode = slot_mode(sl->state.load(std::memory_order_relaxed));
+                        hv.method = cut_string(sl->method, sizeof sl->method);
+                        hv.uri = cut_string(sl->uri, sizeof sl->uri);
+                        hv.client = cut_string(sl->client, sizeof sl->client);
+                        hv.has_user = sl->has_user != 0;
+                        hv.user = cut_string(sl->user, sizeof sl->user);
+                        hv.since_us = sl->since_us;
+                        hv.request = sl->request;
+                        if (hv.mode == Mode::None) continue;  // released meanwhile
+                        add(std::move(hv));
+                    }
+                }
                 for (int pass = 0; pass < 2; ++pass) {
                     for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
                         const Record *r = record(r1);
@@ -1544,15 +2412,17 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
                         hv.user = r->user;
                         hv.since_us = r->since_us;
                         hv.request = r->request;
-                        if (!hv.waiting && (v.oldest_us == 0 || hv.since_us < v.oldest_us))
-                            v.oldest_us = hv.since_us;
-                        v.holders.push_back(std::move(hv));
+                        add(std::move(hv));
                     }
                 }
                 out.locks.push_back(std::move(v));
             }
         }
     }
+    // Holding ones first, then waiting (fast holders were added before the
+    // records, so a waiting record may sit between holders of two kinds).
+    for (LockView &v : out.locks)
+        std::stable_partition(v.holders.begin(), v.holders.end(), [](const HolderView &h) { return !h.waiting; });
     out.used = used;
     out.high_water = hdr_->high_water.load(std::memory_order_relaxed);
     c.bad_keys = hdr_->c_bad_keys.load(std::memory_order_relaxed);
@@ -1567,36 +2437,75 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
 }
 
 std::string LockTable::check_consistency() {
-    if (!hdr_) return "not a table";
+    std::string why;
+    check_parts(true, why);
+    return why;
+}
+
+// Every invariant, each walk bounded and each index checked before use.
+// `quiescent`: no fast path runs meanwhile, so the words must match the
+// slots exactly; otherwise (an audit under traffic) only what the mutexes
+// guard is checked.
+bool LockTable::check_parts(bool quiescent, std::string &why) {
+    auto fail = [&](const char *w) {
+        why = w;
+        return false;
+    };
+    if (!hdr_) return fail("not a table");
     const uint32_t slots = slots_;
     const uint32_t *buckets = buckets_;
     std::vector<uint8_t> entry_seen(slots + 1, 0), rec_seen(slots + 1, 0);
+    // Fast holders per (entry, tag), and slots left half-way.
+    std::map<uint64_t, std::pair<uint32_t, uint32_t>> fast;  // what -> (readers, writers)
+    if (quiescent) {
+        for (uint32_t s1 = 1; s1 <= slots; ++s1) {
+            const Slot *sl = slot(s1);
+            const uint32_t state = sl->state.load();
+            const uint32_t kind = slot_kind(state);
+            if (kind == kSlotPending || kind == kSlotReleasing) return fail("holder slot left half-way");
+            if (kind > kSlotReleasing) return fail("holder slot in no state");
+            if (kind == kSlotHeld) {
+                auto &f = fast[sl->what.load()];
+                if (slot_mode(state) == Mode::Write) ++f.second; else ++f.first;
+            }
+        }
+    }
     uint32_t used = 0;
     for (uint32_t b = 0; b < nbuckets_; ++b) {
         for (uint32_t e1 = buckets[b]; e1; e1 = entry(e1)->chain) {
-            if (e1 > slots || entry_seen[e1]) return "bad or repeated entry in chain";
+            if (e1 > slots || entry_seen[e1]) return fail("bad or repeated entry in chain");
             entry_seen[e1] = 1;
             ++used;
             const Entry *e = entry(e1);
-            if ((static_cast<uint32_t>(e->hash) & (nbuckets_ - 1)) != b) return "entry in wrong bucket";
-            if (e->key_len == 0 || e->key_len > params_.key_cap) return "bad key length";
-            if (hash(key_of(e1), e->key_len) != e->hash) return "key does not match hash";
+            const uint64_t w = e->word.load();
+            if (w & kDeadBit) return fail("dead entry in a chain");
+            if (w & kRepairBit) return fail("entry left under repair");
+            if (((w & kQueuedBit) != 0) != (e->first != 0)) return fail("queued bit does not match the records");
+            if ((static_cast<uint32_t>(e->hash) & (nbuckets_ - 1)) != b) return fail("entry in wrong bucket");
+            if (e->key_len == 0 || e->key_len > params_.key_cap) return fail("bad key length");
+            if (hash(key_of(e1), e->key_len) != e->hash) return fail("key does not match hash");
             uint32_t hr = 0, hw = 0, wr = 0, ww = 0, prev = 0;
             for (uint32_t r1 = e->first; r1; r1 = record(r1)->next) {
-                if (r1 > slots || rec_seen[r1]) return "bad or repeated record";
+                if (r1 > slots || rec_seen[r1]) return fail("bad or repeated record");
                 rec_seen[r1] = 1;
                 const Record *r = record(r1);
-                if (r->entry != e1 || r->prev != prev) return "record links broken";
+                if (r->entry != e1 || r->prev != prev) return fail("record links broken");
                 prev = r1;
                 if (r->state == kHolding) (r->mode == Mode::Write ? hw : hr)++;
                 else if (r->state == kWaiting) (r->mode == Mode::Write ? ww : wr)++;
-                else return "free record linked to an entry";
+                else return fail("free record linked to an entry");
             }
-            if (e->last != prev) return "entry tail wrong";
-            if (e->first == 0) return "idle entry left in table";
+            if (e->last != prev) return fail("entry tail wrong");
             if (hr != e->readers || hw != e->writer || wr != e->waiting_read || ww != e->waiting_write)
-                return "entry counts do not match its records";
-            if (hw > 1 || (hw && hr)) return "a writer is not alone";
+                return fail("entry counts do not match its records");
+            const uint32_t fr = static_cast<uint32_t>(w & kReadersMask), fw = (w & kWriterBit) ? 1 : 0;
+            if (quiescent) {
+                const auto it = fast.find(slot_what(e1, tag_of(w)));
+                const uint32_t sr = it == fast.end() ? 0 : it->second.first;
+                const uint32_t sw = it == fast.end() ? 0 : it->second.second;
+                if (sr != fr || sw != fw) return fail("state word does not match the held slots");
+            }
+            if (hw + fw > 1 || ((hw + fw) && (hr + fr))) return fail("a writer is not alone");
         }
     }
     uint64_t stripe_used = 0, reserves = 0;
@@ -1604,16 +2513,19 @@ std::string LockTable::check_consistency() {
         stripe_used += stripe(s)->used.load();
         reserves += stripe(s)->reserve.load();
     }
-    if (used != stripe_used) return "stripe key counts wrong";
+    if (used != stripe_used) return fail("stripe key counts wrong");
     if (static_cast<int64_t>(stripe_used + reserves) + hdr_->budget.load() != params_.capacity)
-        return "capacity budget does not add up";
-    auto walk = [&](uint32_t head, bool entries, std::vector<uint8_t> &seen, uint32_t limit,
+        return fail("capacity budget does not add up");
+    auto walk = [&](uint32_t head, int kind, std::vector<uint8_t> &seen, uint32_t limit,
                     uint32_t *count) -> const char * {
         uint32_t n = 0;
         for (uint32_t i = head; i;
-             i = entries ? entry(i)->free_next.load() : record(i)->free_next.load()) {
+             i = kind == 0 ? entry(i)->free_next.load() : kind == 1 ? record(i)->free_next.load()
+                                                                   : slot(i)->free_next.load()) {
             if (i > slots || seen[i]) return "free list broken";
             seen[i] = 1;
+            if (kind == 0 && !(entry(i)->word.load() & kDeadBit)) return "free entry not dead";
+            if (kind == 2 && slot(i)->owner.load() != 0) return "free holder slot owned";
             if (++n > limit) return "free list too long";
         }
         if (count) *count = n;
@@ -1622,20 +2534,27 @@ std::string LockTable::check_consistency() {
     for (uint32_t s = 0; s < params_.stripes; ++s) {
         const Stripe *st = stripe(s);
         uint32_t n = 0;
-        if (const char *why = walk(st->entry_cache, true, entry_seen, kStripeCache, &n)) return why;
-        if (n != st->entry_cached) return "stripe entry cache count wrong";
-        if (const char *why = walk(st->record_cache, false, rec_seen, kStripeCache, &n)) return why;
-        if (n != st->record_cached) return "stripe record cache count wrong";
+        if (const char *w = walk(st->entry_cache, 0, entry_seen, kStripeCache, &n)) return fail(w);
+        if (n != st->entry_cached) return fail("stripe entry cache count wrong");
+        if (const char *w = walk(st->record_cache, 1, rec_seen, kStripeCache, &n)) return fail(w);
+        if (n != st->record_cached) return fail("stripe record cache count wrong");
     }
-    if (const char *why = walk(static_cast<uint32_t>(hdr_->entry_free.load()), true, entry_seen, slots, nullptr))
-        return why;
-    if (const char *why = walk(static_cast<uint32_t>(hdr_->record_free.load()), false, rec_seen, slots, nullptr))
-        return why;
+    if (const char *w = walk(static_cast<uint32_t>(hdr_->entry_free.load()), 0, entry_seen, slots, nullptr))
+        return fail(w);
+    if (const char *w = walk(static_cast<uint32_t>(hdr_->record_free.load()), 1, rec_seen, slots, nullptr))
+        return fail(w);
     for (uint32_t i = 1; i <= slots; ++i) {
-        if (!entry_seen[i]) return "entry leaked";
-        if (!rec_seen[i]) return "record leaked";
+        if (!entry_seen[i]) return fail("entry leaked");
+        if (!rec_seen[i]) return fail("record leaked");
     }
-    return "";
+    if (quiescent) {
+        std::vector<uint8_t> slot_seen(slots + 1, 0);
+        if (const char *w = walk(static_cast<uint32_t>(hdr_->slot_free.load()), 2, slot_seen, slots, nullptr))
+            return fail(w);
+        for (uint32_t i = 1; i <= slots; ++i)
+            if (!slot_seen[i] && slot(i)->owner.load() == 0) return fail("holder slot leaked");
+    }
+    return true;
 }
 
 }  // namespace pidlock

@@ -1,8 +1,24 @@
 // The lock table: per-key reader/writer locks in one memory region that may be
 // shared by many processes. The region holds only offsets (never pointers), so
-// every process may map it at a different address. Buckets are guarded by a
-// small set of stripe mutexes supplied by the caller (APR global mutexes in
-// httpd, anything in tests); waiting sleeps on a futex word per entry.
+// every process may map it at a different address.
+//
+// Fast path (no mutex): each key's entry has one atomic state word (fast
+// readers, fast writer, a "queued" bit, a REPAIR bit, a DEAD bit and a tag
+// bumped whenever the entry is reused or its lock broken). An uncontended
+// acquire finds the entry without a lock, marks a holder slot it alone owns
+// "pending" (entry, tag, mode), CASes the word and marks the slot "held";
+// release marks it "releasing", CASes, and marks it idle. Holder slots are
+// per process (a one-slot cache per thread), so recording who holds what
+// writes no shared line but the word. Entries stay after release and are
+// reclaimed lazily when a new key needs room.
+// Slow path (the stripe mutex, supplied by the caller: APR global mutexes in
+// httpd, anything in tests): the first insert of a key, queueing (a waiter
+// sets the queued bit, which makes every fast acquire of the key fall to the
+// slow path, so grants stay phase-fair), waiting (a futex word per record),
+// reclaim and repair. Repair of an entry after a death sets REPAIR (every
+// fast CAS fails), waits for live processes' pending/releasing slots on it
+// to settle, and recomputes the word from the held slots of live processes:
+// what the dead held simply vanishes.
 //
 // Callers rely on: readers share, a writer is alone; grants are phase-fair
 // (a waiting writer blocks later readers; a writer's release admits every
@@ -44,6 +60,8 @@ struct LockHandle {
     uint64_t token = 0;
     Mode mode = Mode::None;
     bool held() const { return record != 0; }
+    // A fast-path hold: `record` names a holder slot (with this bit set).
+    static constexpr uint32_t kSlotBit = 0x80000000u;
 };
 
 class LockTable {
@@ -69,6 +87,9 @@ class LockTable {
     // fixed header fields once and takes no lock.
     LockTable(void *base, StripeLocks *locks);
     LockTable(void *base, size_t size, const TableParams &expect, StripeLocks *locks);
+    ~LockTable();
+    LockTable(const LockTable &) = delete;
+    LockTable &operator=(const LockTable &) = delete;
     bool valid() const { return hdr_ != nullptr; }
     const TableParams &params() const { return params_; }
 
@@ -79,7 +100,9 @@ class LockTable {
 
     // Takes `key` in `mode`, waiting at most timeout_ns (0: do not wait, <0:
     // forever). On Busy, `report` (if given) describes the lock. On Error,
-    // `*err` holds the stripe mutex's error code.
+    // `*err` holds the stripe mutex's error code. ClientGone: while it
+    // waited, the client hung up (info.client_fd polled for POLLRDHUP, or
+    // info.client_gone said so); nothing is held.
     AcquireResult acquire(const char *key, size_t len, Mode mode,
                           int64_t timeout_ns, const HolderInfo &info,
                           LockHandle &h, BusyReport *report = nullptr,
@@ -125,10 +148,14 @@ class LockTable {
     void test_abandon_inside(const char *key, size_t len, int step);
     // For tests, in builds with PIDLOCK_CRASH_POINTS (the unit tests): the
     // calling process _exit()s when it reaches crash point `point` (1 ..
-    // kCrashPoints) of acquire() or release(), the stripe mutex held and the
-    // update half done; 0 turns it off. Without PIDLOCK_CRASH_POINTS the
-    // points compile to nothing and this returns false.
-    static constexpr int kCrashPoints = 22;
+    // kCrashPoints) of acquire(), release(), break_key(), reclaim or repair:
+    // 1-22 inside a stripe mutex (the slow path), 23-28 in the lock-free fast
+    // path (no mutex held: between a slot's marks and the CAS on the state
+    // word, or a release meeting a repair), 29-35 inside the mutex in the
+    // new slow steps (queued bit, reclaim, break, repair); 0 turns it off.
+    // Without PIDLOCK_CRASH_POINTS the points compile to nothing and this
+    // returns false.
+    static constexpr int kCrashPoints = 35;
     bool test_crash_at(int point);
     // For tests: what a hostile child may write, without any mutex.
     // SelfLinkedChain: every bucket leads to an entry chained to itself,
@@ -143,6 +170,7 @@ class LockTable {
     struct Stripe;
     struct Entry;
     struct Record;
+    struct Slot;
     // Records granted under a stripe's mutex, woken once it is released.
     struct Wakeups {
         static constexpr uint32_t kMax = 64;
@@ -156,9 +184,9 @@ class LockTable {
     static bool read_header(void *base, size_t size, TableParams &p, uint64_t sip[2]);
     void attach(void *base, const TableParams &p, const uint64_t sip[2]);
     uint64_t hash(const char *key, size_t len) const;
-    AcquireResult acquire_once(const char *key, size_t len, Mode mode, int64_t deadline,
-                               const HolderInfo &info, LockHandle &h, BusyReport *report,
-                               int *err, bool &vanished);
+    AcquireResult acquire_once(const char *key, size_t len, uint64_t hash, Mode mode, int64_t deadline,
+                               const HolderInfo &info, uint32_t s1, LockHandle &h, BusyReport *report,
+                               int *err, bool &vanished, int &reclaims);
     void refuse_or_time_out(Stripe *st, Entry *e, uint32_t bucket, uint32_t e1, uint32_t r1,
                             Mode mode, BusyReport *report);
     Entry *entry(uint32_t idx1) const;
@@ -184,9 +212,29 @@ class LockTable {
     uint32_t find(uint32_t bucket, uint64_t hash, const char *key,
                   size_t len) const;
     void unlink_record(Entry *e, uint32_t r1);
-    void free_entry_if_idle(Stripe *st, uint32_t bucket, uint32_t e1);
     bool dispatch(Stripe *st, Entry *e, bool prefer_readers, Wakeups &w);
     void fill_report(const Entry *e, uint32_t e1, BusyReport &rep) const;
+    // The fast path and its slots.
+    Slot *slot(uint32_t s1) const;
+    uint32_t lookup(uint32_t bucket, uint64_t hash, const char *key, size_t len) const;
+    uint32_t take_slot(int32_t pid);
+    void give_slot(uint32_t s1, int32_t pid);
+    void pool_push(uint32_t s1);
+    static void give_back(LockTable *t, uint32_t s1, int32_t pid);
+    void fill_slot(Slot *s, const HolderInfo &info);
+    int try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint32_t si, const char *key,
+                 size_t len, uint64_t hash);
+    int release_fast(LockHandle &h);
+    void free_entry(Stripe *st, uint32_t bucket, uint32_t e1);
+    bool check_parts(bool quiescent, std::string &why);
+    void set_queued(Entry *e);
+    void settle_queued(Entry *e);
+    bool repair_entry(uint32_t e1, bool free_dead);
+    bool fast_holders_dead(uint32_t e1);
+    int reclaim_idle(uint32_t si, uint32_t want);
+    int reclaim_elsewhere(uint32_t si);
+    int free_dead_slots(int32_t only);
+    bool client_gone(const HolderInfo &info) const;
 
     // Private copies: what the region's header says is checked once and
     // then never read again.
@@ -199,6 +247,14 @@ class LockTable {
     Stripe *stripes_ = nullptr;
     Entry *entries_ = nullptr;
     Record *records_ = nullptr;
+    Slot *slots_arr_ = nullptr;
+    // This process's idle holder slots (a tagged stack through the slots'
+    // free_next; only this process touches slots it owns), reset in a
+    // forked child. serial_: tells this object from a later one at the same
+    // address (the per-thread cache remembers it).
+    std::atomic<uint64_t> pool_head_{0};
+    std::atomic<int32_t> pool_pid_{0};
+    uint64_t serial_ = 0;
     char *keys_ = nullptr;
     uint64_t sip_[2] = {0, 0};
     uint32_t max_wait_key_ = 0, max_wait_total_ = 0;

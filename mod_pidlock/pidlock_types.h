@@ -16,7 +16,9 @@ const char *mode_name(Mode m);
 
 // Unavailable: a backend the lock depends on (PostgreSQL) cannot be reached;
 // answered like Busy (503 with Retry-After).
-enum class AcquireResult { Acquired, Busy, Full, Error, Unavailable };
+// ClientGone: the client hung up while the request waited; nothing is held
+// and the request must not reach its handler.
+enum class AcquireResult { Acquired, Busy, Full, Error, Unavailable, ClientGone };
 
 // Field sizes of a holder record; longer values are cut.
 constexpr size_t kMethodCap = 16;
@@ -34,6 +36,11 @@ struct HolderInfo {
     // The client's connection, where a backend's wait can watch it: a client
     // that hangs up ends the wait early (-1: not watched).
     int client_fd = -1;
+    // Asked now and then while a request waits (null: not asked): true when
+    // the client is gone in a way the socket does not show (an HTTP/2
+    // stream reset: the glue checks r->connection->aborted).
+    bool (*client_gone)(void *arg) = nullptr;
+    void *client_gone_arg = nullptr;
 };
 
 // What a refused request may be told about the lock it waited for.
@@ -75,7 +82,8 @@ struct Counters {
     uint64_t acquired_read = 0, acquired_write = 0, waited = 0, timeouts = 0,
              bad_keys = 0, reaped = 0, broken = 0, full = 0,
              repairs = 0,  // rebuilds after a process died inside the table
-             refused_waiters = 0;  // busy at once: PidLockMaxWaiters reached
+             refused_waiters = 0,  // busy at once: PidLockMaxWaiters reached
+             client_gone = 0;  // waits ended because the client hung up
     // Requests that waited, by how long (granted or given up), not cumulative.
     uint64_t wait_buckets[kWaitBuckets] = {};
     uint64_t wait_sum_us = 0;

@@ -166,6 +166,7 @@ const char *result_name(AcquireResult r) {
     case AcquireResult::Full: return "Full";
     case AcquireResult::Error: return "Error";
     case AcquireResult::Unavailable: return "Unavailable";
+    case AcquireResult::ClientGone: return "ClientGone";
     }
     return "?";
 }

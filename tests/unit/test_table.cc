@@ -741,6 +741,10 @@ void die_inside_then_use(LockTable *t, int step, void (*child_init)(void *), voi
     int status = 0;
     waitpid(kid, &status, 0);
     CHECK(WIFEXITED(status));
+    // What every child does when the MPM reports an exit: the reap enters
+    // each stripe, so the one the child died in is repaired (the fast path
+    // itself never takes the mutex).
+    t->reap(kid);
     LockHandle again;
     CHECK(t->acquire("a", 1, Mode::Read, 2 * 1000000000LL, info, again) == AcquireResult::Acquired);
     t->release(again);
@@ -886,10 +890,14 @@ void crash_script(LockTable *t, Mode held, int point) {
     t->release(h);
     // A new key, made and freed.
     CHECK(t->acquire("c", 1, Mode::Write, 0, info, h) == AcquireResult::Acquired);
-    // A reader waiting on it, let in by the release (dispatch).
+    // A reader waiting on it, let in by the release (dispatch), and joined
+    // by another reader while its record holds.
     std::thread reader([&] {
         LockHandle r;
-        if (t->acquire("c", 1, Mode::Read, 2 * 1000000000LL, info, r) == AcquireResult::Acquired) t->release(r);
+        if (t->acquire("c", 1, Mode::Read, 2 * 1000000000LL, info, r) == AcquireResult::Acquired) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            t->release(r);
+        }
     });
     for (int i = 0; i < 2000; ++i) {
         TableSnapshot s;
@@ -899,7 +907,37 @@ void crash_script(LockTable *t, Mode held, int point) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     t->release(h);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    LockHandle r2;
+    if (t->acquire("c", 1, Mode::Read, 1000000000LL, info, r2) == AcquireResult::Acquired) t->release(r2);
     reader.join();
+    // Entries kept idle after release give way to new keys (reclaim).
+    for (int i = 0; i < 24; ++i) {
+        const std::string k = "k" + std::to_string(i);
+        if (t->acquire(k.data(), k.size(), Mode::Write, 0, info, h) == AcquireResult::Acquired) t->release(h);
+    }
+    // A fast holder broken.
+    if (t->acquire("f", 1, Mode::Write, 0, info, h) == AcquireResult::Acquired) {
+        t->break_key("f", 1);
+        t->release(h);
+    }
+    // A fast holder that died, repaired by the writer waiting behind it,
+    // while a live fast holder releases during the repair.
+    const pid_t g = fork();
+    if (g == 0) {
+        LockHandle x;
+        t->acquire("e", 1, Mode::Read, 0, info, x);
+        _exit(0);
+    }
+    waitpid(g, nullptr, 0);
+    LockHandle live;
+    t->acquire("e", 1, Mode::Read, 0, info, live);
+    std::thread rel([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(60));
+        t->release(live);
+    });
+    if (t->acquire("e", 1, Mode::Write, 2 * 1000000000LL, info, h) == AcquireResult::Acquired) t->release(h);
+    rel.join();
 }
 
 // Returns whether the child died at `point`.
@@ -940,6 +978,10 @@ bool crash_beside_live(LockTable *t, Mode held, int point, bool with_waiter) {
                ("crash point " + std::to_string(point)).c_str());
     TableSnapshot s;
     CHECK(t->snapshot(s));  // enters every stripe: whatever died elsewhere is repaired
+    // What every child does when the MPM reports the exit: the dead child's
+    // holder slots go, and any entry whose word may count them is repaired.
+    CHECK(t->reap(kid) >= 0);
+    CHECK(t->snapshot(s));
     if (with_waiter) {
         std::this_thread::sleep_for(std::chrono::milliseconds(30));
         CHECK_EQUAL_TEXT(1, waiter_state.load(), ("waiter let in beside a live holder, point " +
