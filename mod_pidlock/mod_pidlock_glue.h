@@ -183,6 +183,9 @@ bool hold_add_set(RequestLocks *rl);
 // The client socket of a connection (an HTTP/2 stream's: its master's); -1
 // if none.
 int connection_fd(conn_rec *c);
+// HolderInfo::client_gone for a connection_rec (`conn`): aborted (an HTTP/2
+// stream reset marks its secondary connection), or its master is.
+bool client_aborted(void *conn);
 
 int fixups(request_rec *r);
 int strip_fence(request_rec *r);

@@ -287,6 +287,8 @@ HolderInfo holder_info(request_rec *r, uint64_t request) {
     info.thread = static_cast<uint64_t>(apr_os_thread_current());
     info.request = request;
     info.client_fd = connection_fd(r->connection);
+    info.client_gone = client_aborted;  // an HTTP/2 stream reset shows here, not on the socket
+    info.client_gone_arg = r->connection;
     return info;
 }
 
@@ -323,6 +325,16 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
                       mode_name(mode));
         return answer_busy(r, HTTP_SERVICE_UNAVAILABLE, nullptr, 5.0,
                            "The cluster lock service is unavailable; try again shortly.\n");
+    case AcquireResult::ClientGone:
+        // Nobody will read the answer: the handler never runs, the
+        // connection is dropped.
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK140: client went away while its %s lock waited; request ended, handler not run",
+                      mode_name(mode));
+        r->connection->aborted = 1;
+        r->connection->keepalive = AP_CONN_CLOSE;
+        r->status = HTTP_REQUEST_TIME_OUT;
+        return DONE;
     case AcquireResult::Error:
     case AcquireResult::Acquired:
         break;

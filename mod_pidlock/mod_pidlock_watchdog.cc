@@ -91,6 +91,11 @@ int connection_fd(conn_rec *c) {
     return fd;
 }
 
+bool client_aborted(void *conn) {
+    const conn_rec *c = static_cast<const conn_rec *>(conn);
+    return c->aborted || (c->master && c->master->aborted);
+}
+
 void hold_watch(RequestLocks *rl, request_rec *r, apr_int64_t max_hold_ms) {
     Watchdog &w = dog();
     std::string shown;

@@ -220,7 +220,7 @@ std::string render_status_json(const TableSnapshot &snap, const ServerFacts &fac
         {"acquired_read", c.acquired_read}, {"acquired_write", c.acquired_write},
         {"waited", c.waited}, {"timeouts", c.timeouts}, {"bad_keys", c.bad_keys},
         {"reaped", c.reaped}, {"broken", c.broken}, {"full", c.full}, {"repairs", c.repairs},
-        {"refused_waiters", c.refused_waiters}};
+        {"refused_waiters", c.refused_waiters}, {"client_gone", c.client_gone}};
     o += "},\n \"counters\": {";
     bool first = true;
     auto counter = [&](const char *name, uint64_t v) {
@@ -378,6 +378,7 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
     line("Full", c.full);
     line("Repairs", c.repairs);
     line("RefusedWaiters", c.refused_waiters);
+    line("ClientGone", c.client_gone);
     return o;
 }
 
@@ -472,6 +473,8 @@ std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &
     sample("pidlock_repairs_total", "", c.repairs);
     head("pidlock_refused_waiters_total", "counter", "Requests refused at once: PidLockMaxWaiters were already waiting.");
     sample("pidlock_refused_waiters_total", "", c.refused_waiters);
+    head("pidlock_client_gone_total", "counter", "Waits ended because the client hung up (the handler never ran).");
+    sample("pidlock_client_gone_total", "", c.client_gone);
     head("pidlock_table_capacity", "gauge", "Distinct keys the table can hold.");
     sample("pidlock_table_capacity", "", snap.capacity);
     head("pidlock_table_used", "gauge", "Distinct keys held or waited for now.");

@@ -264,7 +264,11 @@ inline void sip_round(uint64_t &v0, uint64_t &v1, uint64_t &v2, uint64_t &v3) {
 
 }  // namespace
 
-uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len) {
+namespace {
+
+// SipHash-c-d: c compression rounds per word, d finalization rounds.
+template <int C, int D>
+uint64_t siphash_cd(uint64_t k0, uint64_t k1, const void *data, size_t len) {
     // Initialization: the key xored into the four constants
     // "somepseudorandomlygeneratedbytes".
     uint64_t v0 = k0 ^ 0x736f6d6570736575ull;
@@ -277,21 +281,29 @@ uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len) {
     for (size_t i = 0; i < whole; i += 8) {
         const uint64_t m = load_le64(in + i);
         v3 ^= m;
-        sip_round(v0, v1, v2, v3);
-        sip_round(v0, v1, v2, v3);
+        for (int r = 0; r < C; ++r) sip_round(v0, v1, v2, v3);
         v0 ^= m;
     }
     // The last word: the remaining bytes, and the length mod 256 in its top byte.
     uint64_t last = static_cast<uint64_t>(len & 0xff) << 56;
     for (size_t i = whole; i < len; ++i) last |= static_cast<uint64_t>(in[i]) << (8 * (i - whole));
     v3 ^= last;
-    sip_round(v0, v1, v2, v3);
-    sip_round(v0, v1, v2, v3);
+    for (int r = 0; r < C; ++r) sip_round(v0, v1, v2, v3);
     v0 ^= last;
-    // Finalization: d = 4 rounds.
+    // Finalization: d rounds.
     v2 ^= 0xff;
-    for (int i = 0; i < 4; ++i) sip_round(v0, v1, v2, v3);
+    for (int i = 0; i < D; ++i) sip_round(v0, v1, v2, v3);
     return v0 ^ v1 ^ v2 ^ v3;
+}
+
+}  // namespace
+
+uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len) {
+    return siphash_cd<2, 4>(k0, k1, data, len);
+}
+
+uint64_t siphash13(uint64_t k0, uint64_t k1, const void *data, size_t len) {
+    return siphash_cd<1, 3>(k0, k1, data, len);
 }
 
 uint64_t siphash24(const unsigned char key[16], const void *data, size_t len) {
@@ -628,7 +640,7 @@ void LockTable::attach(void *base, const TableParams &p, const uint64_t sip[2]) 
     sip_[1] = sip[1];
 }
 
-uint64_t LockTable::hash(const char *key, size_t len) const { return siphash24(sip_[0], sip_[1], key, len); }
+uint64_t LockTable::hash(const char *key, size_t len) const { return siphash13(sip_[0], sip_[1], key, len); }
 
 // ----------------------------------------------------------- holder slots
 //
@@ -730,25 +742,50 @@ void LockTable::pool_push(uint32_t s1) {
     }
 }
 
+namespace {
+// memcmp() == 0 for the short keys of the fast path, without a library call.
+inline bool same_bytes(const char *a, const char *b, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        std::memcpy(&x, a + i, 8);
+        std::memcpy(&y, b + i, 8);
+        if (x != y) return false;
+    }
+    for (; i < n; ++i)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
+// copy_cut in one pass, without library calls: the fields are short, and
+// strnlen + memcpy on each cost more than the byte loop here.
+inline void copy_short(char *dst, size_t cap, const char *src) {
+    size_t i = 0;
+    if (src)
+        for (; i + 1 < cap && src[i]; ++i) dst[i] = src[i];
+    dst[i] = '\0';
+}
+}  // namespace
+
 void LockTable::fill_slot(Slot *sl, const HolderInfo &info) {
     sl->thread = info.thread;
     sl->request = info.request;
     sl->has_user = info.user != nullptr;
-    copy_cut(sl->method, sizeof sl->method, info.method);
-    copy_cut(sl->uri, sizeof sl->uri, info.uri);
-    copy_cut(sl->client, sizeof sl->client, info.client);
-    copy_cut(sl->user, sizeof sl->user, info.user);
+    copy_short(sl->method, sizeof sl->method, info.method);
+    copy_short(sl->uri, sizeof sl->uri, info.uri);
+    copy_short(sl->client, sizeof sl->client, info.client);
+    copy_short(sl->user, sizeof sl->user, info.user);
 }
 
 // The bucket's chain walked without the mutex: every index is checked and
 // the walk bounded; what it finds is only a candidate (the caller's CAS on
 // the word, whose tag changes on reuse, decides).
-uint32_t LockTable::lookup(uint32_t bucket, uint64_t hash, const char *key, size_t len) const {
+uint32_t LockTable::lookup(uint32_t bucket, uint64_t hash, size_t len) const {
     uint32_t e1 = __atomic_load_n(&buckets_[bucket], __ATOMIC_ACQUIRE);
     for (uint32_t steps = 0; e1 != 0 && e1 <= slots_ && steps < 64; ++steps) {
         const Entry *e = entry(e1);
-        if (__atomic_load_n(&e->hash, __ATOMIC_RELAXED) == hash &&
-            __atomic_load_n(&e->key_len, __ATOMIC_RELAXED) == len && std::memcmp(key_of(e1), key, len) == 0)
+        // The key's bytes are compared by try_fast(), against the word.
+        if (__atomic_load_n(&e->hash, __ATOMIC_RELAXED) == hash && __atomic_load_n(&e->key_len, __ATOMIC_RELAXED) == len)
             return e1;
         e1 = __atomic_load_n(&e->chain, __ATOMIC_ACQUIRE);
     }
@@ -769,11 +806,14 @@ int LockTable::try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint
         // The key as of this word: an entry reused after this load has
         // another tag, and the CAS below fails.
         if (__atomic_load_n(&e->hash, __ATOMIC_RELAXED) != hash ||
-            __atomic_load_n(&e->key_len, __ATOMIC_RELAXED) != len || std::memcmp(key_of(e1), key, len) != 0)
+            __atomic_load_n(&e->key_len, __ATOMIC_RELAXED) != len || !same_bytes(key_of(e1), key, len))
             return -1;
         const uint32_t tag = tag_of(w);
+        // The marks need no fence of their own: the CAS after them is a
+        // release, and a repairer's REPAIR CAS, later in the word's order,
+        // acquires it, so the repairer sees this mark (or a later one).
         sl->what.store(slot_what(e1, tag), std::memory_order_relaxed);
-        sl->state.store(slot_state(kSlotPending, mode), std::memory_order_seq_cst);
+        sl->state.store(slot_state(kSlotPending, mode), std::memory_order_release);
         PIDLOCK_CRASH_POINT(23);
         const uint64_t nw = mode == Mode::Write ? w | kWriterBit : w + 1;
         if (e->word.compare_exchange_strong(w, nw, std::memory_order_seq_cst, std::memory_order_relaxed)) {
@@ -1674,7 +1714,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     const uint32_t s1 = take_slot(pid);
     if (s1) {
         fill_slot(slot(s1), info);
-        const uint32_t e1 = lookup(bucket, hash, key, len);
+        const uint32_t e1 = lookup(bucket, hash, len);
         if (e1 && try_fast(e1, s1, mode, h, si, key, len, hash) == 1) return AcquireResult::Acquired;
     }
     // <0: for ever; 0: no wait; else the absolute deadline on mono_ns().
@@ -1970,7 +2010,7 @@ int LockTable::release_fast(LockHandle &h) {
     if (e1 == 0 || e1 > slots_ || (mode != Mode::Read && mode != Mode::Write)) return 0;
     Entry *e = entry(e1);
     bool locked = false;
-    sl->state.store(slot_state(kSlotReleasing, mode), std::memory_order_seq_cst);
+    sl->state.store(slot_state(kSlotReleasing, mode), std::memory_order_release);
     PIDLOCK_CRASH_POINT(25);
     uint64_t w = e->word.load(std::memory_order_acquire);
     for (;;) {
@@ -2009,19 +2049,22 @@ int LockTable::release_fast(LockHandle &h) {
     give_slot(s1, pid);
     if (w & kQueuedBit) {
         // Someone waits: whoever this release lets in is granted now.
-        if (!locked) {
-            if (enter(mine.stripe) != 0) return 0;  // released; the waiters' own checks go on
-            locked = true;
-        }
-        PIDLOCK_CRASH_POINT(28);
-        Wakeups wk;
-        dispatch(stripe(mine.stripe), e, mode == Mode::Write, wk);
-        leave(mine.stripe);
-        wake_up(wk);
+        dispatch_after_release(mine.stripe, e1, mode, locked);
         return 0;
     }
     if (locked) leave(mine.stripe);
     return 0;
+}
+
+// A fast release found the queued bit: waiters are dispatched under the
+// stripe's mutex (`locked`: it is held already).
+void LockTable::dispatch_after_release(uint32_t si, uint32_t e1, Mode mode, bool locked) {
+    if (!locked && enter(si) != 0) return;  // released; the waiters' own checks go on
+    PIDLOCK_CRASH_POINT(28);
+    Wakeups wk;
+    dispatch(stripe(si), entry(e1), mode == Mode::Write, wk);
+    leave(si);
+    wake_up(wk);
 }
 
 int LockTable::release(LockHandle &h) {
