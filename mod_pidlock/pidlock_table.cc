@@ -348,7 +348,6 @@ struct LockTable::Header {
     alignas(64) std::atomic<uint64_t> fence;
     alignas(64) std::atomic<uint64_t> entry_free;
     alignas(64) std::atomic<uint64_t> record_free;
-    alignas(64) std::atomic<uint64_t> slot_free;  // holder slots no process owns
 };
 
 // Per stripe, guarded by the stripe's mutex: counters and small caches of
@@ -418,9 +417,9 @@ struct LockTable::Record {
 // entry's word and held after; releasing before its CAS and idle after.
 struct alignas(64) LockTable::Slot {
     std::atomic<uint32_t> state;      // SlotState | mode << 8
-    std::atomic<int32_t> owner;       // pid, 0: in the free list
+    std::atomic<int32_t> owner;       // pid, 0: free (claimed by a CAS), -1: being freed
     std::atomic<uint64_t> what;       // entry index + 1 | tag << 32
-    std::atomic<uint32_t> free_next;  // the table's free list or the owner's pool
+    std::atomic<uint32_t> free_next;  // the owner's pool
     uint32_t unused;
     std::atomic<uint64_t> owner_start;
     uint64_t token;  // bumped on every hold (the handle's check)
@@ -525,7 +524,6 @@ bool LockTable::format(void *base, size_t size, const TableParams &p, const unsi
     }
     h->entry_free.store(1, std::memory_order_relaxed);
     h->record_free.store(1, std::memory_order_relaxed);
-    h->slot_free.store(1, std::memory_order_relaxed);
     h->budget.store(p.capacity, std::memory_order_relaxed);
     h->fence.store(static_cast<uint64_t>(wall_clock_us()), std::memory_order_relaxed);
     f.layout_version = kLayoutVersion;
@@ -690,21 +688,31 @@ uint32_t LockTable::take_slot(int32_t pid) {
             h = pool_head_.load(std::memory_order_acquire);  // not ours (scribbled): drop it
         }
     }
-    // From the table: tagged Treiber stack, each index checked.
-    h = hdr_->slot_free.load(std::memory_order_acquire);
-    for (;;) {
-        const uint32_t s1 = static_cast<uint32_t>(h);
-        if (s1 == 0 || s1 > slots_) return 0;
-        const uint32_t next = slot(s1)->free_next.load(std::memory_order_relaxed);
-        const uint64_t nh = (((h >> 32) + 1) << 32) | next;
-        if (hdr_->slot_free.compare_exchange_weak(h, nh, std::memory_order_acq_rel, std::memory_order_acquire)) {
-            Slot *sl = slot(s1);
-            sl->owner_start.store(cached_start(), std::memory_order_relaxed);
-            sl->state.store(kSlotIdle, std::memory_order_relaxed);
-            sl->owner.store(pid, std::memory_order_release);
-            return s1;
-        }
+    // From the table: an unowned slot, claimed by one CAS on its owner (no
+    // list to leave half-updated by a death: a slot is owned or it is not).
+    const uint32_t start = slot_hint_.load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < slots_; ++i) {
+        const uint32_t s1 = 1 + (start + i) % slots_;
+        Slot *sl = slot(s1);
+        int32_t none = 0;
+        if (sl->owner.load(std::memory_order_relaxed) != 0 ||
+            !sl->owner.compare_exchange_strong(none, pid, std::memory_order_acq_rel))
+            continue;
+        sl->owner_start.store(cached_start(), std::memory_order_relaxed);
+        sl->state.store(kSlotIdle, std::memory_order_release);
+        slot_hint_.store(s1, std::memory_order_relaxed);
+        return s1;
     }
+    return 0;
+}
+
+// Gives a slot of a process that is gone back to the table.
+void LockTable::unown_slot(Slot *sl, int32_t pid) {
+    const uint32_t state = sl->state.load(std::memory_order_relaxed);
+    if (!sl->owner.compare_exchange_strong(pid, -1)) return;  // another reaper has it
+    sl->state.store(kSlotFree, std::memory_order_relaxed);
+    (void)state;
+    sl->owner.store(0, std::memory_order_release);
 }
 
 void LockTable::give_slot(uint32_t s1, int32_t pid) {
@@ -1002,35 +1010,43 @@ void LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1, Wakeups &w) {
     dispatch(st, e, writer_gone, w);
 }
 
-// The waiter's check, with stripe `si` locked on entry and on return. The
-// first waiter in line suspects the holders; any other, the waiter just
-// ahead of it. Suspects are noted under the mutex and judged in /proc
-// without it; every record of a process found gone is then removed (a
-// killed child may hold and wait several times on one key).
+// The waiter's check, with stripe `si` locked on entry and on return. A
+// waiter suspects the (up to 8) nearest waiters ahead of it, and, when
+// fewer than 8 wait ahead, the holders (records and fast-path slots).
+// Suspects are noted under the mutex and judged in /proc without it; every
+// record of a process found gone is then removed (a killed child may hold
+// and wait several times on one key), and an entry a dead fast holder may
+// be counted in is repaired.
 int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self) {
+    constexpr int kMaxSuspects = 16;
     struct Suspect {
         int32_t pid;
         uint64_t start;
         bool gone;
-    } sus[8] = {};
+    } sus[kMaxSuspects] = {};
     int n = 0;
     Entry *e = entry(e1);
-    uint32_t ahead = 0;  // the nearest waiting record before ours
-    for (uint32_t x = e->first; x && x != r1; x = record(x)->next)
-        if (record(x)->state == kWaiting) ahead = x;
     auto note = [&](const Record *r) {
-        if (r->pid == self || n == 8) return;
+        if (r->pid == self || n == kMaxSuspects) return;
         for (int i = 0; i < n; ++i)
             if (sus[i].pid == r->pid && sus[i].start == r->pid_start) return;
         sus[n++] = {r->pid, r->pid_start, false};
     };
-    if (ahead) {
-        note(record(ahead));
-    } else {
+    // The nearest waiters ahead (a run of dead ones goes in one pass), and
+    // the holders when few wait ahead.
+    uint32_t ahead = 0, near = 0;
+    for (uint32_t x = r1 ? record(r1)->prev : 0; x; x = record(x)->prev) {
+        if (record(x)->state != kWaiting) continue;
+        ++ahead;
+        if (near < 8) {
+            note(record(x));
+            ++near;
+        }
+    }
+    if (ahead < 8)
         for (uint32_t x = e->first; x; x = record(x)->next)
             if (record(x)->state == kHolding) note(record(x));
-    }
-    const bool fast = !ahead && (e->word.load(std::memory_order_acquire) & (kReadersMask | kWriterBit)) != 0;
+    const bool fast = ahead < 8 && (e->word.load(std::memory_order_acquire) & (kReadersMask | kWriterBit)) != 0;
     if (n == 0 && !fast) return 0;
     leave(si);
     int ngone = 0;
@@ -1401,45 +1417,16 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
         Slot *sl = slot(s1);
         const uint32_t e1 = static_cast<uint32_t>(sl->what.load(std::memory_order_relaxed));
         if (e1 >= 1 && e1 <= slots && unsettled[e1]) continue;
-        int32_t pid = sl->owner.load(std::memory_order_relaxed);
-        if (pid == 0 || !sl->owner.compare_exchange_strong(pid, 0)) continue;
-        sl->state.store(kSlotFree, std::memory_order_relaxed);
-        uint64_t h = hdr_->slot_free.load(std::memory_order_relaxed);
-        for (;;) {
-            sl->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
-            if (hdr_->slot_free.compare_exchange_weak(h, (((h >> 32) + 1) << 32) | s1, std::memory_order_release,
-                                                      std::memory_order_relaxed))
-                break;
-        }
+        const int32_t pid = sl->owner.load(std::memory_order_relaxed);
+        if (pid > 0) unown_slot(sl, pid);
     }
-    // The slots' free list: if it is not a bounded list of unowned slots
-    // holding every unowned slot, it is made anew from them.
-    {
-        std::vector<uint8_t> in_list(slots + 1, 0);
-        bool sound = true;
-        uint32_t n = 0;
-        for (uint32_t i = static_cast<uint32_t>(hdr_->slot_free.load()); i && sound;
-             i = slot(i)->free_next.load(std::memory_order_relaxed)) {
-            if (i > slots || in_list[i] || slot(i)->owner.load(std::memory_order_relaxed) != 0 || ++n > slots)
-                sound = false;
-            else
-                in_list[i] = 1;
+    // Unowned slots (or owned by nonsense) are free.
+    for (uint32_t i = 1; i <= slots; ++i) {
+        Slot *sl = slot(i);
+        if (sl->owner.load(std::memory_order_relaxed) <= 0) {
+            sl->state.store(kSlotFree, std::memory_order_relaxed);
+            sl->owner.store(0, std::memory_order_relaxed);
         }
-        for (uint32_t i = 1; i <= slots && sound; ++i)
-            if (!in_list[i] && slot(i)->owner.load(std::memory_order_relaxed) == 0) sound = false;
-        if (!sound) {
-            uint32_t head = 0;
-            for (uint32_t i = slots; i >= 1; --i) {
-                Slot *sl = slot(i);
-                if (sl->owner.load(std::memory_order_relaxed) != 0) continue;
-                sl->state.store(kSlotFree, std::memory_order_relaxed);
-                sl->free_next.store(head, std::memory_order_relaxed);
-                head = i;
-            }
-            hdr_->slot_free.store((((hdr_->slot_free.load() >> 32) + 1) << 32) | head);
-        }
-        for (uint32_t i = 1; i <= slots; ++i)
-            if (slot(i)->owner.load(std::memory_order_relaxed) == 0) slot(i)->state.store(kSlotFree);
     }
     // A holder that died mid-release may have left waiters ungranted.
     for (uint32_t b = 0; b < nbuckets_; ++b)
@@ -2242,17 +2229,10 @@ bool LockTable::repair_entry(uint32_t e1, bool free_dead) {
     if (free_dead) {
         for (uint32_t s1 : dead) {
             Slot *sl = slot(s1);
-            int32_t pid = sl->owner.load(std::memory_order_relaxed);
-            if (pid == 0 || !sl->owner.compare_exchange_strong(pid, 0)) continue;
+            const int32_t pid = sl->owner.load(std::memory_order_relaxed);
+            if (pid <= 0) continue;
             if (slot_kind(sl->state.load(std::memory_order_relaxed)) == kSlotHeld) ++stripe(0)->reaped;
-            sl->state.store(kSlotFree, std::memory_order_relaxed);
-            uint64_t h = hdr_->slot_free.load(std::memory_order_relaxed);
-            for (;;) {
-                sl->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
-                if (hdr_->slot_free.compare_exchange_weak(h, (((h >> 32) + 1) << 32) | s1,
-                                                          std::memory_order_release, std::memory_order_relaxed))
-                    break;
-            }
+            unown_slot(sl, pid);
         }
     }
     return true;
@@ -2311,15 +2291,7 @@ int LockTable::free_dead_slots(int32_t only) {
             repair_list.push_back(e1);  // its entry may count it: repaired first
             continue;
         }
-        if (!sl->owner.compare_exchange_strong(pid, 0)) continue;
-        sl->state.store(kSlotFree, std::memory_order_relaxed);
-        uint64_t h = hdr_->slot_free.load(std::memory_order_relaxed);
-        for (;;) {
-            sl->free_next.store(static_cast<uint32_t>(h), std::memory_order_relaxed);
-            if (hdr_->slot_free.compare_exchange_weak(h, (((h >> 32) + 1) << 32) | s1, std::memory_order_release,
-                                                      std::memory_order_relaxed))
-                break;
-        }
+        unown_slot(sl, pid);
     }
     std::sort(repair_list.begin(), repair_list.end());
     repair_list.erase(std::unique(repair_list.begin(), repair_list.end()), repair_list.end());
@@ -2563,12 +2535,10 @@ bool LockTable::check_parts(bool quiescent, std::string &why) {
                     uint32_t *count) -> const char * {
         uint32_t n = 0;
         for (uint32_t i = head; i;
-             i = kind == 0 ? entry(i)->free_next.load() : kind == 1 ? record(i)->free_next.load()
-                                                                   : slot(i)->free_next.load()) {
+             i = kind == 0 ? entry(i)->free_next.load() : record(i)->free_next.load()) {
             if (i > slots || seen[i]) return "free list broken";
             seen[i] = 1;
             if (kind == 0 && !(entry(i)->word.load() & kDeadBit)) return "free entry not dead";
-            if (kind == 2 && slot(i)->owner.load() != 0) return "free holder slot owned";
             if (++n > limit) return "free list too long";
         }
         if (count) *count = n;
@@ -2590,13 +2560,10 @@ bool LockTable::check_parts(bool quiescent, std::string &why) {
         if (!entry_seen[i]) return fail("entry leaked");
         if (!rec_seen[i]) return fail("record leaked");
     }
-    if (quiescent) {
-        std::vector<uint8_t> slot_seen(slots + 1, 0);
-        if (const char *w = walk(static_cast<uint32_t>(hdr_->slot_free.load()), 2, slot_seen, slots, nullptr))
-            return fail(w);
+    if (quiescent)
         for (uint32_t i = 1; i <= slots; ++i)
-            if (!slot_seen[i] && slot(i)->owner.load() == 0) return fail("holder slot leaked");
-    }
+            if (slot(i)->owner.load() == 0 && slot_kind(slot(i)->state.load()) != kSlotFree)
+                return fail("unowned holder slot in use");
     return true;
 }
 

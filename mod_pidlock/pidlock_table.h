@@ -220,6 +220,7 @@ class LockTable {
     uint32_t take_slot(int32_t pid);
     void give_slot(uint32_t s1, int32_t pid);
     void pool_push(uint32_t s1);
+    void unown_slot(Slot *sl, int32_t pid);
     static void give_back(LockTable *t, uint32_t s1, int32_t pid);
     void fill_slot(Slot *s, const HolderInfo &info);
     int try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint32_t si, const char *key,
@@ -255,6 +256,7 @@ class LockTable {
     // address (the per-thread cache remembers it).
     std::atomic<uint64_t> pool_head_{0};
     std::atomic<int32_t> pool_pid_{0};
+    std::atomic<uint32_t> slot_hint_{0};  // where the last claim of a slot found one
     uint64_t serial_ = 0;
     char *keys_ = nullptr;
     uint64_t sip_[2] = {0, 0};
