@@ -117,6 +117,9 @@ run_counted() {
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
 }
 
+echo "== the fast path's protocol model (spin: mutual exclusion, no stuck state, broken variants caught)"
+run_counted model sh tests/model/run.sh
+
 echo "== message ids (one call site each)"
 run_counted log-ids python3 scripts/check-log-ids.py mod_pidlock
 
