@@ -388,7 +388,60 @@ def t_max_waiters(mpm):
         h.cleanup()
 
 
+def t_client_gone(mpm):
+    """A PUT waits behind a writer; its client closes the connection. The
+    waiting request leaves the queue (measured, printed), is logged at info
+    with PIDLOCK140 and counted as client_gone, and never reaches the
+    handler: the backend counts only the holder's request."""
+    h = Httpd(mpm=mpm, body=CONFIG, name="clientgone-" + mpm)
+    try:
+        h.start()
+        h.get_json("/stats?reset")
+        url = "/mn/v2/object/gone"
+        done = threading.Event()
+
+        def hold():
+            try:
+                h.request("PUT", url, headers={"X-Test-Pid": "gone", "X-Test-Sleep-Ms": "3000"},
+                          body=b"x", timeout=30)
+            finally:
+                done.set()
+
+        threading.Thread(target=hold, daemon=True).start()
+        check(poll(lambda: _holder_pid(h, "gone") is not None, timeout=5), "holder never showed up")
+        s = socket.create_connection((HOST, h.port), timeout=5)
+        s.sendall(("PUT %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test-Pid: gone\r\n"
+                   "Content-Length: 1\r\n\r\ny" % url).encode())
+
+        def waiting():
+            st = status_json(h)
+            return sum(lk["waiting_write"] for lk in st["locks"] if lk["key"] == "gone")
+
+        check(poll(lambda: waiting() == 1, timeout=5), "the second PUT never waited")
+        t0 = time.monotonic()
+        s.close()
+        check(poll(lambda: waiting() == 0, timeout=2, interval=0.005), "the closed client still waits")
+        left = time.monotonic() - t0
+        check(not done.is_set(), "the holder finished before the client was seen gone")
+        done.wait(30)
+        wait_table_empty(h, timeout=30)
+        st = status_json(h)
+        stats = h.get_json("/stats")
+        log = h.read_log()
+        print("# %s: a client that closed while waiting left the queue after %.0f ms "
+              "(status page polled every 5 ms)" % (mpm, left * 1000))
+        check(st["counters"].get("client_gone") == 1, "client_gone: %s" % st["counters"].get("client_gone"))
+        check(stats["requests"] == 1, "the backend ran %d requests (the gone one must not run)" % stats["requests"])
+        check(stats["violations"] == 0, "violations: %s" % stats["violations"])
+        check("PIDLOCK140" in log, "no PIDLOCK140 in the error log")
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 RELIABILITY_TESTS = [("event/max_waiters", lambda opts: t_max_waiters("event"))]
+for _mpm in ("prefork", "worker", "event"):
+    RELIABILITY_TESTS.append(("%s/client_gone" % _mpm, (lambda m: lambda opts: t_client_gone(m))(_mpm)))
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
         ("%s/killed_holder" % _mpm, (lambda m: lambda opts: t_killed_holder(m))(_mpm)),
