@@ -145,7 +145,7 @@ std::string fmt_ratio(double r) {
 
 // ------------------------------------------------------------------ mechanisms
 
-enum class Kind { Table, Thread, Rwlock, Dict, Flock, Pg };
+enum class Kind { Table, TableNonPi, Thread, Rwlock, Dict, Flock, Pg };
 struct MechInfo {
     Kind kind;
     const char *id;
@@ -155,6 +155,10 @@ struct MechInfo {
 };
 const MechInfo kMechs[] = {
     {Kind::Table, "table", "mod_pidlock shared table (APR default mutex), processes", false, "pidlock shared"},
+    // The same table with robust process-shared pthread mutexes that do not
+    // inherit priority: whether the stripe mutex's kind still matters.
+    {Kind::TableNonPi, "table_nonpi", "mod_pidlock shared table (robust non-PI pthread mutex), processes", false,
+     "pidlock shared, non-PI"},
     {Kind::Thread, "thread", "mod_pidlock thread backend (pthread mutex), threads", true, "pidlock thread"},
     {Kind::Rwlock, "rwlock", "pthread_rwlock_t per key, threads of one process", true, "rwlock"},
     {Kind::Dict, "dict", "in-process lock dictionary (map + shared_mutex), threads", true, "lock dict"},
@@ -175,7 +179,8 @@ struct Tables {
     apr_global_mutex_t *m[kStripes];
     std::unique_ptr<AprStripeLocks> apr_locks;
     std::unique_ptr<PthreadStripeLocks> plocks;
-    std::unique_ptr<LockTable> shared, thread_table;
+    std::unique_ptr<PthreadStripeLocks> np_locks;
+    std::unique_ptr<LockTable> shared, thread_table, shared_np;
     TableParams p;
 
     void init() {
@@ -200,6 +205,12 @@ struct Tables {
         plocks.reset(new PthreadStripeLocks(plocks_mem, kStripes));
         LockTable::format(private_mem, size, p);
         thread_table.reset(new LockTable(private_mem, plocks.get()));
+        void *np_mem = map_shared(size);
+        void *np_locks_mem = map_shared(PthreadStripeLocks::region_size(kStripes));
+        PthreadStripeLocks::init(np_locks_mem, kStripes, true);  // robust, process-shared, no PI
+        np_locks.reset(new PthreadStripeLocks(np_locks_mem, kStripes));
+        LockTable::format(np_mem, size, p);
+        shared_np.reset(new LockTable(np_mem, np_locks.get()));
     }
     void child_init() {
         for (unsigned s = 0; s < kStripes; ++s)
@@ -229,6 +240,11 @@ struct Env {
     bool have_pg = false;
 };
 Env *g_env;
+
+LockTable *table_of(Kind k) {
+    return k == Kind::Table ? g_env->t.shared.get() : k == Kind::TableNonPi ? g_env->t.shared_np.get()
+                                                                            : g_env->t.thread_table.get();
+}
 
 volatile sig_atomic_t g_alarm = 0;
 void on_alarm(int) { g_alarm = 1; }
@@ -271,8 +287,9 @@ class Worker {
         const bool w = m == Mode::Write;
         switch (k_) {
         case Kind::Table:
+        case Kind::TableNonPi:
         case Kind::Thread: {
-            LockTable *t = k_ == Kind::Table ? g_env->t.shared.get() : g_env->t.thread_table.get();
+            LockTable *t = table_of(k_);
             const std::string &s = g_env->keys[key];
             const int64_t to = timeout_s < 0 ? -1 : static_cast<int64_t>(timeout_s * 1e9);
             const AcquireResult r = t->acquire(s.data(), s.size(), m, to, info_, h_);
@@ -364,8 +381,9 @@ class Worker {
     void unlock() {
         switch (k_) {
         case Kind::Table:
+        case Kind::TableNonPi:
         case Kind::Thread: {
-            LockTable *t = k_ == Kind::Table ? g_env->t.shared.get() : g_env->t.thread_table.get();
+            LockTable *t = table_of(k_);
             t->release(h_);
             break;
         }
@@ -830,7 +848,7 @@ IdleResult idle_cpu(Kind k, int n, double seconds) {
 }
 
 void section_handoff(const Opts &o) {
-    const Kind hk[] = {Kind::Table, Kind::Thread, Kind::Rwlock, Kind::Dict, Kind::Flock, Kind::Pg};
+    const Kind hk[] = {Kind::Table, Kind::TableNonPi, Kind::Thread, Kind::Rwlock, Kind::Dict, Kind::Flock, Kind::Pg};
     printf("### 2a. Handoff: from a writer's release to the blocked writer running (µs; %d handoffs each)\n\n",
            o.handoffs);
     printf("| mechanism | median | p90 | p99 | max |\n|---|---|---|---|---|\n");
@@ -1060,6 +1078,84 @@ void section_cluster(const Opts &o) {
 #endif
 }
 
+// ------------------------------------------------------ 5. dead holder
+
+// A holder (fast path) killed with -9 while a writer and a reader wait
+// behind it: how long from the kill until each is let in, and until a
+// request that arrives just after the kill is.
+void section_dead(const Opts &o) {
+    const int rounds = o.full ? 9 : 5;
+    printf("### 5. A holder killed with -9: from the kill to each grant (ms; median [max] of %d rounds)\n\n",
+           rounds);
+    printf("| holder | writer already waiting | reader already waiting | request arriving after the kill |\n"
+           "|---|---|---|---|\n");
+    LockTable *t = g_env->t.shared.get();
+    struct Times {
+        std::atomic<double> at[2];
+        std::atomic<int> held, waiting;
+    };
+    auto *sh = static_cast<Times *>(map_shared(sizeof(Times)));
+    for (const Mode hm : {Mode::Write, Mode::Read}) {
+        std::vector<double> w, r, later;
+        for (int round = 0; round < rounds; ++round) {
+            sh->at[0] = sh->at[1] = 0;
+            sh->held = sh->waiting = 0;
+            const std::string key = std::string("dead-") + mode_name(hm) + "-" + std::to_string(round);
+            const pid_t holder = fork();
+            if (holder == 0) {
+                g_env->t.child_init();
+                HolderInfo info;
+                LockHandle h;
+                if (t->acquire(key.data(), key.size(), hm, -1, info, h) == AcquireResult::Acquired) sh->held = 1;
+                for (;;) pause();
+            }
+            while (!sh->held.load()) sleep_us(100);
+            pid_t waiters[2];
+            for (int i = 0; i < 2; ++i) {
+                waiters[i] = fork();
+                if (waiters[i] == 0) {
+                    g_env->t.child_init();
+                    HolderInfo info;
+                    LockHandle h;
+                    ++sh->waiting;
+                    if (t->acquire(key.data(), key.size(), i == 0 ? Mode::Write : Mode::Read,
+                                   10 * 1000000000LL, info, h) == AcquireResult::Acquired)
+                        sh->at[i] = now_s();
+                    t->release(h);
+                    _exit(0);
+                }
+                // The writer first in line, then the reader behind it (a
+                // reader that came first would join a reading holder).
+                while (sh->waiting.load() < i + 1) sleep_us(100);
+                sleep_us(20000);
+            }
+            sleep_us(60000);  // both in the queue (and past a first look at the holder)
+            const double killed = now_s();
+            kill(holder, SIGKILL);
+            waitpid(holder, nullptr, 0);
+            HolderInfo info;
+            LockHandle h;
+            if (t->acquire(key.data(), key.size(), Mode::Read, 10 * 1000000000LL, info, h) == AcquireResult::Acquired)
+                later.push_back((now_s() - killed) * 1e3);
+            t->release(h);
+            for (pid_t p : waiters) waitpid(p, nullptr, 0);
+            if (sh->at[0] > 0) w.push_back((sh->at[0] - killed) * 1e3);
+            if (sh->at[1] > 0) r.push_back((sh->at[1] - killed) * 1e3);
+        }
+        auto cell = [](std::vector<double> v) {
+            char b[64];
+            if (v.empty()) return std::string("never");
+            snprintf(b, sizeof b, "%.1f [%.1f]", pct(v, 50), *std::max_element(v.begin(), v.end()));
+            return std::string(b);
+        };
+        printf("| %s | %s | %s | %s |\n", mode_name(hm), cell(w).c_str(), cell(r).c_str(), cell(later).c_str());
+    }
+    munmap(sh, sizeof(Times));
+    printf("\nWaiters look at the holders they wait behind every 25 ms (the first in line) and at the waiters "
+           "ahead every 100 ms; a fast-path holder's slot names its process, so a dead one is found without "
+           "the MPM's exit report.\n\n");
+}
+
 int main(int argc, char **argv) {
     Opts o;
     o.full = argc > 1 && !strcmp(argv[1], "full");
@@ -1113,6 +1209,7 @@ int main(int argc, char **argv) {
     if (want("1c")) section_cluster(o);
     if (want("2")) section_handoff(o);
     if (want("4")) section_scale(o);
+    if (want("5")) section_dead(o);
     printf("Lock benchmarks: %ld CPUs online.\n\n", sysconf(_SC_NPROCESSORS_ONLN));
 
     for (int i = 0; i < kKeys; ++i) unlink(env.flock_paths[i].c_str());
