@@ -91,7 +91,12 @@ PidLockClusterOnFailure %s
 """ % (cluster, connections, failure, timeout, short_timeout)
 
 
-def hosts(conninfo, n=2, mpm="event", mpm_settings=None, **kw):
+# The MPM the suite runs under (run_cluster_suite sets it per MPM).
+MPM = "event"
+
+
+def hosts(conninfo, n=2, mpm=None, mpm_settings=None, **kw):
+    mpm = mpm or MPM
     out = []
     for i in range(n):
         h = Httpd(mpm=mpm, body=host_config(conninfo, **kw), name="cluster-%s" % "ab"[i],
@@ -222,7 +227,7 @@ def t_no_overlap_across_hosts(pg):
 
 def t_kill9_holder_frees_other_host(pg):
     """kill -9 of host A's child holding a write: B's waiting writer within 1 s."""
-    a, b = hs = hosts(pg.conninfo, mpm="prefork")
+    a, b = hs = hosts(pg.conninfo)
     try:
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "k9", sleep_ms=15000, timeout=30)))
         holder.start()
@@ -396,7 +401,9 @@ def t_client_hangup_leaves_pg_queue(pg):
 
 
 def t_pool_cap_waits_then_503(pg):
-    """PidLockClusterConnections 1 in the only child: a second request waits
+    """(Threaded MPMs: a prefork child serves one request at a time, so its
+    pool never has two takers.)
+    PidLockClusterConnections 1 in the only child: a second request waits
     for the connection within its PidLockTimeout, then 503; none hangs, and
     the connection serves again once free."""
     (h,) = hosts(pg.conninfo, n=1, connections=1, mpm_settings=WORKER_ONE)
@@ -461,8 +468,8 @@ def t_cut_off_host_loses_its_locks(_pg):
     try:
         sh("ip", "netns", "add", ns)
     except (subprocess.CalledProcessError, OSError) as e:
-        print("SKIP cluster/cut_off_host_loses_its_locks: no network namespaces here (%s)"
-              % (getattr(e, "stderr", b"") or b"").decode().strip(), flush=True)
+        print("SKIP cluster/%s/cut_off_host_loses_its_locks: no network namespaces here (%s)"
+              % (MPM, (getattr(e, "stderr", b"") or b"").decode().strip()), flush=True)
         return
     pg = a = b = None
     hba_dir = tempfile.mkdtemp(prefix="pidlock-hba-")
@@ -483,7 +490,7 @@ def t_cut_off_host_loses_its_locks(_pg):
                         "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=4000"
                         % (pg_addr, hba))
         tcp = "host=%s port=5432 dbname=postgres user=postgres connect_timeout=5" % pg_addr
-        a = NetnsHost(ns, a_addr, mpm="prefork", body=host_config(tcp), name="cluster-netns-a")
+        a = NetnsHost(ns, a_addr, mpm=MPM, body=host_config(tcp), name="cluster-netns-a")
         a.start()
         (b,) = hosts(pg.conninfo, n=1)
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "cut-off", sleep_ms=1500, timeout=60)))
@@ -538,38 +545,46 @@ def t_configtest_rejects_bad_conninfo(pg):
         h.cleanup()
 
 
+# (name, function, MPMs it runs under)
+ALL = ("prefork", "worker", "event")
+THREADED = ("worker", "event")
 CLUSTER_TESTS = [
-    ("configtest_rejects_bad_conninfo", t_configtest_rejects_bad_conninfo),
-    ("no_overlap_across_hosts", t_no_overlap_across_hosts),
-    ("kill9_holder_frees_other_host", t_kill9_holder_frees_other_host),
-    ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put),
-    ("pg_down_at_start", t_pg_down_at_start),
-    ("pool_cap_waits_then_503", t_pool_cap_waits_then_503),
-    ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue),
-    ("status_and_break_across_hosts", t_status_and_break_across_hosts),
-    ("pg_restart_during_write", t_pg_restart_during_write),
-    ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks),
+    ("configtest_rejects_bad_conninfo", t_configtest_rejects_bad_conninfo, ALL),
+    ("no_overlap_across_hosts", t_no_overlap_across_hosts, ALL),
+    ("kill9_holder_frees_other_host", t_kill9_holder_frees_other_host, ALL),
+    ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put, ALL),
+    ("pg_down_at_start", t_pg_down_at_start, ALL),
+    ("pool_cap_waits_then_503", t_pool_cap_waits_then_503, THREADED),
+    ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue, ALL),
+    ("status_and_break_across_hosts", t_status_and_break_across_hosts, ALL),
+    ("pg_restart_during_write", t_pg_restart_during_write, ALL),
+    ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks, ALL),
 ]
 
 
-def run_cluster_suite(record, only=None):
-    """Runs every test against one throwaway server; a server that does not
-    start fails the suite (make test installs PostgreSQL)."""
+def run_cluster_suite(mpm, record, only=None):
+    """Runs every test under `mpm` against one throwaway server (`only`:
+    test names, or "cluster" for all); a server that does not start fails
+    the suite (make test installs PostgreSQL)."""
+    global MPM
+    MPM = mpm
     pg = Pg()
     try:
         try:
             pg.start()
         except Exception as e:  # noqa: BLE001
-            record("cluster/postgres_start", e)
+            record("cluster/%s/postgres_start" % mpm, e)
             return
-        for name, fn in CLUSTER_TESTS:
-            if only and name not in only and "cluster/" + name not in only:
+        for name, fn, mpms in CLUSTER_TESTS:
+            if mpm not in mpms:
+                continue
+            if only and "cluster" not in only and name not in only and "cluster/" + name not in only:
                 continue
             err = None
             try:
                 fn(pg)
             except Exception as e:  # noqa: BLE001
                 err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
-            record("cluster/" + name, err)
+            record("cluster/%s/%s" % (mpm, name), err)
     finally:
         pg.stop()
