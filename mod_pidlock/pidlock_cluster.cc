@@ -569,8 +569,69 @@ std::string lock_sql(const std::vector<PgKey> &pk, Mode mode, int64_t wait_ms, b
 
 }  // namespace
 
+#ifdef PIDLOCK_BENCH_NAIVE
+namespace {
+// Bench only (build/mod_pidlock_naive.so, never installed): the naive design
+// `make bench` compares the tier with. No local tier: every request takes
+// one session-level advisory lock per key (and a write its fence) in one
+// round trip, holding a pooled session while it waits in PostgreSQL, and
+// gives it back with pg_advisory_unlock_all() in a second one.
+std::string naive_lock_sql(const KeyRef *keys, size_t n, Mode mode) {
+    std::vector<int64_t> h;
+    for (size_t i = 0; i < n; ++i) h.push_back(cluster_key(keys[i].data, keys[i].len));
+    std::sort(h.begin(), h.end());
+    h.erase(std::unique(h.begin(), h.end()), h.end());
+    std::string sql;
+    for (int64_t k : h)
+        sql += std::string("SELECT ") + (mode == Mode::Write ? "pg_advisory_lock(" : "pg_advisory_lock_shared(") +
+               std::to_string(k) + ");";
+    if (mode == Mode::Write) sql += "SELECT nextval('pidlock_fence');";
+    return sql;
+}
+}  // namespace
+#endif
+
 AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
                                           const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
+#ifdef PIDLOCK_BENCH_NAIVE
+    try {
+        size_t idx = 0;
+        bool fresh = false;
+        std::string why;
+        const PgPool::Got got = pool_->lease(deadline_ns, &idx, &fresh, &why);
+        if (got != PgPool::Got::Ok) {
+            if (err) *err = ECONNREFUSED;
+            return got == PgPool::Got::Timeout ? AcquireResult::Busy : AcquireResult::Unavailable;
+        }
+        PgPool::Conn &c = pool_->conn(idx);
+        std::vector<PGresult *> rs;
+        stats_->add(ClusterStats::Waiting, 1);
+        const PgPool::Exec ex = pool_->exec(c, naive_lock_sql(keys, n, mode), deadline_ns, rs, info.client_fd, true);
+        stats_->add(ClusterStats::Waiting, -1);
+        bool ok = ex == PgPool::Exec::Ok && !rs.empty();
+        for (PGresult *r : rs) ok = ok && PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (ok && mode == Mode::Write) set.set_fence(std::strtoull(PQgetvalue(rs.back(), 0, 0), nullptr, 10));
+        clear_results(rs);
+        if (!ok) {
+            std::vector<PGresult *> ur;
+            const bool clean = pool_->exec(c, "SELECT pg_advisory_unlock_all()", monotonic_ns() + 2000LL * 1000000,
+                                           ur) == PgPool::Exec::Ok;
+            clear_results(ur);
+            pool_->give_back(idx, clean);
+            if (report) {
+                *report = BusyReport();
+                report->key.assign(keys[0].data, keys[0].len);
+            }
+            return AcquireResult::Busy;
+        }
+        set.tier() = LockSet::Slot{idx + 1, c.token};
+        stats_->add(ClusterStats::Held, 1);
+        return AcquireResult::Acquired;
+    } catch (...) {
+        if (err) *err = ENOMEM;
+        return AcquireResult::Error;
+    }
+#endif
     const AcquireResult local = local_->acquire_all(keys, n, mode, deadline_ns, info, set, report, err);
     if (local != AcquireResult::Acquired) return local;
     try {
@@ -726,6 +787,20 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
 }
 
 int ClusterBackend::release_all(LockSet &set) {
+#ifdef PIDLOCK_BENCH_NAIVE
+    const LockSet::Slot nt = set.tier();
+    set.clear();
+    if (!nt.a) return 0;
+    if (PgPool::Conn *c = pool_->by_lease(nt.a, nt.b)) {
+        std::vector<PGresult *> rs;
+        const bool ok = pool_->exec(*c, "SELECT pg_advisory_unlock_all()", monotonic_ns() + 5000LL * 1000000, rs) ==
+                        PgPool::Exec::Ok;
+        clear_results(rs);
+        stats_->add(ClusterStats::Held, -1);
+        pool_->give_back(nt.a - 1, ok);
+    }
+    return 0;
+#endif
     try {
         const LockSet::Slot t = set.tier();
         if (t.a) {
