@@ -530,6 +530,116 @@ def t_cut_off_host_loses_its_locks(_pg):
         shutil.rmtree(hba_dir, ignore_errors=True)
 
 
+class Bouncer:
+    """A throwaway PgBouncer in transaction pooling mode in front of `pg`:
+    Unix socket only (no TCP listener) in a temp dir, run as user postgres,
+    stopped by its pid."""
+
+    def __init__(self, pg, pool_size=2):
+        self.dir = tempfile.mkdtemp(prefix="pidlock-bouncer-")
+        os.chmod(self.dir, 0o755)  # children (www-data) reach the socket
+        self.port = random.randint(20000, 29999)  # names the socket file only
+        self.pool_size = pool_size
+        self.pg_dir = pg.conninfo.split("host=")[1].split()[0]
+        self.proc = None
+
+    @property
+    def conninfo(self):
+        return "host=%s port=%d dbname=postgres user=postgres" % (self.dir, self.port)
+
+    def start(self):
+        import pwd
+        pw = pwd.getpwnam("postgres")
+        ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(os.path.join(self.dir, "users.txt"), "w") as f:
+            f.write('"postgres" ""\n')
+        with open(ini, "w") as f:
+            f.write("[databases]\npostgres = host=%s dbname=postgres user=postgres\n"
+                    "[pgbouncer]\nlisten_addr =\nlisten_port = %d\nunix_socket_dir = %s\n"
+                    "auth_type = trust\nauth_file = %s/users.txt\npool_mode = transaction\n"
+                    "default_pool_size = %d\nmax_client_conn = 400\nserver_reset_query =\n"
+                    "logfile = %s/pgbouncer.log\n"
+                    % (self.pg_dir, self.port, self.dir, self.dir, self.pool_size, self.dir))
+        for root, dirs, files in os.walk(self.dir):
+            for n in dirs + files + [""]:
+                os.chown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
+
+        def drop():
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+        self.proc = subprocess.Popen(["pgbouncer", ini], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=drop, start_new_session=True)
+        sock = os.path.join(self.dir, ".s.PGSQL.%d" % self.port)
+        if not poll(lambda: os.path.exists(sock) or self.proc.poll() is not None, timeout=10) or \
+                self.proc.poll() is not None:
+            raise AssertionError("PgBouncer did not start: %s" % self.log()[-1500:])
+        return self
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "pgbouncer.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # immediate shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def advisory_locks(pg):
+    """(pid, granted) of every advisory lock in the server."""
+    out = pg.psql("-c", "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory'")
+    return [tuple(l.split("|")) for l in out.splitlines() if l]
+
+
+def t_pgbouncer_transaction_mode(pg):
+    """Both hosts reach PostgreSQL through PgBouncer in transaction pooling
+    mode (two server connections for every client): the cross-host witness
+    sees no overlap, fences stay distinct, and a lock goes at COMMIT: the
+    server connection that held it lives on in the pool holding nothing."""
+    bouncer = Bouncer(pg).start()
+    hs = []
+    try:
+        hs = a, b = hosts(bouncer.conninfo)
+        w = witness_dir()
+        st, fences = hammer(hs, "through-bouncer", w)
+        check(all(s == 200 for s in st), "statuses %r" % sorted(set(st)))
+        check(violations(w) == 0, "witness saw %d overlaps through PgBouncer" % violations(w))
+        check(len(fences) == len(st) and len(set(fences)) == len(fences),
+              "fences not distinct through PgBouncer: %d of %d" % (len(set(fences)), len(st)))
+        # One write held on A: its lock sits in one of PgBouncer's server
+        # sessions; once the request ends it is gone from that session,
+        # which stays open in the pool (released by COMMIT, not by a close).
+        holder = threading.Thread(target=lambda: put(a, "bounced", sleep_ms=1500))
+        holder.start()
+        held = poll(lambda: [p for p, g in advisory_locks(pg) if g == "t"], timeout=5)
+        check(held and len(set(held)) == 1, "the held write in pg_locks: %r" % held)
+        server_pid = held[0]
+        holder.join(10)
+        check(poll(lambda: not advisory_locks(pg), timeout=3),
+              "advisory locks left after the request: %r" % advisory_locks(pg))
+        alive = pg.psql("-c", "SELECT count(*) FROM pg_stat_activity WHERE pid = %s" % server_pid)
+        check(alive == "1", "PgBouncer's server session %s closed (the lock went with the session)" % server_pid)
+        # That session serves other clients now: it holds nothing for them.
+        r = put(b, "bounced")
+        check(r.status == 200, "B's write after A's: %d" % r.status)
+        check(not advisory_locks(pg), "locks after B's write: %r" % advisory_locks(pg))
+        sessions = pg.psql("-c", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                 "AND pid <> pg_backend_pid()")
+        check(int(sessions) <= bouncer.pool_size, "%s server sessions behind a pool of %d"
+              % (sessions, bouncer.pool_size))
+    finally:
+        stop_all(hs)
+        bouncer.stop()
+
+
 def t_configtest_rejects_bad_conninfo(pg):
     h = Httpd(body=host_config("host=/tmp bogus_option=1"), name="cluster-bad")
     try:
@@ -559,6 +669,7 @@ CLUSTER_TESTS = [
     ("status_and_break_across_hosts", t_status_and_break_across_hosts, ALL),
     ("pg_restart_during_write", t_pg_restart_during_write, ALL),
     ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks, ALL),
+    ("pgbouncer_transaction_mode", t_pgbouncer_transaction_mode, ALL),
 ]
 
 
