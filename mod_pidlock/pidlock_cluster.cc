@@ -11,7 +11,10 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <sys/socket.h>
 
 #include <libpq-fe.h>
 
@@ -230,6 +233,11 @@ class PgPool {
         int backend_pid = 0;
         std::string keys;     // the lease's keys, for a lost-lock line
         size_t nkeys = 0;
+        // While its lease holds locks: the session's socket, watched by the
+        // monitor thread, and the request's client connection (-1: none).
+        int held_fd = -1;
+        int client_fd = -1;
+        bool lost_seen = false;  // the monitor saw the session end
     };
     enum class Got { Ok, Timeout, Unreachable };
 
@@ -238,6 +246,15 @@ class PgPool {
 
     ~PgPool() {
         if (getpid() != owner_) return;  // a forked copy: the sessions are the parent's
+        if (monitor_) {
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                stop_ = true;
+            }
+            monitor_cv_.notify_all();
+            monitor_->join();
+            delete monitor_;
+        }
         for (Conn &c : conns_)
             if (c.pg) {
                 PQfinish(c.pg);
@@ -337,6 +354,33 @@ class PgPool {
             if (c.pg && c.in_use && c.backend_pid == backend_pid) c.broken = true;
     }
 
+    // The lease of `c` now holds locks: the monitor watches its session.
+    void watch(Conn &c, int client_fd) {
+        std::lock_guard<std::mutex> lk(mu_);
+        c.held_fd = PQsocket(c.pg);
+        c.client_fd = client_fd;
+        c.lost_seen = false;
+        if (!monitor_) {
+            try {
+                monitor_ = new std::thread([this] { monitor(); });
+            } catch (...) {
+                monitor_ = nullptr;  // no early notice: the release still sees the loss
+            }
+        }
+        monitor_cv_.notify_one();
+    }
+
+    // The lease of `c` releases: no longer watched. True if the monitor
+    // already reported its locks lost.
+    bool unwatch(Conn &c) {
+        std::lock_guard<std::mutex> lk(mu_);
+        c.held_fd = -1;
+        c.client_fd = -1;
+        const bool seen = c.lost_seen;
+        c.lost_seen = false;
+        return seen;
+    }
+
     uint32_t open_count() const {
         std::lock_guard<std::mutex> lk(mu_);
         uint32_t n = 0;
@@ -419,6 +463,7 @@ class PgPool {
         const pid_t me = getpid();
         if (me == owner_) return;
         for (Conn &c : conns_) c = Conn();
+        monitor_ = nullptr;  // the parent's thread does not exist here
         owner_ = me;
     }
 
@@ -490,6 +535,48 @@ class PgPool {
         stats_->add(ClusterStats::Connections, -1);
     }
 
+    // One thread per process, started with its first lock: notices a session
+    // that ends while its request holds locks (server restart, terminate, a
+    // dead peer after keepalive) when it happens rather than at the release.
+    // An idle-in-transaction session has nothing to say, so the peer's
+    // shutdown (POLLRDHUP), a hang-up or an error on its socket means it
+    // ended. The request's client connection is shut (its handler's next
+    // read or write fails), and the loss logged and counted once.
+    void monitor() {
+        std::unique_lock<std::mutex> lk(mu_);
+        while (!stop_) {
+            std::vector<pollfd> fds;
+            for (const Conn &c : conns_)
+                if (c.in_use && c.held_fd >= 0 && !c.lost_seen && !c.broken)
+                    fds.push_back(pollfd{c.held_fd, POLLRDHUP, 0});
+            if (fds.empty()) {
+                monitor_cv_.wait(lk);
+                continue;
+            }
+            lk.unlock();
+            const int pr = poll(fds.data(), fds.size(), kMonitorPollMs);
+            lk.lock();
+            if (pr <= 0) continue;
+            std::vector<std::string> lost;
+            for (Conn &c : conns_) {
+                if (!c.in_use || c.held_fd < 0 || c.lost_seen || c.broken) continue;
+                // Polled again under the mutex: the lease (and so the fd)
+                // is the one still held.
+                pollfd p{c.held_fd, POLLRDHUP, 0};
+                if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR))) continue;
+                c.lost_seen = true;
+                if (c.client_fd >= 0) shutdown(c.client_fd, SHUT_RDWR);
+                stats_->add(ClusterStats::Lost, 1);
+                lost.push_back(c.keys);
+            }
+            lk.unlock();
+            for (const std::string &k : lost)
+                log(3, "PIDLOCK430: lock lost while held: key(s) " + k +
+                           ": the PostgreSQL session ended while the request ran; its client connection is shut");
+            lk.lock();
+        }
+    }
+
     void send_cancel(Conn &c) {
         ++cancels_;
         PGcancel *cn = PQgetCancel(c.pg);
@@ -507,6 +594,10 @@ class PgPool {
     std::vector<Conn> conns_;
     uint64_t tokens_ = 0;
     std::atomic<uint64_t> cancels_{0}, client_gone_{0};
+    static constexpr int kMonitorPollMs = 200;
+    std::condition_variable monitor_cv_;
+    std::thread *monitor_ = nullptr;  // this process's (a forked copy forgets it)
+    bool stop_ = false;
 };
 
 // -------------------------------------------------------- ClusterBackend
@@ -732,6 +823,7 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
                 set.tier() = LockSet::Slot{idx + 1, c.token};
                 if (mode == Mode::Write) set.set_fence(fence);
                 stats_->add(ClusterStats::Held, 1);
+                pool_->watch(c, info.client_fd);
                 return AcquireResult::Acquired;
             }
             // Nothing kept: end the transaction (or the session).
@@ -806,6 +898,7 @@ int ClusterBackend::release_all(LockSet &set) {
         if (t.a) {
             set.tier() = LockSet::Slot{0, 0};
             if (PgPool::Conn *c = pool_->by_lease(t.a, t.b)) {
+                const bool seen = pool_->unwatch(*c);
                 std::vector<PGresult *> rs;
                 const PgPool::Exec ex = pool_->exec(*c, "COMMIT", monotonic_ns() + 5000LL * 1000000, rs);
                 const bool ok = ex == PgPool::Exec::Ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_COMMAND_OK &&
@@ -815,7 +908,7 @@ int ClusterBackend::release_all(LockSet &set) {
                     if (ch == '\n') ch = ' ';
                 clear_results(rs);
                 stats_->add(ClusterStats::Held, -1);
-                if (!ok && !c->broken) {
+                if (!ok && !c->broken && !seen) {
                     stats_->add(ClusterStats::Lost, 1);
                     pool_->log(3, "PIDLOCK402: lock lost while held: key(s) " + c->keys +
                                       ": the PostgreSQL session ended before the request did (" + why + ")");
@@ -844,11 +937,19 @@ int ClusterBackend::break_key(const KeyRef &key) {
             return n;
         }
         PgPool::Conn &c = pool_->conn(idx);
-        const std::string sql =
-            "SELECT pid, pg_terminate_backend(pid, 2000) FROM pg_locks WHERE locktype = 'advisory' "
+        const std::string holders =
+            "FROM pg_locks WHERE locktype = 'advisory' "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND classid = " + std::to_string(h >> 32) + " AND objid = " + std::to_string(h & 0xffffffffu) +
             " AND objsubid = 1 AND granted AND pid <> pg_backend_pid()";
+        // This process's own holders are marked first: their end is on
+        // purpose, not a lost lock (the monitor would see it at once).
+        std::vector<PGresult *> mine;
+        if (pool_->exec(c, "SELECT pid " + holders, monotonic_ns() + 2000LL * 1000000, mine) == PgPool::Exec::Ok &&
+            mine.size() == 1 && PQresultStatus(mine[0]) == PGRES_TUPLES_OK)
+            for (int i = 0; i < PQntuples(mine[0]); ++i) pool_->mark_broken(atoi(PQgetvalue(mine[0], i, 0)));
+        clear_results(mine);
+        const std::string sql = "SELECT pid, pg_terminate_backend(pid, 2000) " + holders;
         std::vector<PGresult *> rs;
         const bool ok = pool_->exec(c, sql, monotonic_ns() + 5000LL * 1000000, rs) == PgPool::Exec::Ok;
         if (ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_TUPLES_OK) {

@@ -182,6 +182,15 @@ def waiting_put(h, pid, settle):
     return t, got
 
 
+def lost_logged(h, key):
+    """The line h logged for a lost lock on `key`: PIDLOCK430 when noticed
+    while the request ran, PIDLOCK402 when noticed at its release."""
+    for line in h.read_log().splitlines():
+        if ("PIDLOCK430" in line or "PIDLOCK402" in line) and key in line:
+            return line
+    return None
+
+
 def holder_pid(h, key):
     doc = h.get_json("/pidlock-status?json")
     for l in doc.get("locks", []):
@@ -254,8 +263,8 @@ def _swallow(fn):
 
 def t_pg_restart_during_write(pg):
     """PostgreSQL restarted while A holds a write and B waits: nothing hangs,
-    the lost lock is logged with its key, and later requests on both hosts
-    succeed (stale pooled sessions replaced)."""
+    the lost lock is logged with its key (A's client gets no answer), and
+    later requests on both hosts succeed (stale pooled sessions replaced)."""
     a, b = hs = hosts(pg.conninfo)
     try:
         # Every child of both hosts gets pooled sessions first.
@@ -280,10 +289,12 @@ def t_pg_restart_during_write(pg):
         ta.join(20)
         tb.join(20)
         check(not ta.is_alive() and not tb.is_alive(), "a request hung after the restart: %r" % got)
-        check(got.get("a") == 200, "A's writer: %r" % got)
+        # A's lock went with the restart while its handler ran: its client
+        # connection is shut (no answer), not answered 200.
+        check(got.get("a") is not None and got.get("a") != 200, "A's writer: %r" % got)
         check(got.get("b") in (200, 503), "B's waiter: %r" % got)
-        lost = poll(lambda: "PIDLOCK402" in a.read_log() and "restart-me" in a.read_log(), timeout=5)
-        check(lost, "no PIDLOCK402 line naming the key in A's log")
+        check(poll(lambda: lost_logged(a, "restart-me"), timeout=5),
+              "no lost-lock line (PIDLOCK430/402) naming the key in A's log")
         doc = a.get_json("/pidlock-status?json")
         check(doc["cluster"]["lost"] >= 1, "cluster.lost %r" % doc["cluster"])
         mark = {h: len(h.read_log()) for h in hs}
@@ -320,6 +331,48 @@ def t_pg_down_at_start(pg):
         check(poll(lambda: "PIDLOCK403" in h.read_log(), timeout=3), "no PIDLOCK403 warning in the log")
     finally:
         stop_all([h])
+
+
+def t_lost_lock_noticed_while_held(pg):
+    """A's session is ended (pg_terminate_backend, as a restart or a dead
+    link would) while its write runs a 6 s handler: A logs PIDLOCK430 with
+    the key and counts it while the request still runs, shuts the client's
+    connection (no 200), and logs nothing more at the release."""
+    (a,) = hosts(pg.conninfo, n=1)
+    try:
+        got = {}
+
+        def req():
+            try:
+                got["status"] = put(a, "lost-early", sleep_ms=6000, timeout=30).status
+            except Exception as e:  # noqa: BLE001 - the connection is shut
+                got["status"] = repr(e)
+            got["at"] = time.monotonic()
+        t = threading.Thread(target=req)
+        t.start()
+        check(cluster_holder(a, "lost-early"), "A's writer never held")
+        ended = pg.psql("-c", "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                              "WHERE locktype = 'advisory' AND granted")
+        check(ended == "1", "sessions ended: %r" % ended)
+        line = poll(lambda: lost_logged(a, "lost-early"), timeout=4)
+        # The handler (6 s) still runs: its lock is not released yet.
+        during = a.get_json("/pidlock-status?json")["cluster"]
+        holding = holder_pid(a, "lost-early")
+        check(line and "PIDLOCK430" in line, "no PIDLOCK430 line naming the key: %r" % line)
+        check(holding and during["held"] == 1 and during["lost"] == 1,
+              "the loss was not counted while the request still held its lock: %r %r" % (during, holding))
+        t.join(15)
+        check(got.get("status") is not None and got["status"] != 200, "the client of the lost lock got %r" % got)
+        # The handler ends (its sleep) and releases.
+        check(poll(lambda: a.get_json("/pidlock-status?json")["cluster"]["held"] == 0, timeout=10),
+              "the request never released")
+        doc = a.get_json("/pidlock-status?json")["cluster"]
+        check(doc["lost"] == 1, "cluster after the release: %r" % doc)
+        check("PIDLOCK402" not in a.read_log(), "the loss was logged twice")
+        r = put(a, "lost-early")
+        check(r.status == 200, "the key after the loss: %d" % r.status)
+    finally:
+        stop_all([a])
 
 
 def t_sql_client_lock_blocks_put(pg):
@@ -370,7 +423,7 @@ def t_status_and_break_across_hosts(pg):
         wt.join(10)
         check(got.get("status") == 200 and got["at"] - broke < 1.0, "B's writer after the break: %r" % got)
         holder.join(10)
-        check(poll(lambda: "PIDLOCK402" in a.read_log(), timeout=5), "A did not log its broken lock as lost")
+        check(poll(lambda: lost_logged(a, "brk"), timeout=5), "A did not log its broken lock as lost")
         check(poll(lambda: "PIDLOCK408" in b.read_log(), timeout=3), "B did not log the sessions it ended")
     finally:
         stop_all(hs)
@@ -510,7 +563,7 @@ def t_cut_off_host_loses_its_locks(_pg):
         for p in [a.pid] + a.child_pids():
             os.kill(p, signal.SIGCONT)
         holder.join(30)
-        check(poll(lambda: "PIDLOCK402" in a.read_log() and "cut-off" in a.read_log(), timeout=15),
+        check(poll(lambda: lost_logged(a, "cut-off"), timeout=15),
               "A did not log its lost lock after the thaw")
         print("# cut-off host: B granted %.1f s after A was cut off" % waited, flush=True)
     finally:
@@ -668,6 +721,7 @@ CLUSTER_TESTS = [
     ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue, ALL),
     ("status_and_break_across_hosts", t_status_and_break_across_hosts, ALL),
     ("pg_restart_during_write", t_pg_restart_during_write, ALL),
+    ("lost_lock_noticed_while_held", t_lost_lock_noticed_while_held, ALL),
     ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks, ALL),
     ("pgbouncer_transaction_mode", t_pgbouncer_transaction_mode, ALL),
 ]
