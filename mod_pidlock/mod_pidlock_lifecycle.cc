@@ -314,6 +314,9 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
     if (!sc->cluster_conninfo) return true;
     auto *cr = static_cast<ClusterRetained *>(ap_retained_data_get("mod_pidlock-cluster"));
     if (!cr) cr = static_cast<ClusterRetained *>(ap_retained_data_create("mod_pidlock-cluster", sizeof(ClusterRetained)));
+    // A build whose counters are laid out otherwise (a graceful restart onto
+    // an upgrade) gets a region of its own; the old generation keeps its.
+    if (cr->shm && apr_shm_size_get(cr->shm) != ClusterStats::region_size(cr->slots)) cr->shm = nullptr;
     if (!cr->shm) {
         // A slot per child of two generations (graceful restarts overlap).
         const uint32_t slots = static_cast<uint32_t>(mpm.server_limit > 0 ? mpm.server_limit : 1) * 2 + 2;

@@ -157,6 +157,18 @@ void ClusterStats::free_process(int32_t pid) {
     }
 }
 
+void ClusterStats::saw_cluster_fence(uint64_t f) {
+    for (uint64_t cur = fence_seen_.load(); cur < f && !fence_seen_.compare_exchange_weak(cur, f);) {
+    }
+    for (uint64_t cur = fence_next_.load(); cur < f && !fence_next_.compare_exchange_weak(cur, f);) {
+    }
+}
+
+uint64_t ClusterStats::outage_fence() {
+    const uint64_t v = fence_next_.fetch_add(1) + 1;
+    return v - fence_seen_.load() < kFenceStep ? v : 0;
+}
+
 bool cluster_conninfo_valid(const char *conninfo, std::string *why) {
     char *err = nullptr;
     PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
@@ -654,7 +666,10 @@ std::string lock_sql(const std::vector<PgKey> &pk, Mode mode, int64_t wait_ms, b
                                  : (mode == Mode::Write ? "pg_try_advisory_xact_lock"
                                                         : "pg_try_advisory_xact_lock_shared");
     for (const PgKey &k : pk) sql += std::string("SELECT ") + fn + "(" + std::to_string(k.hash) + ");";
-    if (mode == Mode::Write) sql += "SELECT nextval('pidlock_fence');";
+    // Fences are multiples of kFenceStep: the numbers between them are
+    // for a host that serves while PostgreSQL is unreachable (outage_fence).
+    if (mode == Mode::Write)
+        sql += "SELECT nextval('pidlock_fence') * " + std::to_string(ClusterStats::kFenceStep) + ";";
     return sql;
 }
 
@@ -821,7 +836,10 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
                     c.keys += (i ? ", " : "") + key_for_log(keys[i].data, keys[i].len);
                 c.nkeys = n;
                 set.tier() = LockSet::Slot{idx + 1, c.token};
-                if (mode == Mode::Write) set.set_fence(fence);
+                if (mode == Mode::Write) {
+                    set.set_fence(fence);
+                    stats_->saw_cluster_fence(fence);
+                }
                 stats_->add(ClusterStats::Held, 1);
                 pool_->watch(c, info.client_fd);
                 return AcquireResult::Acquired;
@@ -865,6 +883,15 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
             pool_->log(4, "PIDLOCK403: PostgreSQL unavailable (" + why + "); serving key " +
                               key_for_log(keys[0].data, keys[0].len) +
                               " with this host's lock only (PidLockClusterOnFailure open)");
+            if (mode == Mode::Write) {
+                // Not the table's own fence: one below every cluster fence
+                // to come, so none goes backwards when PostgreSQL is back.
+                set.set_fence(stats_->outage_fence());
+                if (!set.fence())
+                    pool_->log(4, "PIDLOCK431: no fence for key " + key_for_log(keys[0].data, keys[0].len) +
+                                      ": this host handed out every outage fence above the last cluster fence "
+                                      "it saw; served without PidLock-Fence");
+            }
             return AcquireResult::Acquired;
         }
         pool_->log(4, "PIDLOCK400: PostgreSQL unavailable: " + why);

@@ -55,6 +55,14 @@ class Pg:
             raise AssertionError("psql %s: %s" % (args, out))
         return out.strip()
 
+    def down(self):
+        subprocess.run(["sh", PG_SH, "down", self.dir], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up(self):
+        subprocess.run(["sh", PG_SH, "up", self.dir], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def restart(self):
         subprocess.run(["sh", PG_SH, "restart", self.dir], check=True, timeout=60,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -373,6 +381,52 @@ def t_lost_lock_noticed_while_held(pg):
         check(r.status == 200, "the key after the loss: %d" % r.status)
     finally:
         stop_all([a])
+
+
+def fence_of(r):
+    for line in r.text.splitlines():
+        if line.startswith("fence "):
+            return int(line.split()[1])
+    return None
+
+
+def t_fence_never_goes_backwards(pg):
+    """PidLockClusterOnFailure open: while PostgreSQL is down, A serves
+    writes with fences of its own (growing on A); once it is back, the first
+    write through B, and every later one, has a larger fence than any A
+    handed out meanwhile or any granted before."""
+    a, b = hs = hosts(pg.conninfo, failure="open")
+    try:
+        before = []
+        for i in range(3):
+            for h in hs:
+                r = put(h, "fence-%d" % i)
+                check(r.status == 200 and fence_of(r), "before: %d %r" % (r.status, r.text[:200]))
+                before.append(fence_of(r))
+        check(before == sorted(before) and len(set(before)) == len(before), "fences before: %r" % before)
+        pg.down()
+        try:
+            outage = []
+            for i in range(4):
+                r = put(a, "fence-out-%d" % i)
+                check(r.status == 200 and fence_of(r), "PostgreSQL down: %d %r" % (r.status, r.text[:200]))
+                outage.append(fence_of(r))
+            check(outage == sorted(outage) and len(set(outage)) == 4, "A's fences while down: %r" % outage)
+            check(outage[0] > before[-2], "A's first outage fence %d below A's own last %d" % (outage[0], before[-2]))
+            check(poll(lambda: "PIDLOCK403" in a.read_log(), timeout=3), "no PIDLOCK403")
+        finally:
+            pg.up()
+        after = []
+        for h in (b, a, b):
+            r = put(h, "fence-back")
+            check(r.status == 200 and fence_of(r), "PostgreSQL back: %d %r" % (r.status, r.text[:200]))
+            after.append(fence_of(r))
+        check(after[0] > max(outage + before),
+              "B's first fence after the outage %d is not above %d (A's outage fences %r, before %r)"
+              % (after[0], max(outage + before), outage, before))
+        check(after == sorted(after) and len(set(after)) == 3, "fences after: %r" % after)
+    finally:
+        stop_all(hs)
 
 
 def t_sql_client_lock_blocks_put(pg):
@@ -722,6 +776,7 @@ CLUSTER_TESTS = [
     ("status_and_break_across_hosts", t_status_and_break_across_hosts, ALL),
     ("pg_restart_during_write", t_pg_restart_during_write, ALL),
     ("lost_lock_noticed_while_held", t_lost_lock_noticed_while_held, ALL),
+    ("fence_never_goes_backwards", t_fence_never_goes_backwards, ALL),
     ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks, ALL),
     ("pgbouncer_transaction_mode", t_pgbouncer_transaction_mode, ALL),
 ]

@@ -536,6 +536,29 @@ TEST(Cluster, BreakOfOwnSessionIsNotALostLock) {
     CHECK_EQUAL(0, sink.count("PIDLOCK430") + sink.count("PIDLOCK402"));
 }
 
+TEST(Cluster, OutageFencesStayBelowTheNextClusterFence) {
+    std::vector<char> mem(ClusterStats::region_size(2));
+    ClusterStats *s = ClusterStats::format(mem.data(), 2);
+    const uint64_t step = ClusterStats::kFenceStep;
+    // Never reached PostgreSQL: 1, 2, ... below every cluster fence.
+    CHECK_EQUAL(1u, s->outage_fence());
+    CHECK_EQUAL(2u, s->outage_fence());
+    s->saw_cluster_fence(3 * step);
+    s->saw_cluster_fence(2 * step);  // an older one changes nothing
+    CHECK_EQUAL(3 * step + 1, s->outage_fence());
+    CHECK_EQUAL(3 * step + 2, s->outage_fence());
+    s->saw_cluster_fence(4 * step);
+    CHECK_EQUAL(4 * step + 1, s->outage_fence());
+    // The range above one cluster fence is used up: no fence rather than
+    // one at or above the next cluster fence.
+    uint64_t last = 0;
+    for (uint64_t i = 2; i < step; ++i) last = s->outage_fence();
+    CHECK_EQUAL(5 * step - 1, last);
+    CHECK_EQUAL(0u, s->outage_fence());
+    s->saw_cluster_fence(5 * step);
+    CHECK_EQUAL(5 * step + 1, s->outage_fence());
+}
+
 TEST(Cluster, StatsSlotsPerProcessKeepTotalsWhenOneEnds) {
     std::vector<char> mem(ClusterStats::region_size(2), 0);
     ClusterStats *s = ClusterStats::format(mem.data(), 2);
