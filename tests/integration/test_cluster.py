@@ -472,6 +472,14 @@ def t_status_and_break_across_hosts(pg):
         check(rem[0]["application"].startswith("mod_pidlock "), "application %r" % rem[0])
         page, nonce = _admin_page(b)
         check("Held on other hosts" in page, "B's page without the remote holders")
+        # Refused breaks end no PostgreSQL session: a wrong nonce, and the
+        # page without PidLockStatusActions.
+        hdrs = {"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://127.0.0.1:%d" % b.port}
+        for url, nc in (("/pidlock-admin", "0" * 32), ("/pidlock-status", nonce)):
+            r = b.request("POST", url, headers=hdrs, body=("action=break&key=brk&nonce=%s" % nc).encode())
+            check(r.status == 403, "break on %s (nonce %s): %d" % (url, nc[:4], r.status))
+        check([g for _, g in advisory_locks(pg)].count("t") == 1 and "status" not in got,
+              "a refused break changed the locks: %r %r" % (advisory_locks(pg), got))
         broke = time.monotonic()
         _break(b, "key", "brk", nonce)
         wt.join(10)
