@@ -123,18 +123,20 @@ def round_trips(h, conninfo, pgdir):
                                stderr=subprocess.STDOUT)
     sampler.stdin.write(b"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \\watch 0.02\n")
     sampler.stdin.flush()
-    seen, other = [], []
+    seen, other, first = [], [], threading.Event()
 
     def read():
         for line in sampler.stdout:
             line = line.strip()
             if line.isdigit():
                 seen.append(int(line))
+                first.set()
             elif line:
                 other.append(line.decode("utf-8", "replace"))
     reader = threading.Thread(target=read)
     reader.start()
     try:
+        first.wait(30)  # the sampler runs before the batch starts
         n = contended_batch(h)
     finally:
         # SIGINT ends \watch; psql then reads end of input, flushes its
