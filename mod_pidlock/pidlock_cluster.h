@@ -48,14 +48,24 @@ class ClusterStats {
     void add(Field f, int64_t d);
     Totals totals() const;
     // The parent, when process `pid` ended: its current values go, its
-    // totals (lost, errors) stay.
-    void free_process(int32_t pid);
+    // totals (lost, errors) stay. `slots` is what the parent formatted the
+    // region with, from its own memory: the count in the region is
+    // writable by every child and never bounds the parent's walk.
+    void free_process(int32_t pid, uint32_t slots);
     // True for the first caller since format(): the one process that checks
     // PostgreSQL at start.
     bool claim_probe() {
         int32_t zero = 0;
         return probed_.compare_exchange_strong(zero, 1);
     }
+    // Fences while PostgreSQL is unreachable (PidLockClusterOnFailure open):
+    // cluster fences are multiples of kFenceStep; one this host got raises
+    // its floor, and an outage fence is the floor plus one, two, ... so it
+    // stays below every cluster fence granted after the last one this host
+    // saw. 0 (no fence) once kFenceStep - 1 were handed out above one floor.
+    static constexpr uint64_t kFenceStep = uint64_t(1) << 20;
+    void saw_cluster_fence(uint64_t f);
+    uint64_t outage_fence();
 
   private:
     struct Slot {
@@ -66,6 +76,7 @@ class ClusterStats {
     uint32_t slots_;
     std::atomic<int64_t> retired_lost_, retired_errors_;
     std::atomic<int32_t> probed_;
+    std::atomic<uint64_t> fence_seen_, fence_next_;
     Slot slot_[1];  // slots_ of them
 };
 
