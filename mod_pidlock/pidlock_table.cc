@@ -43,17 +43,13 @@ namespace pidlock {
 namespace {
 
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
-<<<<<<< HEAD
 // 4: the lock-free fast path (state word per entry, holder slots).
-constexpr uint32_t kLayoutVersion = 4;
-=======
 // A test build (-DPIDLOCK_LAYOUT_BUMP=N) has another layout version, as a
 // new release with a changed table would: the upgrade test needs two.
 #ifndef PIDLOCK_LAYOUT_BUMP
 #define PIDLOCK_LAYOUT_BUMP 0
 #endif
-constexpr uint32_t kLayoutVersion = 3 + PIDLOCK_LAYOUT_BUMP;
->>>>>>> main
+constexpr uint32_t kLayoutVersion = 4 + PIDLOCK_LAYOUT_BUMP;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
 
