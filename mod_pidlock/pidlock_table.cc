@@ -702,11 +702,15 @@ uint32_t LockTable::take_slot(int32_t pid) {
         const uint32_t s1 = 1 + (start + i) % slots_;
         Slot *sl = slot(s1);
         int32_t none = 0;
+        // Reserved (-2) first, the start time next, the owner last: whoever
+        // reads an owner reads its own start time, never a former owner's
+        // (which would make a live process look gone).
         if (sl->owner.load(std::memory_order_relaxed) != 0 ||
-            !sl->owner.compare_exchange_strong(none, pid, std::memory_order_acq_rel))
+            !sl->owner.compare_exchange_strong(none, -2, std::memory_order_acq_rel))
             continue;
         sl->owner_start.store(cached_start(), std::memory_order_relaxed);
-        sl->state.store(kSlotIdle, std::memory_order_release);
+        sl->state.store(kSlotIdle, std::memory_order_relaxed);
+        sl->owner.store(pid, std::memory_order_release);
         slot_hint_.store(s1, std::memory_order_relaxed);
         return s1;
     }
@@ -1246,8 +1250,8 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
         bool any = false;
         for (uint32_t s1 = 1; s1 <= slots; ++s1) {
             const Slot *sl = slot(s1);
-            const int32_t owner = sl->owner.load(std::memory_order_relaxed);
-            if (owner == 0) continue;
+            const int32_t owner = sl->owner.load(std::memory_order_acquire);
+            if (owner <= 0) continue;
             const uint32_t state = sl->state.load(std::memory_order_seq_cst);
             const uint32_t kind = slot_kind(state);
             const uint64_t what = sl->what.load(std::memory_order_relaxed);
@@ -1427,10 +1431,13 @@ void LockTable::rebuild(std::vector<uint32_t> &woken) {
         const int32_t pid = sl->owner.load(std::memory_order_relaxed);
         if (pid > 0) unown_slot(sl, pid);
     }
-    // Unowned slots (or owned by nonsense) are free.
+    // Unowned slots are free; one owned by nonsense (below -2) is freed. A
+    // slot being claimed (-2) or freed (-1) is another process's business
+    // right now (one whose owner died at that instant stays out of use).
     for (uint32_t i = 1; i <= slots; ++i) {
         Slot *sl = slot(i);
-        if (sl->owner.load(std::memory_order_relaxed) <= 0) {
+        const int32_t owner = sl->owner.load(std::memory_order_relaxed);
+        if (owner == 0 || owner < -2) {
             sl->state.store(kSlotFree, std::memory_order_relaxed);
             sl->owner.store(0, std::memory_order_relaxed);
         }
@@ -2208,8 +2215,8 @@ bool LockTable::repair_entry(uint32_t e1, bool free_dead) {
             const uint32_t kind = slot_kind(state);
             if (kind < kSlotPending || kind > kSlotReleasing) continue;
             if (sl->what.load(std::memory_order_relaxed) != what) continue;
-            if (!is_alive(sl->owner.load(std::memory_order_relaxed),
-                          sl->owner_start.load(std::memory_order_relaxed))) {
+            const int32_t owner = sl->owner.load(std::memory_order_acquire);
+            if (owner > 0 && !is_alive(owner, sl->owner_start.load(std::memory_order_relaxed))) {
                 dead.push_back(s1);
                 continue;
             }
@@ -2257,8 +2264,9 @@ bool LockTable::fast_holders_dead(uint32_t e1) {
         const uint32_t kind = slot_kind(sl->state.load(std::memory_order_acquire));
         if (kind < kSlotPending || kind > kSlotReleasing || sl->what.load(std::memory_order_relaxed) != what)
             continue;
-        const int32_t pid = sl->owner.load(std::memory_order_relaxed);
-        if (pid != self && process_state(pid, sl->owner_start.load(std::memory_order_relaxed)) == ProcessState::Gone)
+        const int32_t pid = sl->owner.load(std::memory_order_acquire);
+        if (pid > 0 && pid != self &&
+            process_state(pid, sl->owner_start.load(std::memory_order_relaxed)) == ProcessState::Gone)
             return true;
     }
     return false;
@@ -2276,7 +2284,7 @@ int LockTable::free_dead_slots(int32_t only) {
     for (uint32_t s1 = 1; s1 <= slots_; ++s1) {
         Slot *sl = slot(s1);
         int32_t pid = sl->owner.load(std::memory_order_acquire);
-        if (pid == 0 || pid == self || (only != 0 && pid != only)) continue;
+        if (pid <= 0 || pid == self || (only != 0 && pid != only)) continue;
         const uint64_t start = sl->owner_start.load(std::memory_order_relaxed);
         bool al = true, known = false;
         for (const auto &a : alive)
