@@ -21,18 +21,10 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from counted import Counted  # noqa: E402
+from common import Counted, free_port, listeners  # noqa: E402
 
 suite = Counted("demo")
 record = suite.record
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def make(target, env):
@@ -57,22 +49,6 @@ def alive(pid):
         return True
     except OSError:
         return False
-
-
-def listeners(port):
-    """Local addresses (hex ip:port from /proc/net/tcp{,6}) listening on port."""
-    found = []
-    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = open(f).read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            addr, state = cols[1], cols[3]
-            if state == "0A" and int(addr.rsplit(":", 1)[1], 16) == port:
-                found.append(addr)
-    return found
 
 
 def status(port):
