@@ -15,9 +15,10 @@
 # into the module, the unit tests and the benchmark), the httpd glue
 # mod_pidlock/mod_pidlock*.cc, the unit tests tests/unit/*.cc, the fuzzers
 # tests/fuzz/fuzz_*.cc (one binary each). Flavours that need other compiler
-# flags have their own objects: the unit tests' crash-point build of the
-# core files that use PIDLOCK_CRASH_POINTS, the ASan/UBSan unit tests, and
-# the clang libFuzzer builds.
+# flags have their own objects: variants that recompile only the files using
+# their macro (the unit tests' crash points, PIDLOCK_CRASH_POINTS; the
+# upgrade test's second table layout, PIDLOCK_LAYOUT_BUMP), the ASan/UBSan
+# unit tests, and the clang libFuzzer builds.
 APXS     := $(shell command -v apxs || command -v apxs2)
 BUILD    ?= build
 OBJ       = $(BUILD)/obj
@@ -57,12 +58,9 @@ CORE_SRCS  = $(sort $(wildcard mod_pidlock/pidlock_*.cc))
 GLUE_SRCS  = $(sort $(wildcard mod_pidlock/mod_pidlock*.cc))
 UNIT_SRCS  = $(sort $(wildcard tests/unit/*.cc))
 FUZZ_SRCS  = $(sort $(wildcard tests/fuzz/fuzz_*.cc))
-# Core files compiled a second time for the unit tests, with crash points.
-CRASH_SRCS := $(shell grep -l PIDLOCK_CRASH_POINTS $(CORE_SRCS) 2>/dev/null)
 
 CORE_OBJS  = $(CORE_SRCS:mod_pidlock/%.cc=$(OBJ)/core/%.o)
 GLUE_OBJS  = $(GLUE_SRCS:mod_pidlock/%.cc=$(OBJ)/glue/%.o)
-CRASH_OBJS = $(CRASH_SRCS:mod_pidlock/%.cc=$(OBJ)/crash/%.o)
 UNIT_OBJS  = $(UNIT_SRCS:tests/unit/%.cc=$(OBJ)/unit/%.o)
 SAN_OBJS   = $(CORE_SRCS:mod_pidlock/%.cc=$(OBJ)/asan/core/%.o) $(UNIT_SRCS:tests/unit/%.cc=$(OBJ)/asan/unit/%.o)
 FUZZ_CORE  = $(CORE_SRCS:mod_pidlock/%.cc=$(OBJ)/fuzz/core/%.o)
@@ -73,6 +71,9 @@ CORE_LIB  = $(BUILD)/libpidlock.a
 CRASH_LIB = $(BUILD)/libpidlock_crash.a
 FUZZ_LIB  = $(OBJ)/fuzz/libpidlock.a
 MODULE    = $(BUILD)/mod_pidlock.so
+# The same module with another table layout version, as a new release with a
+# changed table would be: the graceful-upgrade test restarts onto it.
+MODULE_L2 = $(BUILD)/mod_pidlock_layout2.so
 BACKEND   = $(BUILD)/mod_pidlock_testbackend.so
 UNIT      = $(BUILD)/unit_tests
 UNIT_SAN  = $(BUILD)/unit_tests_asan
@@ -112,6 +113,7 @@ flags_stamp = $(shell mkdir -p $(OBJ)/$(1) && { printf '%s\n' "$(subst ",\",$(2)
 $(call flags_stamp,core,$(CXX) $(MOD_FLAGS))
 $(call flags_stamp,glue,$(CXX) $(MOD_FLAGS))
 $(call flags_stamp,crash,$(CXX) $(MOD_FLAGS) -DPIDLOCK_CRASH_POINTS)
+$(call flags_stamp,layout2,$(CXX) $(MOD_FLAGS) -DPIDLOCK_LAYOUT_BUMP=100)
 $(call flags_stamp,unit,$(CXX) $(TEST_FLAGS))
 $(call flags_stamp,asan,$(CXX) $(SAN_FLAGS))
 $(call flags_stamp,fuzz,$(CLANGXX) $(FUZZ_FLAGS))
@@ -123,8 +125,6 @@ $(OBJ)/core/%.o: mod_pidlock/%.cc $(OBJ)/core/.flags
 	$(CXX) $(MOD_FLAGS) $(DEPFLAGS) -c -o $@ $<
 $(OBJ)/glue/%.o: mod_pidlock/%.cc $(OBJ)/glue/.flags
 	$(CXX) $(MOD_FLAGS) $(DEPFLAGS) -c -o $@ $<
-$(OBJ)/crash/%.o: mod_pidlock/%.cc $(OBJ)/crash/.flags
-	$(CXX) $(MOD_FLAGS) -DPIDLOCK_CRASH_POINTS $(DEPFLAGS) -c -o $@ $<
 $(OBJ)/unit/%.o: tests/unit/%.cc $(OBJ)/unit/.flags
 	$(CXX) $(TEST_FLAGS) $(DEPFLAGS) -c -o $@ $<
 $(OBJ)/asan/core/%.o: mod_pidlock/%.cc $(OBJ)/asan/.flags
@@ -143,14 +143,27 @@ $(BENCH_OBJ): bench/bench_table.cc $(OBJ)/bench/.flags
 $(BACKEND_OBJ): tests/backend/mod_pidlock_testbackend.cc $(OBJ)/backend/.flags
 	$(CXX) $(MOD_FLAGS) $(DEPFLAGS) -c -o $@ $<
 
-# The core, once, as a static library; the unit tests' copy swaps in the
-# crash-point objects (archives only, nothing compiles twice).
+# The core, once, as a static library.
 $(CORE_LIB): $(CORE_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
-$(CRASH_LIB): $(filter-out $(CRASH_SRCS:mod_pidlock/%.cc=$(OBJ)/core/%.o),$(CORE_OBJS)) $(CRASH_OBJS)
-	@rm -f $@
-	ar rcs $@ $^
+# $(call variant,NAME,MACRO,FLAGS): the module's sources that use MACRO
+# (grep), compiled again with FLAGS into $(OBJ)/NAME/; NAME_CORE and
+# NAME_GLUE are the core and glue objects with those swapped in, and
+# $(BUILD)/libpidlock_NAME.a the core library made of them.
+define variant
+$(1)_SRCS := $$(shell grep -l $(2) $$(CORE_SRCS) $$(GLUE_SRCS) 2>/dev/null)
+$(1)_OBJS = $$($(1)_SRCS:mod_pidlock/%.cc=$$(OBJ)/$(1)/%.o)
+$(1)_CORE = $$(filter-out $$($(1)_SRCS:mod_pidlock/%.cc=$$(OBJ)/core/%.o),$$(CORE_OBJS)) $$(filter $$(OBJ)/$(1)/pidlock_%,$$($(1)_OBJS))
+$(1)_GLUE = $$(filter-out $$($(1)_SRCS:mod_pidlock/%.cc=$$(OBJ)/glue/%.o),$$(GLUE_OBJS)) $$(filter $$(OBJ)/$(1)/mod_pidlock%,$$($(1)_OBJS))
+$$(OBJ)/$(1)/%.o: mod_pidlock/%.cc $$(OBJ)/$(1)/.flags
+	$$(CXX) $$(MOD_FLAGS) $(3) $$(DEPFLAGS) -c -o $$@ $$<
+$$(BUILD)/libpidlock_$(1).a: $$($(1)_CORE)
+	@rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(eval $(call variant,crash,PIDLOCK_CRASH_POINTS,-DPIDLOCK_CRASH_POINTS))
+$(eval $(call variant,layout2,PIDLOCK_LAYOUT_BUMP,-DPIDLOCK_LAYOUT_BUMP=100))
 $(FUZZ_LIB): $(FUZZ_CORE)
 	@rm -f $@
 	ar rcs $@ $^
@@ -159,6 +172,8 @@ $(FUZZ_LIB): $(FUZZ_CORE)
 # pidlock_module alone (tests/run_all.sh checks it).
 $(MODULE): $(GLUE_OBJS) $(CORE_LIB) mod_pidlock/pidlock.map
 	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(GLUE_OBJS) $(CORE_LIB) -lpq
+$(MODULE_L2): $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a mod_pidlock/pidlock.map
+	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a -lpq
 
 $(BACKEND): $(BACKEND_OBJ)
 	$(CXX) -shared $(LDFLAGS) -o $@ $^
@@ -200,7 +215,7 @@ test: deps
 	@sh scripts/install-deps-deb.sh
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZERS)
+test-run: $(MODULE) $(MODULE_L2) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZERS)
 	@sh tests/run_all.sh $(BUILD)
 
 run: deps
