@@ -203,6 +203,7 @@ fuzz: deps
 
 install: deps
 	@$(MAKE) --no-print-directory $(MODULE)
+	install -d $(DESTDIR)$(LIBEXEC)
 	install -m 644 $(MODULE) $(DESTDIR)$(LIBEXEC)/mod_pidlock.so
 	install -d $(DESTDIR)$(SYSCONF)/mods-available
 	install -m 644 conf/pidlock.load conf/pidlock.conf $(DESTDIR)$(SYSCONF)/mods-available/
