@@ -258,6 +258,9 @@ def check_package(saved):
         return suite.summary()
     contents = out(run(["dpkg-deb", "-c", deb]))
     missing = [f for f in FILES if "." + f not in contents]
+    # The operator's pages (docs/*.md), compressed or not.
+    missing += [d for d in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+                if "./usr/share/doc/%s/%s" % (PKG, os.path.basename(d)) not in contents]
     record("contents", not missing, "missing: %s" % missing)
     conffiles = out(run(["sh", "-c", "dpkg-deb --ctrl-tarfile '%s' | tar -xO ./conffiles" % deb]))
     record("conffiles", "/etc/apache2/mods-available/pidlock.load" in conffiles
