@@ -17,7 +17,8 @@
 # tests/fuzz/fuzz_*.cc (one binary each). Flavours that need other compiler
 # flags have their own objects: variants that recompile only the files using
 # their macro (the unit tests' crash points, PIDLOCK_CRASH_POINTS; the
-# upgrade test's second table layout, PIDLOCK_LAYOUT_BUMP), the ASan/UBSan
+# upgrade test's second table layout, PIDLOCK_LAYOUT_BUMP; the bench's naive
+# PostgreSQL design, PIDLOCK_BENCH_NAIVE), the ASan/UBSan
 # unit tests, and the clang libFuzzer builds.
 APXS     := $(shell command -v apxs || command -v apxs2)
 BUILD    ?= build
@@ -74,6 +75,10 @@ MODULE    = $(BUILD)/mod_pidlock.so
 # The same module with another table layout version, as a new release with a
 # changed table would be: the graceful-upgrade test restarts onto it.
 MODULE_L2 = $(BUILD)/mod_pidlock_layout2.so
+# Bench only, never installed: the naive PostgreSQL design (no local tier,
+# one session-level advisory lock per request) that `make bench` compares
+# the tier with (PIDLOCK_BENCH_NAIVE in pidlock_cluster.cc).
+NAIVE     = $(BUILD)/mod_pidlock_naive.so
 BACKEND   = $(BUILD)/mod_pidlock_testbackend.so
 UNIT      = $(BUILD)/unit_tests
 UNIT_SAN  = $(BUILD)/unit_tests_asan
@@ -114,6 +119,7 @@ $(call flags_stamp,core,$(CXX) $(MOD_FLAGS))
 $(call flags_stamp,glue,$(CXX) $(MOD_FLAGS))
 $(call flags_stamp,crash,$(CXX) $(MOD_FLAGS) -DPIDLOCK_CRASH_POINTS)
 $(call flags_stamp,layout2,$(CXX) $(MOD_FLAGS) -DPIDLOCK_LAYOUT_BUMP=100)
+$(call flags_stamp,naive,$(CXX) $(MOD_FLAGS) -DPIDLOCK_BENCH_NAIVE)
 $(call flags_stamp,unit,$(CXX) $(TEST_FLAGS))
 $(call flags_stamp,asan,$(CXX) $(SAN_FLAGS))
 $(call flags_stamp,fuzz,$(CLANGXX) $(FUZZ_FLAGS))
@@ -164,6 +170,7 @@ $$(BUILD)/libpidlock_$(1).a: $$($(1)_CORE)
 endef
 $(eval $(call variant,crash,PIDLOCK_CRASH_POINTS,-DPIDLOCK_CRASH_POINTS))
 $(eval $(call variant,layout2,PIDLOCK_LAYOUT_BUMP,-DPIDLOCK_LAYOUT_BUMP=100))
+$(eval $(call variant,naive,PIDLOCK_BENCH_NAIVE,-DPIDLOCK_BENCH_NAIVE))
 $(FUZZ_LIB): $(FUZZ_CORE)
 	@rm -f $@
 	ar rcs $@ $^
@@ -174,6 +181,8 @@ $(MODULE): $(GLUE_OBJS) $(CORE_LIB) mod_pidlock/pidlock.map
 	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(GLUE_OBJS) $(CORE_LIB) -lpq
 $(MODULE_L2): $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a mod_pidlock/pidlock.map
 	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a -lpq
+$(NAIVE): $(naive_GLUE) $(BUILD)/libpidlock_naive.a mod_pidlock/pidlock.map
+	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(naive_GLUE) $(BUILD)/libpidlock_naive.a -lpq
 
 $(BACKEND): $(BACKEND_OBJ)
 	$(CXX) -shared $(LDFLAGS) -o $@ $^
@@ -229,7 +238,7 @@ stop:
 # BENCH_MODE=full for more rounds (about twenty minutes; quick: under three).
 bench: deps
 	@sh scripts/install-deps-bench.sh
-	@$(MAKE) --no-print-directory $(BENCH) $(MODULE) $(BACKEND)
+	@$(MAKE) --no-print-directory $(BENCH) $(MODULE) $(BACKEND) $(NAIVE)
 	@sh bench/run.sh $(BUILD) $(BENCH_MODE)
 
 # The Debian package (debhelper + dh_apache2), built from a copy of the tree.
