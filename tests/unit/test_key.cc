@@ -161,3 +161,25 @@ TEST(Key, SimpleCaptureAgreesWithRegex) {
     CHECK_FALSE(regex_simple_capture("/x/(.+)$").ok);
     CHECK_FALSE(regex_simple_capture("^/x?/(.+)$").ok);
 }
+
+// The views take no copy where nothing is decoded (the key_from_* functions,
+// tested above, are the views plus a copy).
+TEST(Key, ViewsPointIntoTheRequest) {
+    std::string scratch;
+    KeyView v;
+    const char *cap = "doi:10.5063/F1";
+    CHECK(key_view_path_capture(cap, 14, 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == cap && v.len == 14);
+    CHECK(key_view_path_capture("a%2Fb", 5, 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == scratch.data() && std::string(v.data, v.len) == "a/b");
+    const char *args = "x=1&pid=abc&y=2";
+    CHECK(key_view_query(args, "pid", 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == args + 8 && v.len == 3);
+    CHECK(key_view_query("pid=a+b", "pid", 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(std::string(v.data, v.len) == "a b");
+    const char *hv = "a+b";  // no plus decoding in headers
+    CHECK(key_view_header(hv, 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == hv && v.len == 3);
+    CHECK(key_view_path_capture("abcdef", 6, 5, scratch, v) == KeyStatus::TooLong);
+    CHECK(v.data == nullptr && v.len == 0);
+}
