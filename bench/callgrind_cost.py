@@ -124,7 +124,8 @@ def measure(n, breakdown, label=""):
         print("| function | On - Off |")
         print("|---|---|")
         for d, f in sorted(diff, key=lambda x: -abs(x[0])):
-            f = re.sub(r"\(.*\)", "()", f) if len(f) > 60 else f
+            f = f.replace("(anonymous namespace)::", "")
+            f = f.split("(", 1)[0] + "()" if "(" in f else f
             print("| `%s` | %+.0f |" % (f.replace("|", "\\|"), d))
         print("| **sum of the rows** | %+.0f |" % sum(d for d, _ in diff))
         print()

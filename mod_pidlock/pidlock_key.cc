@@ -295,6 +295,30 @@ FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow
     return FastMatch::Match;
 }
 
+KeyStatus simple_capture_key(const char *prefix, size_t prefix_len, bool allow_empty, const char *path,
+                             size_t max_len, std::string &scratch, KeyView &out, bool *use_regex) {
+    out = KeyView{};
+    *use_regex = false;
+    if (std::strncmp(path, prefix, prefix_len) != 0) return KeyStatus::Absent;
+    const char *rest = path + prefix_len;
+    const size_t n = std::strcspn(rest, "\n%");
+    if (rest[n] == '\0') {
+        // Nothing to decode, no newline: the rest is the key.
+        if (n == 0) return allow_empty ? KeyStatus::Empty : KeyStatus::Absent;
+        if (n > max_len) return KeyStatus::TooLong;
+        out = KeyView{rest, n};
+        return KeyStatus::Ok;
+    }
+    const char *cap = nullptr;
+    size_t cap_len = 0;
+    switch (simple_capture_match(prefix, prefix_len, allow_empty, path, &cap, &cap_len)) {
+    case FastMatch::NoMatch: return KeyStatus::Absent;
+    case FastMatch::UseRegex: *use_regex = true; return KeyStatus::Absent;
+    case FastMatch::Match: break;
+    }
+    return key_view_path_capture(cap, cap_len, max_len, scratch, out);
+}
+
 FastMatch simple_capture_match(const SimpleCapture &sc, const char *path, const char **cap,
                                size_t *cap_len) {
     return simple_capture_match(sc.prefix.data(), sc.prefix.size(), sc.allow_empty, path, cap, cap_len);

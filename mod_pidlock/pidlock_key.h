@@ -87,6 +87,12 @@ FastMatch simple_capture_match(const SimpleCapture &sc, const char *path, const 
                                size_t *cap_len);
 FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow_empty,
                                const char *path, const char **cap, size_t *cap_len);
+// simple_capture_match and key_view_path_capture of its capture in one: a
+// path whose rest holds no '%' and no newline (the common case) is looked
+// at once. Absent where the pattern does not match; `*use_regex` where the
+// engine must decide (a newline in the path).
+KeyStatus simple_capture_key(const char *prefix, size_t prefix_len, bool allow_empty, const char *path,
+                             size_t max_len, std::string &scratch, KeyView &out, bool *use_regex);
 
 }  // namespace pidlock
 
