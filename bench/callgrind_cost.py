@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Instructions mod_pidlock adds to one request, counted by callgrind in a
-single-process httpd (-X): N requests to the same 1 KiB file under a
+single-process httpd (-X, prefork MPM): N requests to the same 1 KiB file under a
 `PidLock On` location, then N under `PidLock Off`, in two runs of an
 otherwise identical server; (On - Off) / N. Instruction counts repeat to
 well under 1 % whatever else the machine does, unlike requests/s.
@@ -33,14 +33,19 @@ def run(path, n, body=BODY, load_backend=False, method="GET", headers=None, data
     (with headers and body data; check(response) may reject a response).
     body: the configuration (it must keep /off/1k.html for the probe).
     keep: a path the callgrind output is copied to."""
-    h = harness.Httpd(mpm="event", body=body, load_backend=load_backend, log_level="warn", name="cg")
+    # prefork: one thread takes every request the same way; under event the
+    # listener thread's timing makes the count vary by about 100 a request
+    # from run to run (PIDLOCK_CALLGRIND_MPM=event to see it).
+    h = harness.Httpd(mpm=os.environ.get("PIDLOCK_CALLGRIND_MPM", "prefork"), body=body, load_backend=load_backend,
+                      log_level="warn", name="cg")
     for d in ("on", "off", "onq", "offq"):
         os.makedirs(os.path.join(h.root, "htdocs", d), exist_ok=True)
         with open(os.path.join(h.root, "htdocs", d, "1k.html"), "w") as f:
             f.write("x" * 1024)
     os.chmod(os.path.join(h.root, "htdocs"), 0o755)
     out = os.path.join(h.root, "callgrind.out")
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, harness.APACHE, "-X", "-f", h.conf_path]
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + \
+        os.environ.get("PIDLOCK_CALLGRIND_ARGS", "").split() + [harness.APACHE, "-X", "-f", h.conf_path]
     if os.geteuid() == 0:
         # httpd would switch to www-data after callgrind opened its output as
         # root; run as www-data throughout instead.

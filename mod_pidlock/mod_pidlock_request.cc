@@ -335,7 +335,15 @@ int first_key(const DirConfig *d, request_rec *r, apr_size_t max_len, std::strin
     for (int i = 0; i < d->keys->nelts; ++i) {
         const KeySpec &k = specs[i];
         if (k.source == KeySource::Form) return kNeedsKeysFor;
-        const KeyStatus st = key_from_spec(k, r, max_len, scratch, key);
+        KeyStatus st;
+        bool use_regex = false;
+        if (k.simple && r->uri) {
+            // A path key of the ^prefix(.+)$ kind, looked at in one pass.
+            st = simple_capture_key(k.prefix, k.prefix_len, k.allow_empty, r->uri, max_len, scratch, key, &use_regex);
+            if (use_regex) st = key_from_spec(k, r, max_len, scratch, key);
+        } else {
+            st = key_from_spec(k, r, max_len, scratch, key);
+        }
         if (st == KeyStatus::Absent) continue;
         if (st != KeyStatus::Ok) return refuse_key(r, k, st, nullptr);
         return 0;
