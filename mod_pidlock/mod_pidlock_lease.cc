@@ -426,8 +426,13 @@ std::vector<Finding> lease_check_config(server_rec *s) {
     return out;
 }
 
-bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap, LeaseRetained *rd) {
+bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap) {
     if (!leases_configured(s)) return true;
+    char key[80];
+    apr_snprintf(key, sizeof key, "mod_pidlock-lease-v%u-r%" APR_SIZE_T_FMT, LeaseTable::layout_version(),
+                 sizeof(LeaseRetained));
+    auto *rd = static_cast<LeaseRetained *>(ap_retained_data_get(key));
+    if (!rd) rd = static_cast<LeaseRetained *>(ap_retained_data_create(key, sizeof(LeaseRetained)));
     const ServerConfig *sc = server_config(s);
     LeaseParams want;
     want.capacity = sc->lease_table_size == kUnset ? kDefaultLeaseTableSize : static_cast<uint32_t>(sc->lease_table_size);

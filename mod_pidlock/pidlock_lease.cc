@@ -447,6 +447,8 @@ void copy_cut(char *dst, uint16_t *len, size_t cap, const std::string &s) {
 }
 }  // namespace
 
+uint32_t LeaseTable::layout_version() { return kLeaseVersion; }
+
 size_t LeaseTable::slot_bytes(uint32_t key_cap) { return round8(sizeof(Slot) + key_cap); }
 
 size_t LeaseTable::region_size(const LeaseParams &p) {

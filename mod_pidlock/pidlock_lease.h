@@ -165,6 +165,9 @@ class LeaseTable final : public LeaseStore {
   public:
     static size_t region_size(const LeaseParams &p);
     static bool format(void *base, size_t size, const LeaseParams &p);
+    // The version of the region's layout (a build with another never
+    // attaches to this one's region).
+    static uint32_t layout_version();
     // Attaches to a formatted region; stripe 0 of `locks` guards it.
     LeaseTable(void *base, StripeLocks *locks);
     bool valid() const { return hdr_ != nullptr; }
