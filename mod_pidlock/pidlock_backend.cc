@@ -83,7 +83,8 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
 
 AcquireResult TableBackend::acquire_within(const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
                                            const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
-    if (n != 1 || mode == Mode::None)
+    // Several keys, or the upgrade gate closed: one deadline for it all.
+    if (n != 1 || mode == Mode::None || !gate_.is_open())
         return acquire_all(keys, n, mode, timeout_ns < 0 ? kNoDeadline : monotonic_ns() + timeout_ns, info, set,
                            report, err);
     set.clear();
