@@ -30,6 +30,7 @@ UNIT_HDRS = $(wildcard tests/unit/*.h)
 
 MODULE    = $(BUILD)/mod_pidlock.so
 BACKEND   = $(BUILD)/mod_pidlock_testbackend.so
+NAIVE     = $(BUILD)/mod_pidlock_naive.so
 UNIT      = $(BUILD)/unit_tests
 UNIT_SAN  = $(BUILD)/unit_tests_asan
 BENCH     = $(BUILD)/bench_table
@@ -63,6 +64,13 @@ $(BUILD): | check-apxs
 $(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) mod_pidlock/pidlock.map Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) -fno-gnu-unique $(CPPFLAGS_ALL) -shared -Wl,--version-script=mod_pidlock/pidlock.map \
 	    -o $@ $(CORE_SRCS) $(GLUE_SRCS) -lpq
+
+# Bench only, never installed: the naive PostgreSQL design (no local tier,
+# one session-level advisory lock per request) that `make bench` compares
+# the tier with (PIDLOCK_BENCH_NAIVE in pidlock_cluster.cc).
+$(NAIVE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) mod_pidlock/pidlock.map Makefile | $(BUILD)
+	$(CXX) $(CXXFLAGS_ALL) -DPIDLOCK_BENCH_NAIVE -fno-gnu-unique $(CPPFLAGS_ALL) -shared \
+	    -Wl,--version-script=mod_pidlock/pidlock.map -o $@ $(CORE_SRCS) $(GLUE_SRCS) -lpq
 
 # The same module with another table layout version, as a new release with a
 # changed table would be: the graceful-upgrade test restarts onto it.
@@ -140,7 +148,7 @@ run: deps
 # BENCH_MODE=full for more rounds (about twenty minutes; quick: under three).
 bench: deps
 	@sh scripts/install-deps-bench.sh
-	@$(MAKE) --no-print-directory $(BENCH) $(MODULE) $(BACKEND)
+	@$(MAKE) --no-print-directory $(BENCH) $(MODULE) $(BACKEND) $(NAIVE)
 	@sh bench/run.sh $(BUILD) $(BENCH_MODE)
 
 # The Debian package (debhelper + dh_apache2), built from a copy of the tree.

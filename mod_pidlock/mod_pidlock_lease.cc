@@ -470,14 +470,15 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
     }
     st->lease_mutex = &rd->mutex;
     st->lease_locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(&rd->mutex, 1);
-    auto *table = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), st->lease_locks);
+    auto *table = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), apr_shm_size_get(rd->shm), rd->params, st->lease_locks);
     if (!table->valid()) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK470: the retained lease table is not valid");
         return false;
     }
     st->leases = table;
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes, %u held",
-                 table->params().capacity, table->params().key_cap, table->used());
+    // Nothing read from the region here: httpd's parent never trusts it.
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes",
+                 table->params().capacity, table->params().key_cap);
     return true;
 }
 

@@ -438,7 +438,8 @@ def main():
         for mpm in opts.mpm or MPMS:
             run_lease_suite(mpm, res.record, opts.tests)
         from test_cluster import run_cluster_suite
-        run_cluster_suite(res.record, opts.tests)
+        for mpm in opts.mpm or MPMS:
+            run_cluster_suite(mpm, res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 
