@@ -198,6 +198,10 @@ int status_handler(request_rec *r);
 int mod_status_hook(request_rec *r, int flags);
 
 bool accepts_json(request_rec *r);
+// COPY and MOVE write their Destination: the keys this scope's path sources
+// yield for its path (routed like a request path). 0 or the status that
+// refuses a malformed Destination.
+int destination_keys(const DirConfig *d, request_rec *r, std::vector<std::string> &keys);
 
 // ----------------------------------------------- edit leases (_lease.cc)
 

@@ -4,6 +4,7 @@
 // table's region and mutex (retained across graceful restarts), and the
 // status page's Release and Steal. The table and the parsers are the core's
 // (pidlock_lease.cc).
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
@@ -183,10 +184,29 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     int status = OK;
     if (!read_body(r, body, &status)) return status;
     LeaseRequest req;
-    if (!parse_lock_owner(body, kLeaseOwnerCap, req.owner)) {
+    LockInfo info;
+    if (!parse_lock_info(body, kLeaseOwnerCap, info)) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "PIDLOCK477: refusing LOCK: body is not acceptable XML (DOCTYPE, entity or broken markup)");
         return HTTP_BAD_REQUEST;
+    }
+    req.owner = info.owner;
+    bool infinity = true;
+    if (!parse_lock_depth(apr_table_get(r->headers_in, "Depth"), &infinity)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK480: refusing LOCK: Depth must be 0 or infinity (RFC 4918 9.10.3)");
+        return HTTP_BAD_REQUEST;
+    }
+    // A lease is an exclusive write lock on one resource: a shared lock or
+    // another lock type cannot be granted (RFC 4918 9.10.6: 412).
+    if (info.shared || info.unknown_scope || info.not_write) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK481: refusing LOCK on key %s: it asks for a %s; leases are exclusive write locks",
+                      shown_key(key).c_str(), info.not_write ? "lock type other than write"
+                                              : info.shared ? "shared lock" : "lock scope other than exclusive");
+        return answer(r, HTTP_PRECONDITION_FAILED,
+                      "Only exclusive write locks are granted here (lockscope exclusive, locktype write).\n",
+                      "text/plain; charset=utf-8");
     }
     req.user = user_of(r);
     req.client = r->useragent_ip ? r->useragent_ip : "";
@@ -260,6 +280,65 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     }
 }
 
+// A write the lease allows: the rest of its If header. Lists whose state
+// tokens cannot hold make it false (412); the entity tags of the lists that
+// can are handed to the application as If-Match, which it evaluates.
+int if_conditions(request_rec *r, const std::vector<std::string> &held) {
+    const char *h = apr_table_get(r->headers_in, "If");
+    if (!h) return DECLINED;
+    std::vector<IfList> lists;
+    if (!parse_if_header(h, lists)) return HTTP_BAD_REQUEST;  // if_tokens logged it
+    // Submitted URIs in their canonical spelling, as `held` has them.
+    for (IfList &l : lists)
+        for (IfCondition &c : l.conditions) {
+            LeaseToken t;
+            if (!c.etag && lease_token_parse(c.value, t)) c.value = lease_token_urn(t);
+        }
+    const IfEtags e = if_entity_tags(lists, held);
+    switch (e.verdict) {
+    case IfVerdict::True:
+        return DECLINED;
+    case IfVerdict::False:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK484: %s: no list of the If header can hold (its state tokens); answering 412",
+                      r->method);
+        return answer(r, HTTP_PRECONDITION_FAILED, "The If header's conditions do not hold.\n",
+                      "text/plain; charset=utf-8");
+    case IfVerdict::Unsupported:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK485: refusing %s: the If header has a Not [entity-tag] condition, which the "
+                      "application cannot be asked", r->method);
+        return HTTP_BAD_REQUEST;
+    case IfVerdict::IfMatch:
+        break;
+    }
+    if (apr_table_get(r->headers_in, "If-Match")) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK486: refusing %s: entity tags both in If and in If-Match", r->method);
+        return HTTP_BAD_REQUEST;
+    }
+    std::string m;
+    for (const std::string &t : e.etags) m += (m.empty() ? "" : ", ") + t;
+    apr_table_set(r->headers_in, "If-Match", m.c_str());
+    return DECLINED;
+}
+
+// The keys a write changes, as the lease sees them: COPY reads its source
+// and writes its Destination, MOVE writes both (RFC 4918 7.5: a locked
+// destination needs the token too). 0 or the status refusing the request.
+int written_keys(request_rec *r, const DirConfig *d, const std::vector<std::string> &keys,
+                 std::vector<std::string> &written, std::vector<std::string> &read) {
+    written.clear();
+    read.clear();
+    std::vector<std::string> dest;
+    if (const int bad = destination_keys(d, r, dest)) return bad;
+    if (r->method_number == M_COPY) read = keys;
+    else written = keys;
+    for (const std::string &k : dest)
+        if (std::find(written.begin(), written.end(), k) == written.end()) written.push_back(k);
+    return 0;
+}
+
 }  // namespace
 
 int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<std::string> &keys,
@@ -289,9 +368,19 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
             } else if (mode != Mode::Write) {
                 for (const std::string &k : keys) t->touch(k, tokens, user_of(r), wall_clock_us());
             } else {
-                for (const std::string &k : keys) {
+                std::vector<std::string> written, read;
+                if (const int bad = written_keys(r, d, keys, written, read)) {
+                    if (rl) release_locks(rl);
+                    return bad;
+                }
+                for (const std::string &k : read) t->touch(k, tokens, user_of(r), wall_clock_us());
+                std::vector<std::string> held;  // the submitted tokens that are a lease's
+                for (const std::string &k : written) {
                     LeaseView v;
                     const LeaseOutcome out = t->check_write(k, tokens, foreign, user_of(r), wall_clock_us(), &v);
+                    if (out == LeaseOutcome::Allowed)
+                        for (const LeaseToken &tok : tokens)
+                            if (lease_token_id(tok) == v.id) held.push_back(lease_token_urn(tok));
                     if (out == LeaseOutcome::Free || out == LeaseOutcome::Allowed) continue;
                     if (rl) release_locks(rl);
                     if (out == LeaseOutcome::Error) {
@@ -300,6 +389,9 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
                     }
                     return answer_refusal(r, out, v, k);
                 }
+                rc = if_conditions(r, held);
+                if (rc != DECLINED && rl) release_locks(rl);
+                return rc;
             }
         }
         // LOCK and UNLOCK end here: their locks go with the response.
@@ -323,7 +415,9 @@ int lease_precheck(request_rec *r, const DirConfig *d, Mode mode, const std::vec
         if (!if_tokens(r, tokens, foreign)) return HTTP_BAD_REQUEST;
         // A token is judged once it is this writer's turn (and renews then).
         if (!tokens.empty() || foreign || t->used() == 0) return 0;
-        for (const std::string &k : keys) {
+        std::vector<std::string> written, read;
+        if (const int bad = written_keys(r, d, keys, written, read)) return bad;
+        for (const std::string &k : written) {
             LeaseView v;
             const LeaseOutcome out = t->check_write(k, tokens, false, user_of(r), wall_clock_us(), &v);
             if (out == LeaseOutcome::Locked) return answer_refusal(r, out, v, k);

@@ -1,6 +1,7 @@
 #include "pidlock_lease.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -205,6 +206,39 @@ std::vector<std::string> if_submitted_tokens(const std::vector<IfList> &lists) {
     return out;
 }
 
+IfEtags if_entity_tags(const std::vector<IfList> &lists, const std::vector<std::string> &held) {
+    IfEtags out;
+    for (const IfList &l : lists) {
+        bool tokens_hold = true;
+        std::string etag;
+        bool several = false;
+        for (const IfCondition &c : l.conditions) {
+            if (c.etag) {
+                if (c.negated) {
+                    out.verdict = IfVerdict::Unsupported;
+                    return out;
+                }
+                if (!etag.empty() && etag != c.value) several = true;
+                etag = c.value;
+                continue;
+            }
+            bool is_held = false;
+            for (const std::string &h : held) is_held = is_held || h == c.value;
+            if (is_held == c.negated) tokens_hold = false;
+        }
+        if (!tokens_hold) continue;
+        if (several) continue;  // one resource has one entity tag: this list never holds
+        if (etag.empty()) {      // a list that holds whatever the entity tag
+            out.verdict = IfVerdict::True;
+            out.etags.clear();
+            return out;
+        }
+        if (std::find(out.etags.begin(), out.etags.end(), etag) == out.etags.end()) out.etags.push_back(etag);
+    }
+    out.verdict = out.etags.empty() ? IfVerdict::False : IfVerdict::IfMatch;
+    return out;
+}
+
 bool parse_timeout_header(const std::string &value, int64_t *seconds) {
     bool first = true;
     size_t i = 0;
@@ -251,6 +285,25 @@ bool parse_lock_token_header(const std::string &value, std::string &uri) {
     if (!read_coded_url(value, i, uri)) return false;
     skip_ws(value, i);
     return i == value.size();
+}
+
+bool parse_lock_depth(const char *value, bool *infinity) {
+    *infinity = true;
+    if (!value) return true;
+    std::string v(value);
+    size_t i = 0;
+    skip_ws(v, i);
+    size_t e = v.size();
+    while (e > i && is_ws(v[e - 1])) --e;
+    v = v.substr(i, e - i);
+    if (v == "0") {
+        *infinity = false;
+        return true;
+    }
+    if (v.size() != 8) return false;
+    for (size_t k = 0; k < 8; ++k)
+        if (static_cast<char>(std::tolower(static_cast<unsigned char>(v[k]))) != "infinity"[k]) return false;
+    return true;
 }
 
 namespace {
@@ -331,8 +384,16 @@ std::string tidy(const std::string &raw, size_t cap) {
 }  // namespace
 
 bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner) {
-    owner.clear();
+    LockInfo info;
+    const bool ok = parse_lock_info(body, cap, info);
+    owner = ok ? info.owner : std::string();
+    return ok;
+}
+
+bool parse_lock_info(const std::string &body, size_t cap, LockInfo &info) {
+    info = LockInfo();
     std::string raw;
+    std::vector<std::string> open;  // the element names from the root down
     int depth = 0;  // inside <owner>: 1 + nesting
     bool done = false;
     size_t i = 0;
@@ -393,6 +454,18 @@ bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner) {
         const size_t colon = name.rfind(':');
         if (colon != std::string::npos) name.erase(0, colon + 1);
         const bool is_owner = name == "owner";
+        if (closing) {
+            if (!open.empty()) open.pop_back();
+        } else {
+            const std::string parent = open.empty() ? std::string() : open.back();
+            if (parent == "lockscope") {
+                if (name == "shared") info.shared = true;
+                else if (name != "exclusive") info.unknown_scope = true;
+            } else if (parent == "locktype" && name != "write") {
+                info.not_write = true;
+            }
+            if (!empty) open.push_back(name);
+        }
         if (!done) {
             if (closing) {
                 if (depth > 0 && --depth == 0) done = true;
@@ -406,7 +479,7 @@ bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner) {
         i = j + 1;
     }
     if (depth > 0 && !done) return false;
-    owner = tidy(raw, cap);
+    info.owner = tidy(raw, cap);
     return true;
 }
 
