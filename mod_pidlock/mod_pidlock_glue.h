@@ -234,6 +234,8 @@ int lease_status_action(request_rec *r, const DirConfig *d, State *st, const std
 // The status page's lease parts, from one snapshot.
 void lease_status_extra(State *st, int64_t now_us, bool actions, const char *nonce, const char *form_action,
                         StatusExtra &extra);
+// ?auto's and mod_status's lease lines: counts and counters, no lease copied.
+void lease_status_summary(State *st, int64_t now_us, StatusExtra &extra);
 
 }  // namespace glue
 }  // namespace pidlock

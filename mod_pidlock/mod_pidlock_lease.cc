@@ -491,6 +491,19 @@ void lease_status_extra(State *st, int64_t now_us, bool actions, const char *non
     extra.metrics = render_leases_metrics(leases, c);
 }
 
+void lease_status_summary(State *st, int64_t now_us, StatusExtra &extra) {
+    if (!st || !st->leases) return;
+    uint32_t live = 0;
+    LeaseCounters c;
+    if (!st->leases->summary(now_us, &live, c)) return;
+    extra.auto_lines = lease_auto_lines(live, st->leases->capacity(), c);
+    extra.mod_status_items.emplace_back(
+        "Leases", std::to_string(live) + " of " + std::to_string(st->leases->capacity()) + " held; granted " +
+                      std::to_string(c.granted) + ", renewed " + std::to_string(c.renewed) + ", released " +
+                      std::to_string(c.released) + ", expired " + std::to_string(c.expired) + ", stolen " +
+                      std::to_string(c.stolen) + ", refused " + std::to_string(c.refusals));
+}
+
 std::vector<Finding> lease_check_config(server_rec *s) {
     std::vector<Finding> out;
     module *dav = ap_find_linked_module("mod_dav.c");

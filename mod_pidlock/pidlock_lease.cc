@@ -797,6 +797,22 @@ bool LeaseTable::snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCoun
     return true;
 }
 
+bool LeaseTable::summary(int64_t now_us, uint32_t *live, LeaseCounters &c) {
+    if (!hdr_ || enter() != 0) return false;
+    sweep_and_find(std::string(), now_us);
+    *live = hdr_->used.load(std::memory_order_relaxed);
+    c = hdr_->counters;
+    leave();
+    return true;
+}
+
+std::vector<std::pair<std::string, uint64_t>> lease_auto_lines(uint32_t live, uint32_t capacity,
+                                                               const LeaseCounters &c) {
+    return {{"Leases", live},           {"LeaseCapacity", capacity}, {"LeasesGranted", c.granted},
+            {"LeasesRenewed", c.renewed}, {"LeasesReleased", c.released}, {"LeasesExpired", c.expired},
+            {"LeasesStolen", c.stolen}, {"LeaseRefusals", c.refusals}};
+}
+
 // ------------------------------------------------------------- rendering
 
 namespace {

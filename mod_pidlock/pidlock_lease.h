@@ -189,6 +189,9 @@ class LeaseStore {
                                int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) = 0;
     // Every live lease, oldest grant first, and the counters.
     virtual bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) = 0;
+    // How many live leases, and the counters, without copying any lease
+    // (the ?auto and mod_status summary).
+    virtual bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) = 0;
 };
 
 // The host's lease table: one region, any process.
@@ -217,6 +220,7 @@ class LeaseTable final : public LeaseStore {
     LeaseOutcome steal(const std::string &key, const LeaseRequest &req, const LeaseToken &fresh,
                        int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) override;
     bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) override;
+    bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) override;
 
   private:
     struct Header;
@@ -258,6 +262,10 @@ std::string render_leases_json(const std::vector<LeaseView> &leases);
 std::string render_leases_html(const std::vector<LeaseView> &leases, int64_t now_us, bool actions,
                                const std::string &nonce, const std::string &form_action);
 std::string render_leases_metrics(const std::vector<LeaseView> &leases, const LeaseCounters &c);
+// ?auto's lines: Leases, LeaseCapacity, LeasesGranted, LeasesRenewed,
+// LeasesReleased, LeasesExpired, LeasesStolen, LeaseRefusals.
+std::vector<std::pair<std::string, uint64_t>> lease_auto_lines(uint32_t live, uint32_t capacity,
+                                                               const LeaseCounters &c);
 // The counters as the status page's `counters` object names them.
 std::vector<std::pair<const char *, uint64_t>> lease_counter_fields(const LeaseCounters &c);
 

@@ -47,6 +47,10 @@ LEASE_CONFIG = r"""
     Require ip 127.0.0.1
     PidLockStatusActions On
 </Location>
+<Location /server-status>
+    SetHandler server-status
+    Require ip 127.0.0.1
+</Location>
 <Location /stats>
     SetHandler pidlock-testbackend-stats
 </Location>
@@ -66,7 +70,7 @@ LEASE_CONFIG = r"""
 </Location>
 """
 AUTH_MODULES = [(m + "_module", "%s/mod_%s.so" % (MODDIR, m))
-                for m in ("authn_core", "authn_file", "auth_basic", "authz_user")]
+                for m in ("authn_core", "authn_file", "auth_basic", "authz_user", "status")]
 
 LOCKINFO = (b'<?xml version="1.0" encoding="utf-8"?>\n'
             b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
@@ -270,7 +274,18 @@ def t_status_release_steal(h):
               "lease_refusals"):
         check(c in counters(h), "counter %s missing" % c)
     m = h.request("GET", "/pidlock-status?metrics").text
-    check(re.search(r"^pidlock_leases [1-9]", m, re.M) and 'pidlock_lease_events_total{event="granted"}' in m, m[-600:])
+    check(re.search(r"^pidlock_leases 1$", m, re.M) and
+          re.search(r'^pidlock_lease_events_total\{event="granted"\} [1-9]', m, re.M) and
+          all('pidlock_lease_events_total{event="%s"}' % e in m
+              for e in ("renewed", "released", "expired", "stolen", "refused")), m[-600:])
+    a = h.request("GET", "/pidlock-status?auto").text
+    check(re.search(r"^Leases: 1$", a, re.M) and re.search(r"^LeaseCapacity: 1024$", a, re.M)
+          and re.search(r"^LeasesGranted: [1-9]", a, re.M) and "LeaseRefusals: " in a, a[-500:])
+    check(tok not in a and "adm1" not in a, "?auto shows a token or a key")
+    s = h.request("GET", "/server-status?auto").text
+    check(re.search(r"^PidLockLeases: 1$", s, re.M) and "PidLockLeasesGranted: " in s, s[-600:])
+    s = h.request("GET", "/server-status").text
+    check(re.search(r"<dt>Leases: 1 of 1024 held; granted [1-9]", s), "mod_status lease line: %s" % s[-800:])
     page = h.request("GET", "/pidlock-status").text
     check("<h2>Leases (1)</h2>" in page and 'value="steal"' not in page, "status page leases section")
     page, nonce = admin_nonce(h)

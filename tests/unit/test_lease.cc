@@ -386,6 +386,27 @@ TEST(LeaseTable, ExpiryByIdlenessIsLazy) {
     CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("bo"), token_of(2), kT0 + 11 * kSec, nullptr));
 }
 
+TEST(LeaseTable, SummarySweepsAndCounts) {
+    CHECK(LeaseOutcome::Granted == t->lock("a", {}, req("ann", "", 10), token_of(1), kT0, nullptr));
+    CHECK(LeaseOutcome::Granted == t->lock("b", {}, req("bo", "", 100), token_of(2), kT0, nullptr));
+    uint32_t live = 0;
+    LeaseCounters c;
+    CHECK(t->summary(kT0 + kSec, &live, c));
+    CHECK_EQUAL(2u, live);
+    CHECK_EQUAL(2u, c.granted);
+    CHECK(t->summary(kT0 + 20 * kSec, &live, c));  // a idled out
+    CHECK_EQUAL(1u, live);
+    CHECK_EQUAL(1u, c.expired);
+    const auto lines = lease_auto_lines(live, t->capacity(), c);
+    CHECK_EQUAL(8u, lines.size());
+    CHECK_EQUAL("Leases", lines[0].first);
+    CHECK_EQUAL(1u, lines[0].second);
+    CHECK_EQUAL("LeaseCapacity", lines[1].first);
+    CHECK_EQUAL(t->capacity(), lines[1].second);
+    CHECK_EQUAL("LeasesExpired", lines[5].first);
+    CHECK_EQUAL(1u, lines[5].second);
+}
+
 TEST(LeaseTable, UnlockRules) {
     const LeaseToken a = token_of(1);
     CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann"), a, kT0, nullptr));
