@@ -375,8 +375,20 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
                 }
                 for (const std::string &k : read) t->touch(k, tokens, user_of(r), wall_clock_us());
                 std::vector<std::string> held;  // the submitted tokens that are a lease's
+                // Several keys (MOVE, COPY's Destination): a token is stale
+                // only if it is no written key's lease, so a key without a
+                // lease passes here and the tokens are judged at the end.
+                const bool several = written.size() > 1 && (!tokens.empty() || foreign);
+                bool unleased = false;
                 for (const std::string &k : written) {
                     LeaseView v;
+                    if (several) {
+                        const LeaseOutcome bare = t->check_write(k, {}, false, user_of(r), wall_clock_us(), &v);
+                        if (bare == LeaseOutcome::Free) {
+                            unleased = true;
+                            continue;
+                        }
+                    }
                     const LeaseOutcome out = t->check_write(k, tokens, foreign, user_of(r), wall_clock_us(), &v);
                     if (out == LeaseOutcome::Allowed)
                         for (const LeaseToken &tok : tokens)
@@ -388,6 +400,10 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
                         return HTTP_INTERNAL_SERVER_ERROR;
                     }
                     return answer_refusal(r, out, v, k);
+                }
+                if (unleased && held.empty()) {
+                    if (rl) release_locks(rl);
+                    return answer_refusal(r, LeaseOutcome::Stale, LeaseView(), written[0]);
                 }
                 rc = if_conditions(r, held);
                 if (rc != DECLINED && rl) release_locks(rl);

@@ -208,34 +208,39 @@ std::vector<std::string> if_submitted_tokens(const std::vector<IfList> &lists) {
 
 IfEtags if_entity_tags(const std::vector<IfList> &lists, const std::vector<std::string> &held) {
     IfEtags out;
+    bool unsupported = false;
     for (const IfList &l : lists) {
-        bool tokens_hold = true;
+        bool tokens_hold = true, not_etag = false, several = false;
         std::string etag;
-        bool several = false;
         for (const IfCondition &c : l.conditions) {
             if (c.etag) {
-                if (c.negated) {
-                    out.verdict = IfVerdict::Unsupported;
-                    return out;
-                }
-                if (!etag.empty() && etag != c.value) several = true;
-                etag = c.value;
+                if (c.negated) not_etag = true;
+                else if (!etag.empty() && etag != c.value) several = true;
+                else etag = c.value;
                 continue;
             }
             bool is_held = false;
             for (const std::string &h : held) is_held = is_held || h == c.value;
             if (is_held == c.negated) tokens_hold = false;
         }
-        if (!tokens_hold) continue;
-        if (several) continue;  // one resource has one entity tag: this list never holds
-        if (etag.empty()) {      // a list that holds whatever the entity tag
+        if (!tokens_hold || several) continue;  // one resource has one entity tag
+        if (not_etag) {
+            unsupported = true;
+            continue;
+        }
+        if (etag.empty()) {  // a list that holds whatever the entity tag
             out.verdict = IfVerdict::True;
             out.etags.clear();
             return out;
         }
         if (std::find(out.etags.begin(), out.etags.end(), etag) == out.etags.end()) out.etags.push_back(etag);
     }
-    out.verdict = out.etags.empty() ? IfVerdict::False : IfVerdict::IfMatch;
+    if (unsupported) {
+        out.verdict = IfVerdict::Unsupported;
+        out.etags.clear();
+    } else {
+        out.verdict = out.etags.empty() ? IfVerdict::False : IfVerdict::IfMatch;
+    }
     return out;
 }
 

@@ -168,6 +168,39 @@ def t_propfind_is_the_applications(mpm):
         h.cleanup()
 
 
+def t_if_entity_tags(mpm):
+    """The If header judged as a whole: lists that cannot hold (412 from the
+    module), entity tags handed to the application as If-Match (the store
+    answers 412 for a wrong one, as mod_dav would)."""
+    h = store_server(mpm, "davif-" + mpm)
+    try:
+        url = "/store/e1"
+        check(h.request("PUT", url, body=b"x").status == 201, "PUT e1")
+        etag = h.request("HEAD", url).headers["etag"]
+        r = h.request("LOCK", url, body=b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+                                        b'<D:locktype><D:write/></D:locktype></D:lockinfo>')
+        tok = r.headers["lock-token"]
+        wrong = etag[:-2] + ("0" if etag[-2] != "0" else "1") + '"'
+        for hdr, want in (("(%s [%s])" % (tok, wrong), 412),            # the application's 412
+                          ("(%s <DAV:no-lock>)" % tok, 412),             # no list can hold: the module's
+                          ("(%s [%s]) (Not <DAV:no-lock> [%s])" % (tok, wrong, wrong), 412),
+                          ("(%s Not [%s])" % (tok, etag), 400),
+                          ("(%s [%s])" % (tok, etag), 204),
+                          ("(%s) (Not <DAV:no-lock>)" % tok, 204)):
+            r = h.request("PUT", url, headers={"If": hdr}, body=b"y")
+            check(r.status == want, "If %s -> %d (want %d)" % (hdr, r.status, want))
+            etag = h.request("HEAD", url).headers["etag"]
+        r = h.request("PUT", url, headers={"If": "(%s [%s])" % (tok, etag), "If-Match": etag}, body=b"y")
+        check(r.status == 400, "entity tags in If and If-Match -> %d" % r.status)
+        log = h.read_log()
+        for i in ("PIDLOCK484", "PIDLOCK485", "PIDLOCK486"):
+            check(i in log, "%s not logged" % i)
+        check(h.request("UNLOCK", url, headers={"Lock-Token": tok}).status == 204, "UNLOCK")
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 def t_cadaver(mpm):
     """cadaver locks a record, a second cadaver (and a plain client) is
     refused with 423 while it holds it, the owner's put goes through with
@@ -224,6 +257,7 @@ def t_cadaver(mpm):
 DAVCLIENT_TESTS = [
     ("litmus", t_litmus),
     ("propfind_is_the_applications", t_propfind_is_the_applications),
+    ("if_entity_tags", t_if_entity_tags),
     ("cadaver", t_cadaver),
 ]
 

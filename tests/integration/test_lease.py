@@ -208,6 +208,36 @@ def t_sequence(h):
     wait_table_empty(h)
 
 
+def t_copy_move_destination(h):
+    """COPY and MOVE write their Destination (RFC 4918 7.5): a leased
+    destination needs the token; a leased source may be copied, not moved."""
+    base = "http://127.0.0.1:%d" % h.port
+    _, tok = lock(h, "/mn/v2/object/dst1")
+    for method in ("COPY", "MOVE"):
+        for dest in (base + "/mn/v2/object/dst1", "/mn/v2/meta/dst1", base + "/mn/v2/%6Fbject/./dst1"):
+            r = h.request(method, "/mn/v2/object/src1", headers={"Destination": dest, "X-Test-Pid": "src1"})
+            check(r.status == 423, "%s onto the leased %s -> %d" % (method, dest, r.status))
+        r = h.request(method, "/mn/v2/object/src1",
+                      headers={"Destination": base + "/mn/v2/object/dst1", "If": "(<%s>)" % tok,
+                               "X-Test-Pid": "src1"})
+        check(r.status == 200, "%s onto the leased key with its token -> %d" % (method, r.status))
+        r = h.request(method, "/mn/v2/object/src1",
+                      headers={"Destination": base + "/mn/v2/object/other", "X-Test-Pid": "src1"})
+        check(r.status == 200, "%s to a free key -> %d" % (method, r.status))
+    # The leased key as the source: COPY reads it, MOVE writes it.
+    r = h.request("COPY", "/mn/v2/object/dst1", headers={"Destination": base + "/mn/v2/object/c2",
+                                                         "X-Test-Pid": "dst1"})
+    check(r.status == 200, "COPY of a leased source -> %d" % r.status)
+    r = h.request("MOVE", "/mn/v2/object/dst1", headers={"Destination": base + "/mn/v2/object/c2",
+                                                         "X-Test-Pid": "dst1"})
+    check(r.status == 423, "MOVE of a leased source -> %d" % r.status)
+    r = h.request("COPY", "/mn/v2/object/src1", headers={"Destination": "http://x/%zz", "X-Test-Pid": "src1"})
+    check(r.status == 400, "undecodable Destination -> %d" % r.status)
+    check("PIDLOCK483" in h.read_log(), "undecodable Destination not logged")
+    check(h.request("UNLOCK", "/mn/v2/object/dst1", headers={"Lock-Token": "<%s>" % tok}).status == 204, "unlock")
+    wait_table_empty(h)
+
+
 def t_json_lock(h):
     url = "/mn/v2/object/json1"
     r, tok = lock(h, url, headers={"Accept": "application/json"})
@@ -333,7 +363,18 @@ def t_bad_headers(h):
                       b'<D:owner>&e;</D:owner></D:lockinfo>', want=400)
     lock(h, url, body=b"<D:lockinfo xmlns:D='DAV:'><D:owner>x", want=400)
     lock(h, url, body=b"x" * (70 * 1024), want=413)
+    # A lease is an exclusive write lock on one resource (RFC 4918 9.10.3/6).
+    lock(h, url, headers={"Depth": "1"}, want=400)
+    r, _ = lock(h, url, body=LOCKINFO.replace(b"<D:exclusive/>", b"<D:shared/>"), want=412)
+    check("exclusive write locks" in r.text, r.text)
+    lock(h, url, body=LOCKINFO.replace(b"<D:write/>", b"<D:read/>"), want=412)
     check(lease_of(h, "bad1") is None, "a refused LOCK left a lease")
+    log = h.read_log()
+    check("PIDLOCK480" in log and "PIDLOCK481" in log, "Depth / shared refusals not logged")
+    for depth in ("0", "infinity", "Infinity"):
+        _, tok = lock(h, url, headers={"Depth": depth})
+        check(put(h, url).status == 423, "Depth %s lease not enforced" % depth)
+        check(h.request("UNLOCK", url, headers={"Lock-Token": "<%s>" % tok}).status == 204, "unlock")
     wait_table_empty(h)
 
 
@@ -394,6 +435,7 @@ def t_table_empty(h):
 LEASE_TESTS = [
     ("sequence", t_sequence),
     ("json_lock", t_json_lock),
+    ("copy_move_destination", t_copy_move_destination),
     ("spellings", t_spellings),
     ("expiry_renewal", t_expiry_and_renewal),
     ("status_release_steal", t_status_release_steal),

@@ -270,6 +270,10 @@ TEST(LeaseParsers, IfEntityTags) {
     CHECK(verdict("([\"a\"] [\"b\"])", {}, nullptr) == IfVerdict::False);
     CHECK(verdict("([\"a\"]) (Not <DAV:no-lock>)", {}, nullptr) == IfVerdict::True);
     CHECK(verdict("(Not [\"a\"])", {}, nullptr) == IfVerdict::Unsupported);
+    // Whatever the order of the lists.
+    CHECK(verdict("(Not [\"a\"]) (<" + tok + ">)", held, nullptr) == IfVerdict::True);
+    CHECK(verdict("(<" + tok + ">) (Not [\"a\"])", held, nullptr) == IfVerdict::True);
+    CHECK(verdict("(<DAV:no-lock> Not [\"a\"])", held, nullptr) == IfVerdict::False);
 }
 
 TEST_GROUP(LeaseTable) {
