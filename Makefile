@@ -19,7 +19,7 @@ CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
             mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc \
             mod_pidlock/pidlock_exits.cc \
-            mod_pidlock/pidlock_lease.cc \
+            mod_pidlock/pidlock_lease.cc mod_pidlock/pidlock_lease_pg.cc \
             mod_pidlock/pidlock_cluster.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pidlock/mod_pidlock_lifecycle.cc \
             mod_pidlock/mod_pidlock_request.cc mod_pidlock/mod_pidlock_status.cc mod_pidlock/mod_pidlock_body.cc \

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mod_pidlock_glue.h"
+#include "pidlock_lease_pg.h"
 #include "pidlock_locks.h"
 
 #include <apr_shm.h>
@@ -47,6 +48,11 @@ bool leases_configured(server_rec *s) {
     for (server_rec *vs = s; vs; vs = vs->next)
         if (server_config(vs)->lease_used == 1) return true;
     return false;
+}
+
+apr_status_t destroy_pg_store(void *p) {
+    static_cast<PgLeaseStore *>(p)->~PgLeaseStore();
+    return APR_SUCCESS;
 }
 
 std::string shown_key(const std::string &key) {
@@ -596,6 +602,17 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
     st->leases = table;
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes, %u held",
                  table->params().capacity, table->params().key_cap, table->used());
+    if (sc->cluster_conninfo) {
+        // Across hosts: the leases live in PostgreSQL (the host's table
+        // keeps the counters); each child connects on first use.
+        auto *pg = new (apr_palloc(pconf, sizeof(PgLeaseStore)))
+            PgLeaseStore(sc->cluster_conninfo, want.capacity, want.key_cap, table);
+        apr_pool_cleanup_register(pconf, pg, destroy_pg_store, apr_pool_cleanup_null);
+        st->leases = pg;
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                     "PIDLOCK487: leases kept in PostgreSQL (table pidlock_leases), at most %u across the cluster",
+                     want.capacity);
+    }
     return true;
 }
 

@@ -811,6 +811,18 @@ bool LeaseTable::summary(int64_t now_us, uint32_t *live, LeaseCounters &c) {
     return true;
 }
 
+void LeaseTable::add_counts(const LeaseCounters &d) {
+    if (!hdr_ || enter() != 0) return;
+    LeaseCounters &c = hdr_->counters;
+    c.granted += d.granted;
+    c.renewed += d.renewed;
+    c.released += d.released;
+    c.expired += d.expired;
+    c.stolen += d.stolen;
+    c.refusals += d.refusals;
+    leave();
+}
+
 std::vector<std::pair<std::string, uint64_t>> lease_auto_lines(uint32_t live, uint32_t capacity,
                                                                const LeaseCounters &c) {
     return {{"Leases", live},           {"LeaseCapacity", capacity}, {"LeasesGranted", c.granted},

@@ -221,6 +221,8 @@ class LeaseTable final : public LeaseStore {
                        int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) override;
     bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) override;
     bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) override;
+    // Adds to the counters (a cluster store keeps its counts here).
+    void add_counts(const LeaseCounters &d);
 
   private:
     struct Header;

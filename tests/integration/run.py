@@ -442,6 +442,8 @@ def main():
             run_davclient_suite(mpm, res.record, opts.tests)
         from test_cluster import run_cluster_suite
         run_cluster_suite(res.record, opts.tests)
+        from test_lease_cluster import run_lease_cluster_suite
+        run_lease_cluster_suite(opts.mpm or MPMS, res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 
