@@ -143,6 +143,18 @@ int answer_refusal(request_rec *r, LeaseOutcome out, const LeaseView &v, const s
     return answer(r, status, render_lease_refusal_text(shown, now, stale), "text/plain; charset=utf-8");
 }
 
+// The store failed (its mutex, or PostgreSQL out of reach): 503, try again.
+int store_failed(request_rec *r) {
+    apr_table_setn(r->headers_out, "Retry-After", "5");
+    return answer(r, HTTP_SERVICE_UNAVAILABLE, "Edit leases are unavailable for the moment; try again.\n",
+                  "text/plain; charset=utf-8");
+}
+
+std::string failure_of(const LeaseStore *t) {
+    const std::string f = t->failure();
+    return f.empty() ? std::string() : ": " + f.substr(0, f.find_last_not_of("\n ") + 1);
+}
+
 int answer_full(request_rec *r, const LeaseStore *t) {
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                   "PIDLOCK457: lease table full (%u leases); answering 503. Raise PidLockLeaseTableSize.",
@@ -245,8 +257,9 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease table failed");
-        return HTTP_INTERNAL_SERVER_ERROR;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease store failed%s; answering 503",
+                      failure_of(t).c_str());
+        return store_failed(r);
     }
     apr_table_setn(r->headers_out, "Timeout", apr_psprintf(r->pool, "Second-%u", v.timeout_s));
     if (accepts_json(r)) return answer(r, HTTP_OK, render_lock_json(v, token_urn), "application/json");
@@ -281,8 +294,9 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK473: the lease table failed");
-        return HTTP_INTERNAL_SERVER_ERROR;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK473: the lease store failed%s; answering 503",
+                      failure_of(t).c_str());
+        return store_failed(r);
     }
 }
 
@@ -402,8 +416,9 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
                     if (out == LeaseOutcome::Free || out == LeaseOutcome::Allowed) continue;
                     if (rl) release_locks(rl);
                     if (out == LeaseOutcome::Error) {
-                        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK475: the lease table failed");
-                        return HTTP_INTERNAL_SERVER_ERROR;
+                        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                                      "PIDLOCK475: the lease store failed%s; answering 503", failure_of(t).c_str());
+                        return store_failed(r);
                     }
                     return answer_refusal(r, out, v, k);
                 }

@@ -192,6 +192,8 @@ class LeaseStore {
     // How many live leases, and the counters, without copying any lease
     // (the ?auto and mod_status summary).
     virtual bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) = 0;
+    // Why the last operation gave Error, if the store can say (else "").
+    virtual std::string failure() const { return std::string(); }
 };
 
 // The host's lease table: one region, any process.

@@ -65,7 +65,7 @@ PgLeaseStore::~PgLeaseStore() {
     if (conn_) PQfinish(conn_);
 }
 
-std::string PgLeaseStore::last_error() const {
+std::string PgLeaseStore::failure() const {
     std::lock_guard<std::mutex> g(mu_);
     return error_;
 }
@@ -82,6 +82,7 @@ bool PgLeaseStore::ready() {
         conn_ = nullptr;
         return false;
     }
+    PQsetNoticeProcessor(conn_, [](void *, const char *) {}, nullptr);  // "already exists, skipping"
     // Many children may create the table at once: a lost race is fine if
     // the table is there afterwards.
     PGresult *res = PQexec(conn_, kLeaseTableSql);

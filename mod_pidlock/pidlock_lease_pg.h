@@ -49,7 +49,7 @@ class PgLeaseStore final : public LeaseStore {
     bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) override;
 
     // The last error (libpq's message), for the caller's log.
-    std::string last_error() const;
+    std::string failure() const override;
 
   private:
     struct Rows;

@@ -103,7 +103,40 @@ def t_lease_across_hosts(pg, mpm):
         stop_all(hs)
 
 
+def t_store_unreachable(mpm):
+    """PostgreSQL out of reach (PidLockClusterOnFailure open, so the request
+    lock itself is served locally): LOCK and writes in a leased scope get 503
+    with Retry-After and a log line naming the failure; reads are served."""
+    body = (CONFIG % "host=/nonexistent-pidlock-lease connect_timeout=1").replace(
+        "PidLockCluster postgres", "PidLockClusterOnFailure open\nPidLockCluster postgres")
+    h = Httpd(mpm=mpm, body=body, name="leasecl-down-" + mpm)
+    h.start()
+    try:
+        url = "/mn/v2/object/down1"
+        r = h.request("LOCK", url, headers={"Content-Type": "application/xml"}, body=LOCKINFO)
+        check(r.status == 503 and r.headers.get("retry-after"), "LOCK -> %d %r" % (r.status, r.headers))
+        r = put(h, url)
+        check(r.status == 503, "PUT -> %d" % r.status)
+        r = h.request("GET", url, headers={"X-Test-Pid": "lc"})
+        check(r.status == 200, "GET -> %d" % r.status)
+        log = h.read_log()
+        check("PIDLOCK450: the lease store failed: " in log and "PIDLOCK475" in log, "failures not logged")
+        wait_table_empty(h)
+    finally:
+        h.stop()
+        h.cleanup()
+
+
 def run_lease_cluster_suite(mpms, record, only=None):
+    for mpm in mpms:
+        if only and "lease_store_unreachable" not in only:
+            break
+        err = None
+        try:
+            t_store_unreachable(mpm)
+        except Exception as e:  # noqa: BLE001
+            err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
+        record("lease_cluster/%s/lease_store_unreachable" % mpm, err)
     if only and "lease_across_hosts" not in only:
         return
     pg = Pg()
