@@ -18,7 +18,7 @@ CXXFLAGS_ALL = -std=c++17 $(WARN) -fPIC -O2 -g -fvisibility=hidden
 CORE_SRCS = mod_pidlock/pidlock_key.cc mod_pidlock/pidlock_table.cc \
             mod_pidlock/pidlock_render.cc mod_pidlock/pidlock_checks.cc \
             mod_pidlock/pidlock_locks.cc mod_pidlock/pidlock_form.cc mod_pidlock/pidlock_backend.cc \
-            mod_pidlock/pidlock_exits.cc \
+            mod_pidlock/pidlock_exits.cc mod_pidlock/pidlock_gate.cc \
             mod_pidlock/pidlock_lease.cc mod_pidlock/pidlock_lease_pg.cc \
             mod_pidlock/pidlock_cluster.cc
 GLUE_SRCS = mod_pidlock/mod_pidlock.cc mod_pidlock/mod_pidlock_config.cc mod_pidlock/mod_pidlock_lifecycle.cc \
@@ -63,6 +63,13 @@ $(BUILD): | check-apxs
 $(MODULE): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) mod_pidlock/pidlock.map Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) -fno-gnu-unique $(CPPFLAGS_ALL) -shared -Wl,--version-script=mod_pidlock/pidlock.map \
 	    -o $@ $(CORE_SRCS) $(GLUE_SRCS) -lpq
+
+# The same module with another table layout version, as a new release with a
+# changed table would be: the graceful-upgrade test restarts onto it.
+MODULE_L2 = $(BUILD)/mod_pidlock_layout2.so
+$(MODULE_L2): $(CORE_SRCS) $(GLUE_SRCS) $(HEADERS) mod_pidlock/pidlock.map Makefile | $(BUILD)
+	$(CXX) $(CXXFLAGS_ALL) -fno-gnu-unique $(CPPFLAGS_ALL) -DPIDLOCK_LAYOUT_BUMP=100 -shared \
+	    -Wl,--version-script=mod_pidlock/pidlock.map -o $@ $(CORE_SRCS) $(GLUE_SRCS) -lpq
 
 $(BACKEND): tests/backend/mod_pidlock_testbackend.cc Makefile | $(BUILD)
 	$(CXX) $(CXXFLAGS_ALL) $(CPPFLAGS_ALL) -shared -o $@ $<
@@ -123,7 +130,7 @@ test: deps
 	@sh scripts/install-deps-deb.sh
 	@$(MAKE) --no-print-directory test-run
 
-test-run: $(MODULE) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ) $(FUZZ_FORM) $(FUZZ_LEASE)
+test-run: $(MODULE) $(MODULE_L2) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZ) $(FUZZ_FORM) $(FUZZ_LEASE)
 	@sh tests/run_all.sh $(BUILD)
 
 run: deps

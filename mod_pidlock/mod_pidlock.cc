@@ -9,6 +9,7 @@
 #include "http_protocol.h"
 #include "http_request.h"
 #include "mod_status.h"
+#include "mpm_common.h"
 
 using namespace pidlock::glue;
 
@@ -21,6 +22,7 @@ void register_hooks(apr_pool_t *) {
     ap_hook_post_config(post_config, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_child_init(child_init, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_child_status(child_status, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_monitor(monitor, nullptr, nullptr, APR_HOOK_MIDDLE);
     // Last of the fixups: after authentication and authorization, so a client
     // that is refused never holds or waits on a lock.
     ap_hook_fixups(fixups, nullptr, nullptr, APR_HOOK_REALLY_LAST);

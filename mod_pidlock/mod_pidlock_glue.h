@@ -132,6 +132,8 @@ struct State {
     uint32_t generation;        // the MPM's, asked in post_config and child_init
     void *exits;                // the exit list (shared backend); null: none
     uint64_t *exits_published;  // the parent's own count (retained)
+    void *gate;                 // the upgrade gate (shared backend); null: none
+    uint32_t cluster_slots;     // the parent's own count of cluster stats slots
     char nonce[33];
     LeaseStore *leases;            // null where no scope has PidLockLease On
     StripeLocks *lease_locks;
@@ -146,6 +148,9 @@ int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s);
 int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *s);
 void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status);
 void child_init(apr_pool_t *p, server_rec *s);
+// In the parent, about once a second: opens the upgrade gate once the
+// processes of an older table layout are gone.
+int monitor(apr_pool_t *p, server_rec *s);
 
 // The locks of one initial request and of the internal redirects and
 // sub-requests it runs: taken in its fixup, released together by the
@@ -217,7 +222,9 @@ struct LeaseRetained {
 std::vector<Finding> lease_check_config(server_rec *s);
 // post_config: creates (first start) or takes over the lease table where a
 // scope has PidLockLease On, into st->leases. False after logging why.
-bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap, LeaseRetained *rd);
+// The lease table's handles live under a key of their own, named by its
+// layout: a lock table of another layout (an upgrade) keeps the leases.
+bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap);
 void lease_child_init(apr_pool_t *p, server_rec *s);
 // The fixup's lease step, for an initial request whose locks (`rl`) were
 // just granted on `keys`: answers LOCK and UNLOCK itself (DONE), refuses a

@@ -570,8 +570,13 @@ std::vector<Finding> lease_check_config(server_rec *s) {
     return out;
 }
 
-bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap, LeaseRetained *rd) {
+bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key_cap) {
     if (!leases_configured(s)) return true;
+    char key[80];
+    apr_snprintf(key, sizeof key, "mod_pidlock-lease-v%u-r%" APR_SIZE_T_FMT, LeaseTable::layout_version(),
+                 sizeof(LeaseRetained));
+    auto *rd = static_cast<LeaseRetained *>(ap_retained_data_get(key));
+    if (!rd) rd = static_cast<LeaseRetained *>(ap_retained_data_create(key, sizeof(LeaseRetained)));
     const ServerConfig *sc = server_config(s);
     LeaseParams want;
     want.capacity = sc->lease_table_size == kUnset ? kDefaultLeaseTableSize : static_cast<uint32_t>(sc->lease_table_size);
@@ -609,14 +614,15 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
     }
     st->lease_mutex = &rd->mutex;
     st->lease_locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(&rd->mutex, 1);
-    auto *table = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), st->lease_locks);
+    auto *table = new (apr_palloc(pconf, sizeof(LeaseTable))) LeaseTable(apr_shm_baseaddr_get(rd->shm), apr_shm_size_get(rd->shm), rd->params, st->lease_locks);
     if (!table->valid()) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK470: the retained lease table is not valid");
         return false;
     }
     st->leases = table;
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes, %u held",
-                 table->params().capacity, table->params().key_cap, table->used());
+    // Nothing read from the region here: httpd's parent never trusts it.
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes",
+                 table->params().capacity, table->params().key_cap);
     if (sc->cluster_conninfo) {
         // Across hosts: the leases live in PostgreSQL (the host's table
         // keeps the counters); each child connects on first use.

@@ -10,6 +10,7 @@
 
 #include "mod_pidlock_glue.h"
 #include "pidlock_exits.h"
+#include "pidlock_gate.h"
 #include "pidlock_locks.h"
 #include "pidlock_table.h"
 
@@ -19,6 +20,7 @@
 #include "ap_mpm.h"
 #include "http_core.h"
 #include "http_log.h"
+#include "scoreboard.h"
 #include "util_mutex.h"
 #include "mod_proxy.h"
 
@@ -200,31 +202,94 @@ int check_config(apr_pool_t *, apr_pool_t *, apr_pool_t *ptemp, server_rec *s) {
 
 // What survives a restart of the parent (graceful or not) until a full stop:
 // the shared table and its mutexes, so old-generation children keep their
-// locks and new ones honour them, and the exit list. Plain APR handles only:
-// the module itself (and every vtable in it) is unloaded and reloaded
-// between generations.
+// locks and new ones honour them, the exit list, and the upgrade gate. Plain
+// APR handles and plain data only: the module itself (and every vtable in
+// it) is unloaded and reloaded between generations.
 //
-// Contract with tests/backend/mod_pidlock_testbackend.cc, which finds this
-// through ap_retained_data_get("mod_pidlock-retained") to play a hostile
-// child: the first member is the table's segment, the second the exit
-// list's. Keep them first, in this order.
+// Kept under a key that names the table's layout and this struct's size, so
+// a build that lays either out differently never reads another's: it starts
+// a table of its own and waits behind the upgrade gate (pidlock_gate.h)
+// until the older generation's processes are gone.
 struct Retained {
-    apr_shm_t *shm;        // the lock table (first: see above)
-    apr_shm_t *exits_shm;  // the exit list (second: see above)
+    apr_shm_t *shm;        // the lock table
+    apr_shm_t *exits_shm;  // the exit list
+    apr_shm_t *gate_shm;   // the upgrade gate
     apr_global_mutex_t **mutexes;
     unsigned stripes;
     TableParams params;    // the parent's own copy: never read back from the table
     uint64_t exits_published;  // the parent's own count of exits published
     char mech[32];
     char nonce[33];
-    LeaseRetained lease;
+    // Processes of an older layout still running (the gate is closed while
+    // there are any); the array is in the process pool.
+    OldProcess *old;
+    uint32_t n_old, cap_old;
+    apr_time_t old_logged;  // when the parent last said it still waits
+    int old_formatted;      // the gate has been laid out
 };
-const char *const kRetainedKey = "mod_pidlock-retained";
+
+// Contract with tests/backend/mod_pidlock_testbackend.cc (which plays a
+// hostile child) and with every later build: under this key, two segment
+// handles of the newest generation's table, the table's then the exit
+// list's. Its presence also tells a newer build that an older one ran.
+struct RetainedHead {
+    apr_shm_t *shm;
+    apr_shm_t *exits_shm;
+};
+const char *const kRetainedHeadKey = "mod_pidlock-retained";
 
 Retained *retained() {
-    auto *rd = static_cast<Retained *>(ap_retained_data_get(kRetainedKey));
-    if (!rd) rd = static_cast<Retained *>(ap_retained_data_create(kRetainedKey, sizeof(Retained)));
+    char key[96];
+    apr_snprintf(key, sizeof key, "mod_pidlock-retained-t%u-r%" APR_SIZE_T_FMT, LockTable::layout_version(),
+                 sizeof(Retained));
+    auto *rd = static_cast<Retained *>(ap_retained_data_get(key));
+    if (!rd) rd = static_cast<Retained *>(ap_retained_data_create(key, sizeof(Retained)));
     return rd;
+}
+
+// At the creation of a table: the processes httpd's scoreboard lists now
+// are of an earlier generation (this one's children are not forked yet). If
+// an earlier mod_pidlock ran in this parent, those with a different table
+// layout (else this table would have been kept) are remembered and the gate
+// stays closed until they are gone.
+void note_old_processes(server_rec *s, Retained *rd) {
+    rd->n_old = 0;
+    if (!ap_retained_data_get(kRetainedHeadKey) || !ap_scoreboard_image) return;
+    int limit = 0;
+    if (ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit) != APR_SUCCESS || limit <= 0) return;
+    if (!rd->old || rd->cap_old < static_cast<uint32_t>(limit)) {
+        rd->old = static_cast<OldProcess *>(apr_pcalloc(s->process->pool, sizeof(OldProcess) * limit));
+        rd->cap_old = static_cast<uint32_t>(limit);
+    }
+    size_t n = 0;
+    for (int i = 0; i < limit; ++i) {
+        const process_score *ps = ap_get_scoreboard_process(i);
+        if (ps && ps->pid > 0) n = old_add(rd->old, n, rd->cap_old, static_cast<int32_t>(ps->pid));
+    }
+    rd->n_old = static_cast<uint32_t>(n);
+    rd->old_logged = apr_time_now();
+}
+
+// After shared_table(): if the generation before this one ran another build's
+// table (a graceful restart onto a new release, or back onto an older one),
+// the processes still running are of that table: the gate stays closed until
+// they are gone. This table becomes the one the next build compares with.
+void close_gate_if_other_ran(server_rec *s, Retained *rd) {
+    auto *head = static_cast<RetainedHead *>(ap_retained_data_get(kRetainedHeadKey));
+    const bool other_ran_last = head && head->shm != rd->shm;
+    if (other_ran_last) note_old_processes(s, rd);
+    if (other_ran_last || !rd->old_formatted) {
+        UpgradeGate::format(apr_shm_baseaddr_get(rd->gate_shm), UpgradeGate::region_size(), rd->n_old == 0);
+        rd->old_formatted = 1;
+    }
+    if (rd->n_old && other_ran_last)
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                     "PIDLOCK031: lock table of layout %u: %u process(es) of a build with another layout still "
+                     "run; locked requests wait (within PidLockTimeout) until they are gone",
+                     LockTable::layout_version(), rd->n_old);
+    if (!head) head = static_cast<RetainedHead *>(ap_retained_data_create(kRetainedHeadKey, sizeof(RetainedHead)));
+    head->shm = rd->shm;
+    head->exits_shm = rd->exits_shm;
 }
 
 // Creates (first start) or takes over (restart) the shared table; returns its
@@ -243,6 +308,14 @@ void *shared_table(server_rec *s, apr_pool_t *ptemp, const TableParams &want, Re
                          "PIDLOCK018: the pidlock mutex stays %s until a full stop and start "
                          "(configured now: %s)", rd->mech, mech.c_str());
         return apr_shm_baseaddr_get(rd->shm);
+    }
+    if (!rd->gate_shm) {
+        const apr_status_t rv = apr_shm_create(&rd->gate_shm, UpgradeGate::region_size(), nullptr, s->process->pool);
+        if (rv != APR_SUCCESS) {
+            rd->gate_shm = nullptr;
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "PIDLOCK030: cannot create shared memory for the upgrade gate");
+            return nullptr;
+        }
     }
     // Allocated in the process pool: they live as long as the parent.
     apr_pool_t *pglobal = s->process->pool;
@@ -312,8 +385,11 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
     const ServerConfig *sc = server_config(s);
     st->local = st->backend;
     if (!sc->cluster_conninfo) return true;
-    auto *cr = static_cast<ClusterRetained *>(ap_retained_data_get("mod_pidlock-cluster"));
-    if (!cr) cr = static_cast<ClusterRetained *>(ap_retained_data_create("mod_pidlock-cluster", sizeof(ClusterRetained)));
+    // Keyed by the counters' layout: another build's are never read.
+    char key[64];
+    apr_snprintf(key, sizeof key, "mod_pidlock-cluster-%" APR_SIZE_T_FMT, ClusterStats::region_size(1));
+    auto *cr = static_cast<ClusterRetained *>(ap_retained_data_get(key));
+    if (!cr) cr = static_cast<ClusterRetained *>(ap_retained_data_create(key, sizeof(ClusterRetained)));
     if (!cr->shm) {
         // A slot per child of two generations (graceful restarts overlap).
         const uint32_t slots = static_cast<uint32_t>(mpm.server_limit > 0 ? mpm.server_limit : 1) * 2 + 2;
@@ -329,6 +405,7 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
         cr->slots = slots;
     }
     st->cluster_stats = ClusterStats::attach(apr_shm_baseaddr_get(cr->shm));
+    st->cluster_slots = cr->slots;
     ClusterOptions opt;
     opt.conninfo = sc->cluster_conninfo;
     opt.max_connections = static_cast<uint32_t>(
@@ -389,6 +466,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
         } else {
             base = shared_table(s, ptemp, tp, rd);
             if (!base) return HTTP_INTERNAL_SERVER_ERROR;
+            close_gate_if_other_ran(s, rd);
             st->mutexes = rd->mutexes;
             st->locks = new (apr_palloc(pconf, sizeof(AprStripeLocks))) AprStripeLocks(rd->mutexes, rd->stripes);
             mech = apr_global_mutex_name(rd->mutexes[0]);
@@ -417,6 +495,10 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             st->exits_published = &rd->exits_published;
             tb->attach_exits(st->exits);
         }
+        if (!st->thread_backend && rd->gate_shm) {
+            st->gate = apr_shm_baseaddr_get(rd->gate_shm);
+            tb->attach_gate(st->gate);
+        }
         const WaitLimits wl = wait_limits(mpm, server_config(s));
         st->table->set_wait_limits(wl.per_key, wl.total);
         st->facts = new (apr_palloc(pconf, sizeof(ServerFacts))) ServerFacts();
@@ -434,7 +516,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             for (unsigned i = 0; i < sizeof raw; ++i) apr_snprintf(rd->nonce + 2 * i, 3, "%02x", raw[i]);
         }
         apr_cpystrn(st->nonce, rd->nonce, sizeof st->nonce);
-        if (!lease_post_config(s, pconf, st, mod.key_cap, &rd->lease)) return HTTP_INTERNAL_SERVER_ERROR;
+        if (!lease_post_config(s, pconf, st, mod.key_cap)) return HTTP_INTERNAL_SERVER_ERROR;
         if (!setup_cluster(s, pconf, mpm, st)) return HTTP_INTERNAL_SERVER_ERROR;
         g_state = st;
         apr_pool_cleanup_register(pconf, nullptr, forget_state, apr_pool_cleanup_null);
@@ -468,13 +550,47 @@ WaitLimits wait_limits(const MpmFacts &mpm, const ServerConfig *sc) {
 // end). The parent only notes it in the exit list; the children release
 // what it held (maintain(), on their next locking request). It never
 // touches the table: a child may have scribbled anything there.
-void child_status(server_rec *, pid_t pid, ap_generation_t, int, mpm_child_status status) {
+// The parent: the last process of an older layout is gone.
+void open_gate(server_rec *s, Retained *rd) {
+    UpgradeGate::open(g_state->gate);
+    rd->n_old = 0;
+    ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                 "PIDLOCK033: the processes of the earlier lock table layout are gone: locking resumes");
+}
+
+void child_status(server_rec *s, pid_t pid, ap_generation_t, int, mpm_child_status status) {
     if (status != MPM_CHILD_EXITED || !g_state) return;
     // Its PostgreSQL sessions ended with it: its current counts go. The
     // parent writes only within the stats region, at slots it bounds itself.
-    if (g_state->cluster_stats) g_state->cluster_stats->free_process(static_cast<int32_t>(pid));
+    if (g_state->cluster_stats)
+        g_state->cluster_stats->free_process(static_cast<int32_t>(pid), g_state->cluster_slots);
+    if (g_state->gate) {
+        Retained *rd = retained();
+        if (rd->n_old) {
+            rd->n_old = static_cast<uint32_t>(old_prune(rd->old, rd->n_old, static_cast<int32_t>(pid)));
+            if (!rd->n_old) open_gate(s, rd);
+        }
+    }
     if (!g_state->exits || !g_state->exits_published) return;
     ExitList::publish(g_state->exits, *g_state->exits_published, static_cast<int32_t>(pid));
+}
+
+int monitor(apr_pool_t *, server_rec *s) {
+    if (!g_state || !g_state->gate) return DECLINED;
+    Retained *rd = retained();
+    if (!rd->n_old) return DECLINED;
+    rd->n_old = static_cast<uint32_t>(old_prune(rd->old, rd->n_old));
+    if (!rd->n_old) {
+        open_gate(s, rd);
+    } else if (apr_time_now() - rd->old_logged >= apr_time_from_sec(10)) {
+        rd->old_logged = apr_time_now();
+        std::string pids;
+        for (uint32_t i = 0; i < rd->n_old && i < 8; ++i) pids += (i ? " " : "") + std::to_string(rd->old[i].pid);
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "PIDLOCK032: locked requests still wait for %u process(es) of an earlier build with another "
+                     "lock table layout (pid %s%s) to end", rd->n_old, pids.c_str(), rd->n_old > 8 ? " ..." : "");
+    }
+    return DECLINED;
 }
 
 // The first child of a full start checks that PostgreSQL answers, so an

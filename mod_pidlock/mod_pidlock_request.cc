@@ -337,6 +337,14 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
     switch (res) {
     case AcquireResult::Busy: {
         const int status = d->busy_status ? d->busy_status : HTTP_SERVICE_UNAVAILABLE;
+        if (rep.draining) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                          "PIDLOCK035: %s lock not had within %.3f s: processes of an earlier build with another "
+                          "lock table layout still run (a graceful restart onto a new release); answering %d",
+                          mode_name(mode), timeout_s, status);
+            return answer_busy(r, status, nullptr, 1.0,
+                               "The server is switching to a new release; try again shortly.\n");
+        }
         if (rep.too_many_waiting) {
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                           "PIDLOCK314: %s lock on key of %" APR_SIZE_T_FMT " bytes refused at once: %u/%u "

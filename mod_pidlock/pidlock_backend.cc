@@ -57,6 +57,14 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
         if (err) *err = EINVAL;
         return AcquireResult::Error;
     }
+    if (!gate_.is_open() && !gate_.wait_open(deadline_ns)) {
+        if (report) {
+            *report = BusyReport();
+            report->key.assign(keys[0].data, keys[0].len);
+            report->draining = true;
+        }
+        return AcquireResult::Busy;
+    }
     for (size_t i = 0; i < n; ++i) {
         LockHandle h;
         const AcquireResult res =

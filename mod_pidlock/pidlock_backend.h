@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "pidlock_exits.h"
+#include "pidlock_gate.h"
 #include "pidlock_types.h"
 
 namespace pidlock {
@@ -129,6 +130,9 @@ class TableBackend final : public LockBackend {
 
     // Set up by the glue. The exit list to read (null: none, as in tests).
     void attach_exits(const void *region) { exits_.attach(region); }
+    // The upgrade gate (null: none): while it is closed, acquire_all waits
+    // for it within the deadline, then answers Busy with report->draining.
+    void attach_gate(const void *region) { gate_.attach(region); }
     // In a child, at its start: exits published so far are forgotten, and
     // every process of earlier generations found gone is cleaned up instead.
     int start_child();
@@ -139,6 +143,7 @@ class TableBackend final : public LockBackend {
     const char *name_;
     LockTable *table_;
     ExitReader exits_;
+    GateReader gate_;
     uint32_t generation_ = 0;
 };
 

@@ -142,9 +142,10 @@ ClusterStats::Totals ClusterStats::totals() const {
     return t;
 }
 
-void ClusterStats::free_process(int32_t pid) {
+void ClusterStats::free_process(int32_t pid, uint32_t slots) {
     if (pid <= 0) return;
-    for (uint32_t i = 1; i < slots_; ++i) {
+    const uint32_t n = (slots ? slots : 1) + 1;  // as format() counts them
+    for (uint32_t i = 1; i < n; ++i) {
         Slot &s = slot_[i];
         if (s.pid.load(std::memory_order_acquire) != pid) continue;
         retired_lost_.fetch_add(s.v[Lost].exchange(0), std::memory_order_relaxed);

@@ -48,8 +48,10 @@ class ClusterStats {
     void add(Field f, int64_t d);
     Totals totals() const;
     // The parent, when process `pid` ended: its current values go, its
-    // totals (lost, errors) stay.
-    void free_process(int32_t pid);
+    // totals (lost, errors) stay. `slots` is what the parent formatted the
+    // region with, from its own memory: the count in the region is
+    // writable by every child and never bounds the parent's walk.
+    void free_process(int32_t pid, uint32_t slots);
     // True for the first caller since format(): the one process that checks
     // PostgreSQL at start.
     bool claim_probe() {

@@ -525,6 +525,8 @@ void copy_cut(char *dst, uint16_t *len, size_t cap, const std::string &s) {
 }
 }  // namespace
 
+uint32_t LeaseTable::layout_version() { return kLeaseVersion; }
+
 size_t LeaseTable::slot_bytes(uint32_t key_cap) { return round8(sizeof(Slot) + key_cap); }
 
 size_t LeaseTable::region_size(const LeaseParams &p) {
@@ -550,17 +552,26 @@ bool LeaseTable::format(void *base, size_t size, const LeaseParams &p) {
 
 LeaseTable::LeaseTable(void *base, StripeLocks *locks) : locks_(locks) {
     auto *h = static_cast<Header *>(base);
-    if (!h || h->magic != kLeaseMagic || h->version != kLeaseVersion ||
-        h->slot_size != slot_bytes(h->key_cap))
-        return;
+    if (!h || h->magic != kLeaseMagic || h->version != kLeaseVersion) return;
+    LeaseParams p;
+    p.capacity = h->capacity;
+    p.key_cap = h->key_cap;
+    if (region_size(p) == 0 || h->slot_size != slot_bytes(p.key_cap)) return;
     hdr_ = h;
     base_ = static_cast<char *>(base);
-    params_.capacity = h->capacity;
-    params_.key_cap = h->key_cap;
+    params_ = p;
+    slot_size_ = slot_bytes(p.key_cap);
+}
+
+LeaseTable::LeaseTable(void *base, size_t size, const LeaseParams &expect, StripeLocks *locks)
+    : LeaseTable(base, locks) {
+    if (hdr_ && (params_.capacity != expect.capacity || params_.key_cap != expect.key_cap ||
+                 size < region_size(expect)))
+        hdr_ = nullptr;
 }
 
 LeaseTable::Slot *LeaseTable::slot(uint32_t i) const {
-    return reinterpret_cast<Slot *>(base_ + kHeaderBytes + static_cast<size_t>(hdr_->slot_size) * i);
+    return reinterpret_cast<Slot *>(base_ + kHeaderBytes + slot_size_ * i);
 }
 
 char *LeaseTable::key_of(uint32_t i) const { return reinterpret_cast<char *>(slot(i)) + sizeof(Slot); }
@@ -579,7 +590,7 @@ void LeaseTable::clear(uint32_t i) {
 
 int64_t LeaseTable::sweep_and_find(const std::string &key, int64_t now_us) {
     int64_t found = -1;
-    for (uint32_t i = 0; i < hdr_->capacity; ++i) {
+    for (uint32_t i = 0; i < params_.capacity; ++i) {
         Slot *s = slot(i);
         if (!s->in_use) continue;
         if (now_us >= s->expires_us) {
@@ -594,7 +605,7 @@ int64_t LeaseTable::sweep_and_find(const std::string &key, int64_t now_us) {
 }
 
 int64_t LeaseTable::free_slot() const {
-    for (uint32_t i = 0; i < hdr_->capacity; ++i)
+    for (uint32_t i = 0; i < params_.capacity; ++i)
         if (!slot(i)->in_use) return i;
     return -1;
 }
@@ -627,10 +638,10 @@ void LeaseTable::renew(uint32_t i, int64_t now_us, uint32_t timeout_s) {
 void LeaseTable::view_of(uint32_t i, LeaseView *v) const {
     if (!v) return;
     const Slot *s = slot(i);
-    v->key.assign(key_of(i), s->key_len);
-    v->owner.assign(s->owner, s->owner_len);
-    v->user.assign(s->user, s->user_len);
-    v->client.assign(s->client, s->client_len);
+    v->key.assign(key_of(i), std::min<size_t>(s->key_len, params_.key_cap));
+    v->owner.assign(s->owner, std::min<size_t>(s->owner_len, kLeaseOwnerCap));
+    v->user.assign(s->user, std::min<size_t>(s->user_len, kUserCap));
+    v->client.assign(s->client, std::min<size_t>(s->client_len, kClientCap));
     LeaseToken t;
     std::memcpy(t.b, s->token, 16);
     v->id = lease_token_id(t);
@@ -650,7 +661,8 @@ bool LeaseTable::matches(uint32_t i, const std::vector<LeaseToken> &tokens) cons
 
 bool LeaseTable::user_ok(uint32_t i, const std::string &user) const {
     const Slot *s = slot(i);
-    return s->user_len == 0 || (user.size() == s->user_len && !std::memcmp(user.data(), s->user, s->user_len));
+    return s->user_len == 0 ||
+           (user.size() == s->user_len && s->user_len <= kUserCap && !std::memcmp(user.data(), s->user, s->user_len));
 }
 
 LeaseOutcome LeaseTable::lock(const std::string &key, const std::vector<LeaseToken> &tokens,
@@ -790,7 +802,7 @@ bool LeaseTable::snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCoun
     out.clear();
     if (!hdr_ || enter() != 0) return false;
     sweep_and_find(std::string(), now_us);
-    for (uint32_t i = 0; i < hdr_->capacity; ++i) {
+    for (uint32_t i = 0; i < params_.capacity; ++i) {
         if (!slot(i)->in_use) continue;
         out.emplace_back();
         view_of(i, &out.back());

@@ -201,8 +201,17 @@ class LeaseTable final : public LeaseStore {
   public:
     static size_t region_size(const LeaseParams &p);
     static bool format(void *base, size_t size, const LeaseParams &p);
-    // Attaches to a formatted region; stripe 0 of `locks` guards it.
+    // The version of the region's layout (a build with another never
+    // attaches to this one's region).
+    static uint32_t layout_version();
+    // Attaches to a formatted region; stripe 0 of `locks` guards it. The
+    // header is read once: its capacity and key length are copied and never
+    // read again, and every length read from a slot is cut to its field, so
+    // a process that scribbles the region cannot make another read or write
+    // past it. The second form also insists on `expect` and on a region of
+    // `size` bytes big enough for it (httpd: the parent's own parameters).
     LeaseTable(void *base, StripeLocks *locks);
+    LeaseTable(void *base, size_t size, const LeaseParams &expect, StripeLocks *locks);
     bool valid() const { return hdr_ != nullptr; }
     const LeaseParams &params() const { return params_; }
     uint32_t capacity() const override { return params_.capacity; }
@@ -249,6 +258,7 @@ class LeaseTable final : public LeaseStore {
     char *base_ = nullptr;
     StripeLocks *locks_ = nullptr;
     LeaseParams params_;
+    size_t slot_size_ = 0;  // the private copy slot() uses
 };
 
 // ------------------------------------------------------------- rendering

@@ -42,7 +42,12 @@ namespace pidlock {
 namespace {
 
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
-constexpr uint32_t kLayoutVersion = 3;
+// A test build (-DPIDLOCK_LAYOUT_BUMP=N) has another layout version, as a
+// new release with a changed table would: the upgrade test needs two.
+#ifndef PIDLOCK_LAYOUT_BUMP
+#define PIDLOCK_LAYOUT_BUMP 0
+#endif
+constexpr uint32_t kLayoutVersion = 3 + PIDLOCK_LAYOUT_BUMP;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
 
@@ -176,6 +181,8 @@ bool read_proc_stat(int32_t pid, char *state, uint64_t *start) {
 }
 
 }  // namespace
+
+uint32_t LockTable::layout_version() { return kLayoutVersion; }
 
 uint64_t process_start_time(int32_t pid) {
     char state = 0;

@@ -49,6 +49,10 @@ struct LockHandle {
 class LockTable {
   public:
     static constexpr uint32_t kDefaultStripes = 32;
+    // The version of the region's layout: a table is shared only between
+    // builds with the same one (a graceful restart onto another waits for
+    // the old generation instead: pidlock_gate.h).
+    static uint32_t layout_version();
     // Bytes the region needs for these parameters (0 if they are invalid).
     static size_t region_size(const TableParams &p);
     // Lays out an empty table in `base` (zeroed by this call), its bucket

@@ -45,6 +45,7 @@ struct BusyReport {
     uint32_t waiting_write = 0;
     int64_t held_us = 0;  // since the oldest holder took it
     bool too_many_waiting = false;  // refused at once: PidLockMaxWaiters reached
+    bool draining = false;  // processes of an older table layout still run (pidlock_gate.h)
 };
 
 struct HolderView {

@@ -390,9 +390,10 @@ int redirect_handler(request_rec *r) {
     return OK;
 }
 
-// mod_pidlock's retained data, as far as this test may know it: the module
-// keeps the two shared segments first in its Retained struct, in this order
-// (the contract is written next to that struct in mod_pidlock_lifecycle.cc).
+// mod_pidlock's retained data, as far as this test may know it: under the
+// key "mod_pidlock-retained" the module keeps the newest generation's two
+// shared segments, in this order (the contract is written next to its
+// RetainedHead in mod_pidlock_lifecycle.cc).
 struct PidlockRetainedHead {
     apr_shm_t *table;
     apr_shm_t *exits;

@@ -2,12 +2,14 @@
 graceful restart in the middle of a write, and a fuzz run of hostile
 request paths and headers.
 """
+import os
 import random
+import shutil
 import socket
 import threading
 import time
 
-from harness import HOST, Httpd, KeepAliveClient, check, poll
+from harness import HOST, Httpd, KeepAliveClient, build_dir, check, poll
 from run import CONFIG, status_json, wait_table_empty
 
 
@@ -117,6 +119,85 @@ def t_graceful_keeps_locks(mpm):
               "the read finished %.3f s before the write" % (result["write"][1] - read_done))
         stats = h.get_json("/stats")
         check(stats["violations"] == 0, "violations: %s" % stats["violations"])
+        wait_table_empty(h)
+    finally:
+        h.stop()
+        h.cleanup()
+
+
+def _swap_module(h, built):
+    """Puts build/<built> where the server loads mod_pidlock from, by rename,
+    as a package upgrade does: running processes keep the file they mapped."""
+    dst = os.path.join(h.root, "mod_pidlock.so")
+    tmp = dst + ".new"
+    shutil.copyfile(os.path.join(build_dir(), built), tmp)
+    os.rename(tmp, dst)
+
+
+def _upgrade_during_write(h, built, pid, layout):
+    """A 3 s write on `pid` runs while the server restarts gracefully onto
+    build/<built> (table layout `layout`); a read of the same PID sent to the
+    new generation must end after the write."""
+    url = "/mn/v2/object/" + pid
+    result = {}
+
+    def write():
+        r = h.request("PUT", url, headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "3000"},
+                      body=b"x", timeout=30)
+        result["write"] = (r.status, time.monotonic())
+
+    wt = threading.Thread(target=write, daemon=True)
+    wt.start()
+    check(poll(lambda: _holder_pid(h, pid) is not None, timeout=5), "write never held")
+    gen0 = status_json(h)["generation"]
+    gates = h.read_log().count("PIDLOCK031")
+    opened = h.read_log().count("PIDLOCK033")
+    _swap_module(h, built)
+    h.graceful()
+    check(poll(lambda: h.read_log().count("PIDLOCK031") > gates, timeout=10, interval=0.1),
+          "no PIDLOCK031 (new table, old processes) after graceful")
+    check("lock table of layout %d" % layout in h.read_log(), "layout %d is not what runs" % layout)
+    r = h.request("GET", url, headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "1"}, timeout=30)
+    read_done = time.monotonic()
+    wt.join(30)
+    check(h.proc.poll() is None, "httpd exited at the graceful restart: %s" % h.startup_output())
+    check("write" in result and result["write"][0] == 200, "write: %r" % (result.get("write"),))
+    check(r.status == 200, "read: %d %s" % (r.status, r.text[:200]))
+    check(read_done >= result["write"][1] - 0.05,
+          "the new generation's read finished %.3f s before the old write" % (result["write"][1] - read_done))
+    check(status_json(h)["generation"] != gen0, "no new generation after graceful")
+    check(poll(lambda: h.read_log().count("PIDLOCK033") > opened, timeout=10, interval=0.1),
+          "the gate never opened (no PIDLOCK033)")
+
+
+def t_graceful_new_layout(mpm):
+    """A graceful restart onto a build whose lock table layout differs (a new
+    release): httpd keeps running, loads the new code, and no request of the
+    new generation locks until the old generation's processes are gone, so a
+    read sent to the new generation never runs beside the old write on the
+    same PID. Then back onto the first build (its retained table is taken up
+    again), the same way; then once more with nothing held."""
+    h = Httpd(mpm=mpm, body=CONFIG, name="upgrade-" + mpm, load_pidlock=False)
+    h.extra_modules = [("pidlock_module", os.path.join(h.root, "mod_pidlock.so"))]
+    try:
+        _swap_module(h, "mod_pidlock.so")
+        h.start()
+        _upgrade_during_write(h, "mod_pidlock_layout2.so", "up", 103)
+        _upgrade_during_write(h, "mod_pidlock.so", "down", 3)
+        gen0 = status_json(h)["generation"]
+        _swap_module(h, "mod_pidlock_layout2.so")
+        h.graceful()
+        check(poll(lambda: status_json(h)["generation"] != gen0, timeout=10, interval=0.1),
+              "no new generation after the idle graceful")
+        for method in ("GET", "PUT"):
+            r = h.request(method, "/mn/v2/object/idle", headers={"X-Test-Pid": "idle", "X-Test-Sleep-Ms": "1"},
+                          body=b"y", timeout=30)
+            check(r.status == 200, "%s after the idle restart: %d" % (method, r.status))
+        stats = h.get_json("/stats")
+        check(stats["violations"] == 0, "violations: %s" % stats["violations"])
+        check(h.proc.poll() is None, "httpd exited")
+        crashes = Httpd.crash_lines(h.read_log())
+        check(not crashes, "crash in the log: %s" % crashes[:3])
         wait_table_empty(h)
     finally:
         h.stop()
@@ -389,6 +470,9 @@ def t_max_waiters(mpm):
 
 
 RELIABILITY_TESTS = [("event/max_waiters", lambda opts: t_max_waiters("event"))]
+for _mpm in ("prefork", "worker", "event"):
+    RELIABILITY_TESTS.append(("%s/graceful_new_layout" % _mpm,
+                              (lambda m: lambda opts: t_graceful_new_layout(m))(_mpm)))
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
         ("%s/killed_holder" % _mpm, (lambda m: lambda opts: t_killed_holder(m))(_mpm)),

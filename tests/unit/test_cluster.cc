@@ -459,6 +459,25 @@ TEST(Cluster, EndedPooledSessionIsReplacedAndAHeldOneCountsLost) {
     a.lb().release_all(w);
 }
 
+// httpd's parent frees a process's slot in a region every child may write:
+// a scribbled slot count must not walk it past the region (ASan catches
+// the overrun if it does).
+TEST_GROUP(ClusterStats) {};
+
+TEST(ClusterStats, ParentWalkIgnoresTheRegionsSlotCount) {
+    std::vector<char> mem(ClusterStats::region_size(2), 0);
+    ClusterStats *s = ClusterStats::format(mem.data(), 2);
+    s->add(ClusterStats::Held, 1);
+    const uint32_t huge = 0xFFFFFFFFu;
+    std::memcpy(mem.data(), &huge, sizeof huge);  // the first field: the count
+    s->free_process(static_cast<int32_t>(getpid()) + 1000000, 2);
+    s->free_process(static_cast<int32_t>(getpid()), 2);
+    std::memset(mem.data(), 0, sizeof huge);
+    uint32_t three = 3;
+    std::memcpy(mem.data(), &three, sizeof three);
+    CHECK_EQUAL(0, s->totals().held);
+}
+
 TEST(Cluster, StatsSlotsPerProcessKeepTotalsWhenOneEnds) {
     std::vector<char> mem(ClusterStats::region_size(2), 0);
     ClusterStats *s = ClusterStats::format(mem.data(), 2);
@@ -467,7 +486,7 @@ TEST(Cluster, StatsSlotsPerProcessKeepTotalsWhenOneEnds) {
     s->add(ClusterStats::Errors, 3);
     ClusterStats::Totals t = s->totals();
     CHECK_EQUAL(2, t.held);
-    s->free_process(static_cast<int32_t>(getpid()));
+    s->free_process(static_cast<int32_t>(getpid()), 2);
     t = s->totals();
     CHECK_EQUAL(0, t.held);
     CHECK_EQUAL(1, t.lost);

@@ -310,6 +310,43 @@ TEST_GROUP(LeaseTable) {
     }
 };
 
+// Another process may scribble the region after this one attached: the
+// header's capacity and slot size are never read again, and lengths read
+// from a slot are cut to their fields (ASan would catch a read past the
+// region or a field).
+TEST(LeaseTable, ScribbledRegionIsNeverReadPastItsEnd) {
+    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "u"), token_of(1), kT0, nullptr));
+    auto *words = static_cast<uint32_t *>(mem);
+    words[3] = 0x7fffffff;  // capacity
+    words[5] = 0x7fffffff;  // slot size
+    auto *slot0 = reinterpret_cast<unsigned char *>(mem) + 128;
+    std::memset(slot0 + 4, 0xff, 4);  // key length
+    LeaseView v;
+    std::vector<LeaseView> all;
+    LeaseCounters c;
+    CHECK(t->snapshot(kT0, all, c));
+    CHECK_EQUAL(1u, all.size());
+    CHECK(all[0].key.size() <= p.key_cap);
+    // Every 16-bit length field too (owner, user, client).
+    std::memset(slot0 + 8 + 16 + 24 + 4, 0xff, 6);
+    all.clear();
+    CHECK(t->snapshot(kT0, all, c));
+    CHECK(all[0].owner.size() <= 256 && all[0].user.size() <= 64 && all[0].client.size() <= 48);
+    CHECK(LeaseOutcome::Locked == t->check_write("other", {}, false, "u", kT0, &v) ||
+          LeaseOutcome::Free == t->check_write("other", {}, false, "u", kT0, &v));
+}
+
+TEST(LeaseTable, AttachInsistsOnTheExpectedParameters) {
+    LeaseTable same(mem, size, p, locks);
+    CHECK(same.valid());
+    LeaseParams other = p;
+    other.capacity = p.capacity * 2;
+    LeaseTable bigger(mem, size, other, locks);
+    CHECK_FALSE(bigger.valid());
+    LeaseTable short_region(mem, size - 1, p, locks);
+    CHECK_FALSE(short_region.valid());
+}
+
 TEST(LeaseTable, RegionChecks) {
     LeaseParams bad;
     CHECK_EQUAL(0u, LeaseTable::region_size(bad));
