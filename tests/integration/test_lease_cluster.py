@@ -4,6 +4,7 @@ table pidlock_leases. A lease taken through host A refuses a write through
 host B (423), B accepts the token, UNLOCK through B frees it for A; the rows
 hold the key's hash (pidlock_key) and the key, and a token only hashed."""
 import json
+import re
 
 from harness import Httpd, check
 from run import wait_table_empty
@@ -83,7 +84,6 @@ def t_lease_across_hosts(pg, mpm):
         r = a.request("LOCK", url, headers={"Content-Type": "application/xml"}, body=LOCKINFO)
         tok = TOKEN_RE.match(r.headers["lock-token"]).group(1)
         page = b.request("GET", "/pidlock-admin").text
-        import re
         nonce = re.search(r'name="nonce" value="([0-9a-f]{32})"', page).group(1)
         r = b.request("POST", "/pidlock-admin",
                       headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
