@@ -85,7 +85,7 @@ BENCH_MPM["event"] = BENCH_MPM["worker"]
 
 
 def wrk(url, seconds, script=None, conns=8):
-    cmd = ["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
+    cmd = ["wrk", "-t%d" % min(2, conns), "-c%d" % conns, "-d%ds" % seconds, "--latency"]
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -6,6 +6,7 @@
 #                              and exit status 2 when PostgreSQL is missing
 #                              (PG_EXTRA_OPTS: more server options, last wins)
 #   sh bench/pg.sh restart DIR restarts the server (fast: every session ends)
+#   sh bench/pg.sh down DIR    stops the server, keeps DIR; up DIR starts it again
 #   sh bench/pg.sh stop DIR    stops the server by the pid in its postmaster.pid
 #                              and removes DIR
 set -e
@@ -39,10 +40,18 @@ start)
         echo "initdb failed, see $dir/initdb.log" >&2; cat "$dir/initdb.log" >&2; exit 1; }
     # Durability off (this cluster only holds advisory locks), 150 connections
     # for 100 waiters and the workers.
+    echo "-c listen_addresses='' -k $dir -c max_connections=150 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB ${PG_EXTRA_OPTS:-}" >"$dir/opts"
     as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start \
-        -o "-c listen_addresses='' -k $dir -c max_connections=150 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB ${PG_EXTRA_OPTS:-}" >/dev/null || {
+        -o "$(cat "$dir/opts")" >/dev/null || {
         echo "pg_ctl start failed, see $dir/server.log" >&2; cat "$dir/server.log" >&2; exit 1; }
     echo "host=$dir dbname=postgres user=postgres"
+    ;;
+down)
+    # Stops the server and keeps its data (up starts it again as it was).
+    as_user "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+    ;;
+up)
+    as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o "$(cat "$dir/opts")" >/dev/null
     ;;
 restart)
     as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 30 restart >/dev/null
@@ -65,6 +74,6 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start|restart|stop DIR" >&2; exit 1
+    echo "usage: $0 start|restart|down|up|stop DIR" >&2; exit 1
     ;;
 esac

@@ -56,9 +56,12 @@ cleanup
 sodir=$(mktemp -d /tmp/pidlock-bench-so-XXXXXX)
 chmod 755 "$sodir"
 trap 'rm -rf "$sodir"' EXIT
-cp "$BUILD/mod_pidlock.so" "$BUILD/mod_pidlock_testbackend.so" "$sodir/"
+cp "$BUILD/mod_pidlock.so" "$BUILD/mod_pidlock_testbackend.so" "$BUILD/mod_pidlock_naive.so" "$sodir/"
 
 { PIDLOCK_BUILD="$sodir" python3 bench/httpd_bench.py "$MODE" "$out" || echo httpd_bench > "$out/.failed"; } | tee -a "$md"
+# The PostgreSQL tier behind the slow backend: local-only, tiered and the
+# naive design side by side (its own throwaway PostgreSQL, stopped by pid).
+{ PIDLOCK_BUILD="$sodir" python3 bench/cluster_bench.py "$MODE" "$out" || echo cluster_bench >> "$out/.failed"; } | tee -a "$md"
 # Keys from the request body: callgrind, 1 MiB uploads, memory and temp files
 # under 64 concurrent 100 MiB uploads (about 1.5 minutes in quick mode).
 { PIDLOCK_BUILD="$sodir" python3 bench/form_bench.py "$MODE" "$out" || echo form_bench >> "$out/.failed"; } | tee -a "$md"

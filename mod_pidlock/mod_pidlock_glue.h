@@ -26,7 +26,10 @@
 #include "http_config.h"
 #include "util_filter.h"
 
+// The Makefile passes the package's version (debian/changelog).
+#ifndef PIDLOCK_VERSION
 #define PIDLOCK_VERSION "0.2.0"
+#endif
 
 // The one symbol httpd looks up; everything else stays hidden.
 #define PIDLOCK_EXPORT __attribute__((visibility("default")))

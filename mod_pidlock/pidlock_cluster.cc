@@ -11,7 +11,10 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <sys/socket.h>
 
 #include <libpq-fe.h>
 
@@ -155,6 +158,18 @@ void ClusterStats::free_process(int32_t pid, uint32_t slots) {
     }
 }
 
+void ClusterStats::saw_cluster_fence(uint64_t f) {
+    for (uint64_t cur = fence_seen_.load(); cur < f && !fence_seen_.compare_exchange_weak(cur, f);) {
+    }
+    for (uint64_t cur = fence_next_.load(); cur < f && !fence_next_.compare_exchange_weak(cur, f);) {
+    }
+}
+
+uint64_t ClusterStats::outage_fence() {
+    const uint64_t v = fence_next_.fetch_add(1) + 1;
+    return v - fence_seen_.load() < kFenceStep ? v : 0;
+}
+
 bool cluster_conninfo_valid(const char *conninfo, std::string *why) {
     char *err = nullptr;
     PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
@@ -231,6 +246,11 @@ class PgPool {
         int backend_pid = 0;
         std::string keys;     // the lease's keys, for a lost-lock line
         size_t nkeys = 0;
+        // While its lease holds locks: the session's socket, watched by the
+        // monitor thread, and the request's client connection (-1: none).
+        int held_fd = -1;
+        int client_fd = -1;
+        bool lost_seen = false;  // the monitor saw the session end
     };
     enum class Got { Ok, Timeout, Unreachable };
 
@@ -239,6 +259,15 @@ class PgPool {
 
     ~PgPool() {
         if (getpid() != owner_) return;  // a forked copy: the sessions are the parent's
+        if (monitor_) {
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                stop_ = true;
+            }
+            monitor_cv_.notify_all();
+            monitor_->join();
+            delete monitor_;
+        }
         for (Conn &c : conns_)
             if (c.pg) {
                 PQfinish(c.pg);
@@ -338,6 +367,33 @@ class PgPool {
             if (c.pg && c.in_use && c.backend_pid == backend_pid) c.broken = true;
     }
 
+    // The lease of `c` now holds locks: the monitor watches its session.
+    void watch(Conn &c, int client_fd) {
+        std::lock_guard<std::mutex> lk(mu_);
+        c.held_fd = PQsocket(c.pg);
+        c.client_fd = client_fd;
+        c.lost_seen = false;
+        if (!monitor_) {
+            try {
+                monitor_ = new std::thread([this] { monitor(); });
+            } catch (...) {
+                monitor_ = nullptr;  // no early notice: the release still sees the loss
+            }
+        }
+        monitor_cv_.notify_one();
+    }
+
+    // The lease of `c` releases: no longer watched. True if the monitor
+    // already reported its locks lost.
+    bool unwatch(Conn &c) {
+        std::lock_guard<std::mutex> lk(mu_);
+        c.held_fd = -1;
+        c.client_fd = -1;
+        const bool seen = c.lost_seen;
+        c.lost_seen = false;
+        return seen;
+    }
+
     uint32_t open_count() const {
         std::lock_guard<std::mutex> lk(mu_);
         uint32_t n = 0;
@@ -420,6 +476,7 @@ class PgPool {
         const pid_t me = getpid();
         if (me == owner_) return;
         for (Conn &c : conns_) c = Conn();
+        monitor_ = nullptr;  // the parent's thread does not exist here
         owner_ = me;
     }
 
@@ -491,6 +548,48 @@ class PgPool {
         stats_->add(ClusterStats::Connections, -1);
     }
 
+    // One thread per process, started with its first lock: notices a session
+    // that ends while its request holds locks (server restart, terminate, a
+    // dead peer after keepalive) when it happens rather than at the release.
+    // An idle-in-transaction session has nothing to say, so the peer's
+    // shutdown (POLLRDHUP), a hang-up or an error on its socket means it
+    // ended. The request's client connection is shut (its handler's next
+    // read or write fails), and the loss logged and counted once.
+    void monitor() {
+        std::unique_lock<std::mutex> lk(mu_);
+        while (!stop_) {
+            std::vector<pollfd> fds;
+            for (const Conn &c : conns_)
+                if (c.in_use && c.held_fd >= 0 && !c.lost_seen && !c.broken)
+                    fds.push_back(pollfd{c.held_fd, POLLRDHUP, 0});
+            if (fds.empty()) {
+                monitor_cv_.wait(lk);
+                continue;
+            }
+            lk.unlock();
+            const int pr = poll(fds.data(), fds.size(), kMonitorPollMs);
+            lk.lock();
+            if (pr <= 0) continue;
+            std::vector<std::string> lost;
+            for (Conn &c : conns_) {
+                if (!c.in_use || c.held_fd < 0 || c.lost_seen || c.broken) continue;
+                // Polled again under the mutex: the lease (and so the fd)
+                // is the one still held.
+                pollfd p{c.held_fd, POLLRDHUP, 0};
+                if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLRDHUP | POLLHUP | POLLERR))) continue;
+                c.lost_seen = true;
+                if (c.client_fd >= 0) shutdown(c.client_fd, SHUT_RDWR);
+                stats_->add(ClusterStats::Lost, 1);
+                lost.push_back(c.keys);
+            }
+            lk.unlock();
+            for (const std::string &k : lost)
+                log(3, "PIDLOCK430: lock lost while held: key(s) " + k +
+                           ": the PostgreSQL session ended while the request ran; its client connection is shut");
+            lk.lock();
+        }
+    }
+
     void send_cancel(Conn &c) {
         ++cancels_;
         PGcancel *cn = PQgetCancel(c.pg);
@@ -508,6 +607,10 @@ class PgPool {
     std::vector<Conn> conns_;
     uint64_t tokens_ = 0;
     std::atomic<uint64_t> cancels_{0}, client_gone_{0};
+    static constexpr int kMonitorPollMs = 200;
+    std::condition_variable monitor_cv_;
+    std::thread *monitor_ = nullptr;  // this process's (a forked copy forgets it)
+    bool stop_ = false;
 };
 
 // -------------------------------------------------------- ClusterBackend
@@ -564,14 +667,78 @@ std::string lock_sql(const std::vector<PgKey> &pk, Mode mode, int64_t wait_ms, b
                                  : (mode == Mode::Write ? "pg_try_advisory_xact_lock"
                                                         : "pg_try_advisory_xact_lock_shared");
     for (const PgKey &k : pk) sql += std::string("SELECT ") + fn + "(" + std::to_string(k.hash) + ");";
-    if (mode == Mode::Write) sql += "SELECT nextval('pidlock_fence');";
+    // Fences are multiples of kFenceStep: the numbers between them are
+    // for a host that serves while PostgreSQL is unreachable (outage_fence).
+    if (mode == Mode::Write)
+        sql += "SELECT nextval('pidlock_fence') * " + std::to_string(ClusterStats::kFenceStep) + ";";
     return sql;
 }
 
 }  // namespace
 
+#ifdef PIDLOCK_BENCH_NAIVE
+namespace {
+// Bench only (build/mod_pidlock_naive.so, never installed): the naive design
+// `make bench` compares the tier with. No local tier: every request takes
+// one session-level advisory lock per key (and a write its fence) in one
+// round trip, holding a pooled session while it waits in PostgreSQL, and
+// gives it back with pg_advisory_unlock_all() in a second one.
+std::string naive_lock_sql(const KeyRef *keys, size_t n, Mode mode) {
+    std::vector<int64_t> h;
+    for (size_t i = 0; i < n; ++i) h.push_back(cluster_key(keys[i].data, keys[i].len));
+    std::sort(h.begin(), h.end());
+    h.erase(std::unique(h.begin(), h.end()), h.end());
+    std::string sql;
+    for (int64_t k : h)
+        sql += std::string("SELECT ") + (mode == Mode::Write ? "pg_advisory_lock(" : "pg_advisory_lock_shared(") +
+               std::to_string(k) + ");";
+    if (mode == Mode::Write) sql += "SELECT nextval('pidlock_fence');";
+    return sql;
+}
+}  // namespace
+#endif
+
 AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
                                           const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
+#ifdef PIDLOCK_BENCH_NAIVE
+    try {
+        size_t idx = 0;
+        bool fresh = false;
+        std::string why;
+        const PgPool::Got got = pool_->lease(deadline_ns, &idx, &fresh, &why);
+        if (got != PgPool::Got::Ok) {
+            if (err) *err = ECONNREFUSED;
+            return got == PgPool::Got::Timeout ? AcquireResult::Busy : AcquireResult::Unavailable;
+        }
+        PgPool::Conn &c = pool_->conn(idx);
+        std::vector<PGresult *> rs;
+        stats_->add(ClusterStats::Waiting, 1);
+        const PgPool::Exec ex = pool_->exec(c, naive_lock_sql(keys, n, mode), deadline_ns, rs, info.client_fd, true);
+        stats_->add(ClusterStats::Waiting, -1);
+        bool ok = ex == PgPool::Exec::Ok && !rs.empty();
+        for (PGresult *r : rs) ok = ok && PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (ok && mode == Mode::Write) set.set_fence(std::strtoull(PQgetvalue(rs.back(), 0, 0), nullptr, 10));
+        clear_results(rs);
+        if (!ok) {
+            std::vector<PGresult *> ur;
+            const bool clean = pool_->exec(c, "SELECT pg_advisory_unlock_all()", monotonic_ns() + 2000LL * 1000000,
+                                           ur) == PgPool::Exec::Ok;
+            clear_results(ur);
+            pool_->give_back(idx, clean);
+            if (report) {
+                *report = BusyReport();
+                report->key.assign(keys[0].data, keys[0].len);
+            }
+            return AcquireResult::Busy;
+        }
+        set.tier() = LockSet::Slot{idx + 1, c.token};
+        stats_->add(ClusterStats::Held, 1);
+        return AcquireResult::Acquired;
+    } catch (...) {
+        if (err) *err = ENOMEM;
+        return AcquireResult::Error;
+    }
+#endif
     const AcquireResult local = local_->acquire_all(keys, n, mode, deadline_ns, info, set, report, err);
     if (local != AcquireResult::Acquired) return local;
     try {
@@ -670,8 +837,12 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
                     c.keys += (i ? ", " : "") + key_for_log(keys[i].data, keys[i].len);
                 c.nkeys = n;
                 set.tier() = LockSet::Slot{idx + 1, c.token};
-                if (mode == Mode::Write) set.set_fence(fence);
+                if (mode == Mode::Write) {
+                    set.set_fence(fence);
+                    stats_->saw_cluster_fence(fence);
+                }
                 stats_->add(ClusterStats::Held, 1);
+                pool_->watch(c, info.client_fd);
                 return AcquireResult::Acquired;
             }
             // Nothing kept: end the transaction (or the session).
@@ -713,6 +884,15 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
             pool_->log(4, "PIDLOCK403: PostgreSQL unavailable (" + why + "); serving key " +
                               key_for_log(keys[0].data, keys[0].len) +
                               " with this host's lock only (PidLockClusterOnFailure open)");
+            if (mode == Mode::Write) {
+                // Not the table's own fence: one below every cluster fence
+                // to come, so none goes backwards when PostgreSQL is back.
+                set.set_fence(stats_->outage_fence());
+                if (!set.fence())
+                    pool_->log(4, "PIDLOCK431: no fence for key " + key_for_log(keys[0].data, keys[0].len) +
+                                      ": this host handed out every outage fence above the last cluster fence "
+                                      "it saw; served without PidLock-Fence");
+            }
             return AcquireResult::Acquired;
         }
         pool_->log(4, "PIDLOCK400: PostgreSQL unavailable: " + why);
@@ -727,11 +907,26 @@ AcquireResult ClusterBackend::acquire_all(const KeyRef *keys, size_t n, Mode mod
 }
 
 int ClusterBackend::release_all(LockSet &set) {
+#ifdef PIDLOCK_BENCH_NAIVE
+    const LockSet::Slot nt = set.tier();
+    set.clear();
+    if (!nt.a) return 0;
+    if (PgPool::Conn *c = pool_->by_lease(nt.a, nt.b)) {
+        std::vector<PGresult *> rs;
+        const bool ok = pool_->exec(*c, "SELECT pg_advisory_unlock_all()", monotonic_ns() + 5000LL * 1000000, rs) ==
+                        PgPool::Exec::Ok;
+        clear_results(rs);
+        stats_->add(ClusterStats::Held, -1);
+        pool_->give_back(nt.a - 1, ok);
+    }
+    return 0;
+#endif
     try {
         const LockSet::Slot t = set.tier();
         if (t.a) {
             set.tier() = LockSet::Slot{0, 0};
             if (PgPool::Conn *c = pool_->by_lease(t.a, t.b)) {
+                const bool seen = pool_->unwatch(*c);
                 std::vector<PGresult *> rs;
                 const PgPool::Exec ex = pool_->exec(*c, "COMMIT", monotonic_ns() + 5000LL * 1000000, rs);
                 const bool ok = ex == PgPool::Exec::Ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_COMMAND_OK &&
@@ -741,7 +936,7 @@ int ClusterBackend::release_all(LockSet &set) {
                     if (ch == '\n') ch = ' ';
                 clear_results(rs);
                 stats_->add(ClusterStats::Held, -1);
-                if (!ok && !c->broken) {
+                if (!ok && !c->broken && !seen) {
                     stats_->add(ClusterStats::Lost, 1);
                     pool_->log(3, "PIDLOCK402: lock lost while held: key(s) " + c->keys +
                                       ": the PostgreSQL session ended before the request did (" + why + ")");
@@ -770,11 +965,19 @@ int ClusterBackend::break_key(const KeyRef &key) {
             return n;
         }
         PgPool::Conn &c = pool_->conn(idx);
-        const std::string sql =
-            "SELECT pid, pg_terminate_backend(pid, 2000) FROM pg_locks WHERE locktype = 'advisory' "
+        const std::string holders =
+            "FROM pg_locks WHERE locktype = 'advisory' "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND classid = " + std::to_string(h >> 32) + " AND objid = " + std::to_string(h & 0xffffffffu) +
             " AND objsubid = 1 AND granted AND pid <> pg_backend_pid()";
+        // This process's own holders are marked first: their end is on
+        // purpose, not a lost lock (the monitor would see it at once).
+        std::vector<PGresult *> mine;
+        if (pool_->exec(c, "SELECT pid " + holders, monotonic_ns() + 2000LL * 1000000, mine) == PgPool::Exec::Ok &&
+            mine.size() == 1 && PQresultStatus(mine[0]) == PGRES_TUPLES_OK)
+            for (int i = 0; i < PQntuples(mine[0]); ++i) pool_->mark_broken(atoi(PQgetvalue(mine[0], i, 0)));
+        clear_results(mine);
+        const std::string sql = "SELECT pid, pg_terminate_backend(pid, 2000) " + holders;
         std::vector<PGresult *> rs;
         const bool ok = pool_->exec(c, sql, monotonic_ns() + 5000LL * 1000000, rs) == PgPool::Exec::Ok;
         if (ok && rs.size() == 1 && PQresultStatus(rs[0]) == PGRES_TUPLES_OK) {

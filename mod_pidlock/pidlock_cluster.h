@@ -58,6 +58,14 @@ class ClusterStats {
         int32_t zero = 0;
         return probed_.compare_exchange_strong(zero, 1);
     }
+    // Fences while PostgreSQL is unreachable (PidLockClusterOnFailure open):
+    // cluster fences are multiples of kFenceStep; one this host got raises
+    // its floor, and an outage fence is the floor plus one, two, ... so it
+    // stays below every cluster fence granted after the last one this host
+    // saw. 0 (no fence) once kFenceStep - 1 were handed out above one floor.
+    static constexpr uint64_t kFenceStep = uint64_t(1) << 20;
+    void saw_cluster_fence(uint64_t f);
+    uint64_t outage_fence();
 
   private:
     struct Slot {
@@ -68,6 +76,7 @@ class ClusterStats {
     uint32_t slots_;
     std::atomic<int64_t> retired_lost_, retired_errors_;
     std::atomic<int32_t> probed_;
+    std::atomic<uint64_t> fence_seen_, fence_next_;
     Slot slot_[1];  // slots_ of them
 };
 

@@ -441,7 +441,8 @@ def main():
         for mpm in opts.mpm or MPMS:
             run_davclient_suite(mpm, res.record, opts.tests)
         from test_cluster import run_cluster_suite
-        run_cluster_suite(res.record, opts.tests)
+        for mpm in opts.mpm or MPMS:
+            run_cluster_suite(mpm, res.record, opts.tests)
         from test_lease_cluster import run_lease_cluster_suite
         run_lease_cluster_suite(opts.mpm or MPMS, res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))

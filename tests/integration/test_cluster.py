@@ -55,6 +55,14 @@ class Pg:
             raise AssertionError("psql %s: %s" % (args, out))
         return out.strip()
 
+    def down(self):
+        subprocess.run(["sh", PG_SH, "down", self.dir], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up(self):
+        subprocess.run(["sh", PG_SH, "up", self.dir], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def restart(self):
         subprocess.run(["sh", PG_SH, "restart", self.dir], check=True, timeout=60,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,7 +99,12 @@ PidLockClusterOnFailure %s
 """ % (cluster, connections, failure, timeout, short_timeout)
 
 
-def hosts(conninfo, n=2, mpm="event", mpm_settings=None, **kw):
+# The MPM the suite runs under (run_cluster_suite sets it per MPM).
+MPM = "event"
+
+
+def hosts(conninfo, n=2, mpm=None, mpm_settings=None, **kw):
+    mpm = mpm or MPM
     out = []
     for i in range(n):
         h = Httpd(mpm=mpm, body=host_config(conninfo, **kw), name="cluster-%s" % "ab"[i],
@@ -177,6 +190,15 @@ def waiting_put(h, pid, settle):
     return t, got
 
 
+def lost_logged(h, key):
+    """The line h logged for a lost lock on `key`: PIDLOCK430 when noticed
+    while the request ran, PIDLOCK402 when noticed at its release."""
+    for line in h.read_log().splitlines():
+        if ("PIDLOCK430" in line or "PIDLOCK402" in line) and key in line:
+            return line
+    return None
+
+
 def holder_pid(h, key):
     doc = h.get_json("/pidlock-status?json")
     for l in doc.get("locks", []):
@@ -222,7 +244,7 @@ def t_no_overlap_across_hosts(pg):
 
 def t_kill9_holder_frees_other_host(pg):
     """kill -9 of host A's child holding a write: B's waiting writer within 1 s."""
-    a, b = hs = hosts(pg.conninfo, mpm="prefork")
+    a, b = hs = hosts(pg.conninfo)
     try:
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "k9", sleep_ms=15000, timeout=30)))
         holder.start()
@@ -249,8 +271,8 @@ def _swallow(fn):
 
 def t_pg_restart_during_write(pg):
     """PostgreSQL restarted while A holds a write and B waits: nothing hangs,
-    the lost lock is logged with its key, and later requests on both hosts
-    succeed (stale pooled sessions replaced)."""
+    the lost lock is logged with its key (A's client gets no answer), and
+    later requests on both hosts succeed (stale pooled sessions replaced)."""
     a, b = hs = hosts(pg.conninfo)
     try:
         # Every child of both hosts gets pooled sessions first.
@@ -275,10 +297,12 @@ def t_pg_restart_during_write(pg):
         ta.join(20)
         tb.join(20)
         check(not ta.is_alive() and not tb.is_alive(), "a request hung after the restart: %r" % got)
-        check(got.get("a") == 200, "A's writer: %r" % got)
+        # A's lock went with the restart while its handler ran: its client
+        # connection is shut (no answer), not answered 200.
+        check(got.get("a") is not None and got.get("a") != 200, "A's writer: %r" % got)
         check(got.get("b") in (200, 503), "B's waiter: %r" % got)
-        lost = poll(lambda: "PIDLOCK402" in a.read_log() and "restart-me" in a.read_log(), timeout=5)
-        check(lost, "no PIDLOCK402 line naming the key in A's log")
+        check(poll(lambda: lost_logged(a, "restart-me"), timeout=5),
+              "no lost-lock line (PIDLOCK430/402) naming the key in A's log")
         doc = a.get_json("/pidlock-status?json")
         check(doc["cluster"]["lost"] >= 1, "cluster.lost %r" % doc["cluster"])
         mark = {h: len(h.read_log()) for h in hs}
@@ -315,6 +339,94 @@ def t_pg_down_at_start(pg):
         check(poll(lambda: "PIDLOCK403" in h.read_log(), timeout=3), "no PIDLOCK403 warning in the log")
     finally:
         stop_all([h])
+
+
+def t_lost_lock_noticed_while_held(pg):
+    """A's session is ended (pg_terminate_backend, as a restart or a dead
+    link would) while its write runs a 6 s handler: A logs PIDLOCK430 with
+    the key and counts it while the request still runs, shuts the client's
+    connection (no 200), and logs nothing more at the release."""
+    (a,) = hosts(pg.conninfo, n=1)
+    try:
+        got = {}
+
+        def req():
+            try:
+                got["status"] = put(a, "lost-early", sleep_ms=6000, timeout=30).status
+            except Exception as e:  # noqa: BLE001 - the connection is shut
+                got["status"] = repr(e)
+            got["at"] = time.monotonic()
+        t = threading.Thread(target=req)
+        t.start()
+        check(cluster_holder(a, "lost-early"), "A's writer never held")
+        ended = pg.psql("-c", "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                              "WHERE locktype = 'advisory' AND granted")
+        check(ended == "1", "sessions ended: %r" % ended)
+        line = poll(lambda: lost_logged(a, "lost-early"), timeout=4)
+        # The handler (6 s) still runs: its lock is not released yet.
+        during = a.get_json("/pidlock-status?json")["cluster"]
+        holding = holder_pid(a, "lost-early")
+        check(line and "PIDLOCK430" in line, "no PIDLOCK430 line naming the key: %r" % line)
+        check(holding and during["held"] == 1 and during["lost"] == 1,
+              "the loss was not counted while the request still held its lock: %r %r" % (during, holding))
+        t.join(15)
+        check(got.get("status") is not None and got["status"] != 200, "the client of the lost lock got %r" % got)
+        # The handler ends (its sleep) and releases.
+        check(poll(lambda: a.get_json("/pidlock-status?json")["cluster"]["held"] == 0, timeout=10),
+              "the request never released")
+        doc = a.get_json("/pidlock-status?json")["cluster"]
+        check(doc["lost"] == 1, "cluster after the release: %r" % doc)
+        check("PIDLOCK402" not in a.read_log(), "the loss was logged twice")
+        r = put(a, "lost-early")
+        check(r.status == 200, "the key after the loss: %d" % r.status)
+    finally:
+        stop_all([a])
+
+
+def fence_of(r):
+    for line in r.text.splitlines():
+        if line.startswith("fence "):
+            return int(line.split()[1])
+    return None
+
+
+def t_fence_never_goes_backwards(pg):
+    """PidLockClusterOnFailure open: while PostgreSQL is down, A serves
+    writes with fences of its own (growing on A); once it is back, the first
+    write through B, and every later one, has a larger fence than any A
+    handed out meanwhile or any granted before."""
+    a, b = hs = hosts(pg.conninfo, failure="open")
+    try:
+        before = []
+        for i in range(3):
+            for h in hs:
+                r = put(h, "fence-%d" % i)
+                check(r.status == 200 and fence_of(r), "before: %d %r" % (r.status, r.text[:200]))
+                before.append(fence_of(r))
+        check(before == sorted(before) and len(set(before)) == len(before), "fences before: %r" % before)
+        pg.down()
+        try:
+            outage = []
+            for i in range(4):
+                r = put(a, "fence-out-%d" % i)
+                check(r.status == 200 and fence_of(r), "PostgreSQL down: %d %r" % (r.status, r.text[:200]))
+                outage.append(fence_of(r))
+            check(outage == sorted(outage) and len(set(outage)) == 4, "A's fences while down: %r" % outage)
+            check(outage[0] > before[-2], "A's first outage fence %d below A's own last %d" % (outage[0], before[-2]))
+            check(poll(lambda: "PIDLOCK403" in a.read_log(), timeout=3), "no PIDLOCK403")
+        finally:
+            pg.up()
+        after = []
+        for h in (b, a, b):
+            r = put(h, "fence-back")
+            check(r.status == 200 and fence_of(r), "PostgreSQL back: %d %r" % (r.status, r.text[:200]))
+            after.append(fence_of(r))
+        check(after[0] > max(outage + before),
+              "B's first fence after the outage %d is not above %d (A's outage fences %r, before %r)"
+              % (after[0], max(outage + before), outage, before))
+        check(after == sorted(after) and len(set(after)) == 3, "fences after: %r" % after)
+    finally:
+        stop_all(hs)
 
 
 def t_sql_client_lock_blocks_put(pg):
@@ -360,12 +472,20 @@ def t_status_and_break_across_hosts(pg):
         check(rem[0]["application"].startswith("mod_pidlock "), "application %r" % rem[0])
         page, nonce = _admin_page(b)
         check("Held on other hosts" in page, "B's page without the remote holders")
+        # Refused breaks end no PostgreSQL session: a wrong nonce, and the
+        # page without PidLockStatusActions.
+        hdrs = {"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://127.0.0.1:%d" % b.port}
+        for url, nc in (("/pidlock-admin", "0" * 32), ("/pidlock-status", nonce)):
+            r = b.request("POST", url, headers=hdrs, body=("action=break&key=brk&nonce=%s" % nc).encode())
+            check(r.status == 403, "break on %s (nonce %s): %d" % (url, nc[:4], r.status))
+        check([g for _, g in advisory_locks(pg)].count("t") == 1 and "status" not in got,
+              "a refused break changed the locks: %r %r" % (advisory_locks(pg), got))
         broke = time.monotonic()
         _break(b, "key", "brk", nonce)
         wt.join(10)
         check(got.get("status") == 200 and got["at"] - broke < 1.0, "B's writer after the break: %r" % got)
         holder.join(10)
-        check(poll(lambda: "PIDLOCK402" in a.read_log(), timeout=5), "A did not log its broken lock as lost")
+        check(poll(lambda: lost_logged(a, "brk"), timeout=5), "A did not log its broken lock as lost")
         check(poll(lambda: "PIDLOCK408" in b.read_log(), timeout=3), "B did not log the sessions it ended")
     finally:
         stop_all(hs)
@@ -396,7 +516,9 @@ def t_client_hangup_leaves_pg_queue(pg):
 
 
 def t_pool_cap_waits_then_503(pg):
-    """PidLockClusterConnections 1 in the only child: a second request waits
+    """(Threaded MPMs: a prefork child serves one request at a time, so its
+    pool never has two takers.)
+    PidLockClusterConnections 1 in the only child: a second request waits
     for the connection within its PidLockTimeout, then 503; none hangs, and
     the connection serves again once free."""
     (h,) = hosts(pg.conninfo, n=1, connections=1, mpm_settings=WORKER_ONE)
@@ -461,8 +583,8 @@ def t_cut_off_host_loses_its_locks(_pg):
     try:
         sh("ip", "netns", "add", ns)
     except (subprocess.CalledProcessError, OSError) as e:
-        print("SKIP cluster/cut_off_host_loses_its_locks: no network namespaces here (%s)"
-              % (getattr(e, "stderr", b"") or b"").decode().strip(), flush=True)
+        print("SKIP cluster/%s/cut_off_host_loses_its_locks: no network namespaces here (%s)"
+              % (MPM, (getattr(e, "stderr", b"") or b"").decode().strip()), flush=True)
         return
     pg = a = b = None
     hba_dir = tempfile.mkdtemp(prefix="pidlock-hba-")
@@ -483,7 +605,7 @@ def t_cut_off_host_loses_its_locks(_pg):
                         "-c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=4000"
                         % (pg_addr, hba))
         tcp = "host=%s port=5432 dbname=postgres user=postgres connect_timeout=5" % pg_addr
-        a = NetnsHost(ns, a_addr, mpm="prefork", body=host_config(tcp), name="cluster-netns-a")
+        a = NetnsHost(ns, a_addr, mpm=MPM, body=host_config(tcp), name="cluster-netns-a")
         a.start()
         (b,) = hosts(pg.conninfo, n=1)
         holder = threading.Thread(target=lambda: _swallow(lambda: put(a, "cut-off", sleep_ms=1500, timeout=60)))
@@ -503,7 +625,7 @@ def t_cut_off_host_loses_its_locks(_pg):
         for p in [a.pid] + a.child_pids():
             os.kill(p, signal.SIGCONT)
         holder.join(30)
-        check(poll(lambda: "PIDLOCK402" in a.read_log() and "cut-off" in a.read_log(), timeout=15),
+        check(poll(lambda: lost_logged(a, "cut-off"), timeout=15),
               "A did not log its lost lock after the thaw")
         print("# cut-off host: B granted %.1f s after A was cut off" % waited, flush=True)
     finally:
@@ -523,6 +645,116 @@ def t_cut_off_host_loses_its_locks(_pg):
         shutil.rmtree(hba_dir, ignore_errors=True)
 
 
+class Bouncer:
+    """A throwaway PgBouncer in transaction pooling mode in front of `pg`:
+    Unix socket only (no TCP listener) in a temp dir, run as user postgres,
+    stopped by its pid."""
+
+    def __init__(self, pg, pool_size=2):
+        self.dir = tempfile.mkdtemp(prefix="pidlock-bouncer-")
+        os.chmod(self.dir, 0o755)  # children (www-data) reach the socket
+        self.port = random.randint(20000, 29999)  # names the socket file only
+        self.pool_size = pool_size
+        self.pg_dir = pg.conninfo.split("host=")[1].split()[0]
+        self.proc = None
+
+    @property
+    def conninfo(self):
+        return "host=%s port=%d dbname=postgres user=postgres" % (self.dir, self.port)
+
+    def start(self):
+        import pwd
+        pw = pwd.getpwnam("postgres")
+        ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(os.path.join(self.dir, "users.txt"), "w") as f:
+            f.write('"postgres" ""\n')
+        with open(ini, "w") as f:
+            f.write("[databases]\npostgres = host=%s dbname=postgres user=postgres\n"
+                    "[pgbouncer]\nlisten_addr =\nlisten_port = %d\nunix_socket_dir = %s\n"
+                    "auth_type = trust\nauth_file = %s/users.txt\npool_mode = transaction\n"
+                    "default_pool_size = %d\nmax_client_conn = 400\nserver_reset_query =\n"
+                    "logfile = %s/pgbouncer.log\n"
+                    % (self.pg_dir, self.port, self.dir, self.dir, self.pool_size, self.dir))
+        for root, dirs, files in os.walk(self.dir):
+            for n in dirs + files + [""]:
+                os.chown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
+
+        def drop():
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+        self.proc = subprocess.Popen(["pgbouncer", ini], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=drop, start_new_session=True)
+        sock = os.path.join(self.dir, ".s.PGSQL.%d" % self.port)
+        if not poll(lambda: os.path.exists(sock) or self.proc.poll() is not None, timeout=10) or \
+                self.proc.poll() is not None:
+            raise AssertionError("PgBouncer did not start: %s" % self.log()[-1500:])
+        return self
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "pgbouncer.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # immediate shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def advisory_locks(pg):
+    """(pid, granted) of every advisory lock in the server."""
+    out = pg.psql("-c", "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory'")
+    return [tuple(l.split("|")) for l in out.splitlines() if l]
+
+
+def t_pgbouncer_transaction_mode(pg):
+    """Both hosts reach PostgreSQL through PgBouncer in transaction pooling
+    mode (two server connections for every client): the cross-host witness
+    sees no overlap, fences stay distinct, and a lock goes at COMMIT: the
+    server connection that held it lives on in the pool holding nothing."""
+    bouncer = Bouncer(pg).start()
+    hs = []
+    try:
+        hs = a, b = hosts(bouncer.conninfo)
+        w = witness_dir()
+        st, fences = hammer(hs, "through-bouncer", w)
+        check(all(s == 200 for s in st), "statuses %r" % sorted(set(st)))
+        check(violations(w) == 0, "witness saw %d overlaps through PgBouncer" % violations(w))
+        check(len(fences) == len(st) and len(set(fences)) == len(fences),
+              "fences not distinct through PgBouncer: %d of %d" % (len(set(fences)), len(st)))
+        # One write held on A: its lock sits in one of PgBouncer's server
+        # sessions; once the request ends it is gone from that session,
+        # which stays open in the pool (released by COMMIT, not by a close).
+        holder = threading.Thread(target=lambda: put(a, "bounced", sleep_ms=1500))
+        holder.start()
+        held = poll(lambda: [p for p, g in advisory_locks(pg) if g == "t"], timeout=5)
+        check(held and len(set(held)) == 1, "the held write in pg_locks: %r" % held)
+        server_pid = held[0]
+        holder.join(10)
+        check(poll(lambda: not advisory_locks(pg), timeout=3),
+              "advisory locks left after the request: %r" % advisory_locks(pg))
+        alive = pg.psql("-c", "SELECT count(*) FROM pg_stat_activity WHERE pid = %s" % server_pid)
+        check(alive == "1", "PgBouncer's server session %s closed (the lock went with the session)" % server_pid)
+        # That session serves other clients now: it holds nothing for them.
+        r = put(b, "bounced")
+        check(r.status == 200, "B's write after A's: %d" % r.status)
+        check(not advisory_locks(pg), "locks after B's write: %r" % advisory_locks(pg))
+        sessions = pg.psql("-c", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                 "AND pid <> pg_backend_pid()")
+        check(int(sessions) <= bouncer.pool_size, "%s server sessions behind a pool of %d"
+              % (sessions, bouncer.pool_size))
+    finally:
+        stop_all(hs)
+        bouncer.stop()
+
+
 def t_configtest_rejects_bad_conninfo(pg):
     h = Httpd(body=host_config("host=/tmp bogus_option=1"), name="cluster-bad")
     try:
@@ -538,38 +770,49 @@ def t_configtest_rejects_bad_conninfo(pg):
         h.cleanup()
 
 
+# (name, function, MPMs it runs under)
+ALL = ("prefork", "worker", "event")
+THREADED = ("worker", "event")
 CLUSTER_TESTS = [
-    ("configtest_rejects_bad_conninfo", t_configtest_rejects_bad_conninfo),
-    ("no_overlap_across_hosts", t_no_overlap_across_hosts),
-    ("kill9_holder_frees_other_host", t_kill9_holder_frees_other_host),
-    ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put),
-    ("pg_down_at_start", t_pg_down_at_start),
-    ("pool_cap_waits_then_503", t_pool_cap_waits_then_503),
-    ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue),
-    ("status_and_break_across_hosts", t_status_and_break_across_hosts),
-    ("pg_restart_during_write", t_pg_restart_during_write),
-    ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks),
+    ("configtest_rejects_bad_conninfo", t_configtest_rejects_bad_conninfo, ALL),
+    ("no_overlap_across_hosts", t_no_overlap_across_hosts, ALL),
+    ("kill9_holder_frees_other_host", t_kill9_holder_frees_other_host, ALL),
+    ("sql_client_lock_blocks_put", t_sql_client_lock_blocks_put, ALL),
+    ("pg_down_at_start", t_pg_down_at_start, ALL),
+    ("pool_cap_waits_then_503", t_pool_cap_waits_then_503, THREADED),
+    ("client_hangup_leaves_pg_queue", t_client_hangup_leaves_pg_queue, ALL),
+    ("status_and_break_across_hosts", t_status_and_break_across_hosts, ALL),
+    ("pg_restart_during_write", t_pg_restart_during_write, ALL),
+    ("lost_lock_noticed_while_held", t_lost_lock_noticed_while_held, ALL),
+    ("fence_never_goes_backwards", t_fence_never_goes_backwards, ALL),
+    ("cut_off_host_loses_its_locks", t_cut_off_host_loses_its_locks, ALL),
+    ("pgbouncer_transaction_mode", t_pgbouncer_transaction_mode, ALL),
 ]
 
 
-def run_cluster_suite(record, only=None):
-    """Runs every test against one throwaway server; a server that does not
-    start fails the suite (make test installs PostgreSQL)."""
+def run_cluster_suite(mpm, record, only=None):
+    """Runs every test under `mpm` against one throwaway server (`only`:
+    test names, or "cluster" for all); a server that does not start fails
+    the suite (make test installs PostgreSQL)."""
+    global MPM
+    MPM = mpm
     pg = Pg()
     try:
         try:
             pg.start()
         except Exception as e:  # noqa: BLE001
-            record("cluster/postgres_start", e)
+            record("cluster/%s/postgres_start" % mpm, e)
             return
-        for name, fn in CLUSTER_TESTS:
-            if only and name not in only and "cluster/" + name not in only:
+        for name, fn, mpms in CLUSTER_TESTS:
+            if mpm not in mpms:
+                continue
+            if only and "cluster" not in only and name not in only and "cluster/" + name not in only:
                 continue
             err = None
             try:
                 fn(pg)
             except Exception as e:  # noqa: BLE001
                 err = e if isinstance(e, AssertionError) else "%s: %s" % (type(e).__name__, e)
-            record("cluster/" + name, err)
+            record("cluster/%s/%s" % (mpm, name), err)
     finally:
         pg.stop()

@@ -9,12 +9,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <libpq-fe.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -457,6 +459,104 @@ TEST(Cluster, EndedPooledSessionIsReplacedAndAHeldOneCountsLost) {
     CHECK_EQUAL(0, a.stats->totals().held);
     CHECK(take(a.lb(), "stale", Mode::Write, 0, w) == AcquireResult::Acquired);
     a.lb().release_all(w);
+}
+
+namespace {
+// The tier's log lines (written from the monitor thread too).
+struct LogSink {
+    std::mutex mu;
+    std::vector<std::string> lines;
+    static void put(void *ctx, int, const char *msg) {
+        auto *s = static_cast<LogSink *>(ctx);
+        std::lock_guard<std::mutex> lk(s->mu);
+        s->lines.push_back(msg);
+    }
+    int count(const char *id) {
+        std::lock_guard<std::mutex> lk(mu);
+        int n = 0;
+        for (const std::string &l : lines) n += l.find(id) != std::string::npos;
+        return n;
+    }
+};
+}  // namespace
+
+TEST(Cluster, SessionEndedWhileHeldIsNoticedBeforeTheRelease) {
+    LogSink sink;
+    ClusterOptions o = options();
+    o.conninfo += " application_name=pidlock_early_test";
+    o.log = LogSink::put;
+    o.log_ctx = &sink;
+    Host a(o);
+    // The request's client connection: the peer sees it shut.
+    int sv[2];
+    CHECK_EQUAL(0, socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+    const std::string key = "early";
+    KeyRef k{key.data(), key.size()};
+    HolderInfo info;
+    info.client_fd = sv[0];
+    LockSet w;
+    int err = 0;
+    CHECK(a.lb().acquire_all(&k, 1, Mode::Write, 0, info, w, nullptr, &err) == AcquireResult::Acquired);
+    Sql admin;
+    CHECK_EQUAL(std::string("1"), admin.one("SELECT count(pg_terminate_backend(pid, 2000)) FROM pg_stat_activity "
+                                            "WHERE application_name = 'pidlock_early_test'"));
+    // Noticed while the lock is still "held" by the request (no release yet).
+    const int64_t t0 = monotonic_ns();
+    while (sink.count("PIDLOCK430") == 0 && ms_since(t0) < 5000) usleep(10000);
+    CHECK_EQUAL(1, sink.count("PIDLOCK430"));
+    CHECK(sink.lines.back().find("early") != std::string::npos);
+    CHECK_EQUAL(1, a.stats->totals().lost);
+    pollfd p{sv[1], POLLIN, 0};
+    CHECK_EQUAL(1, poll(&p, 1, 1000));
+    char b;
+    CHECK_EQUAL(0, read(sv[1], &b, 1));  // end of stream: the client connection was shut
+    // The release finds the session gone: counted and logged once only.
+    CHECK_EQUAL(0, a.lb().release_all(w));
+    CHECK_EQUAL(1, a.stats->totals().lost);
+    CHECK_EQUAL(0, sink.count("PIDLOCK402"));
+    CHECK(take(a.lb(), key, Mode::Write, 0, w) == AcquireResult::Acquired);
+    a.lb().release_all(w);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+TEST(Cluster, BreakOfOwnSessionIsNotALostLock) {
+    LogSink sink;
+    ClusterOptions o = options();
+    o.log = LogSink::put;
+    o.log_ctx = &sink;
+    Host a(o);
+    LockSet w;
+    CHECK(take(a.lb(), "own-break", Mode::Write, 0, w) == AcquireResult::Acquired);
+    const std::string key = "own-break";
+    CHECK_EQUAL(1, a.cluster->break_key(KeyRef{key.data(), key.size()}));
+    usleep(500000);  // the monitor's poll would have seen the end by now
+    a.lb().release_all(w);
+    CHECK_EQUAL(0, a.stats->totals().lost);
+    CHECK_EQUAL(0, sink.count("PIDLOCK430") + sink.count("PIDLOCK402"));
+}
+
+TEST(Cluster, OutageFencesStayBelowTheNextClusterFence) {
+    std::vector<char> mem(ClusterStats::region_size(2));
+    ClusterStats *s = ClusterStats::format(mem.data(), 2);
+    const uint64_t step = ClusterStats::kFenceStep;
+    // Never reached PostgreSQL: 1, 2, ... below every cluster fence.
+    CHECK_EQUAL(1u, s->outage_fence());
+    CHECK_EQUAL(2u, s->outage_fence());
+    s->saw_cluster_fence(3 * step);
+    s->saw_cluster_fence(2 * step);  // an older one changes nothing
+    CHECK_EQUAL(3 * step + 1, s->outage_fence());
+    CHECK_EQUAL(3 * step + 2, s->outage_fence());
+    s->saw_cluster_fence(4 * step);
+    CHECK_EQUAL(4 * step + 1, s->outage_fence());
+    // The range above one cluster fence is used up: no fence rather than
+    // one at or above the next cluster fence.
+    uint64_t last = 0;
+    for (uint64_t i = 2; i < step; ++i) last = s->outage_fence();
+    CHECK_EQUAL(5 * step - 1, last);
+    CHECK_EQUAL(0u, s->outage_fence());
+    s->saw_cluster_fence(5 * step);
+    CHECK_EQUAL(5 * step + 1, s->outage_fence());
 }
 
 // httpd's parent frees a process's slot in a region every child may write:
