@@ -231,6 +231,10 @@ int status_handler(request_rec *r);
 int mod_status_hook(request_rec *r, int flags);
 
 bool accepts_json(request_rec *r);
+// COPY and MOVE write their Destination: the keys this scope's path sources
+// yield for its path (routed like a request path). 0 or the status that
+// refuses a malformed Destination.
+int destination_keys(const DirConfig *d, request_rec *r, std::vector<std::string> &keys);
 
 // ----------------------------------------------- edit leases (_lease.cc)
 
@@ -265,6 +269,8 @@ int lease_status_action(request_rec *r, const DirConfig *d, State *st, const std
 // The status page's lease parts, from one snapshot.
 void lease_status_extra(State *st, int64_t now_us, bool actions, const char *nonce, const char *form_action,
                         StatusExtra &extra);
+// ?auto's and mod_status's lease lines: counts and counters, no lease copied.
+void lease_status_summary(State *st, int64_t now_us, StatusExtra &extra);
 
 }  // namespace glue
 }  // namespace pidlock

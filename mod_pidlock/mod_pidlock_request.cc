@@ -232,6 +232,27 @@ Mode mode_for(const DirConfig *d, request_rec *r) {
     }
 }
 
+namespace {
+
+// A path source's key from `path` (a routed path, like r->uri).
+KeyStatus key_from_path_spec(const KeySpec &k, const char *path, apr_size_t max_len, std::string &key) {
+    if (!path || strncmp(path, k.prefix, k.prefix_len) != 0) return KeyStatus::Absent;
+    if (k.simple) {
+        const char *cap = nullptr;
+        size_t cap_len = 0;
+        const FastMatch fm = simple_capture_match(k.prefix, k.prefix_len, k.allow_empty, path, &cap, &cap_len);
+        if (fm == FastMatch::NoMatch) return KeyStatus::Absent;
+        if (fm == FastMatch::Match) return key_from_path_capture(cap, cap_len, max_len, key);
+    }
+    ap_regmatch_t m[2];
+    if (ap_regexec(k.regex, path, 2, m, 0) == 0 && m[1].rm_so >= 0)
+        return key_from_path_capture(path + m[1].rm_so, static_cast<size_t>(m[1].rm_eo - m[1].rm_so), max_len,
+                                     key);
+    return KeyStatus::Absent;
+}
+
+}  // namespace
+
 // One source's key, as a view into r->uri, r->args or the header's value
 // where nothing needed decoding, else into `scratch`. Absent when the
 // source yields nothing here.
@@ -352,6 +373,41 @@ int first_key(const DirConfig *d, request_rec *r, apr_size_t max_len, std::strin
 }
 
 }  // namespace
+
+int destination_keys(const DirConfig *d, request_rec *r, std::vector<std::string> &keys) {
+    keys.clear();
+    if (!d->keys || (r->method_number != M_COPY && r->method_number != M_MOVE)) return 0;
+    const char *dest = apr_table_get(r->headers_in, "Destination");
+    if (!dest) return 0;
+    apr_uri_t u;
+    if (apr_uri_parse(r->pool, dest, &u) != APR_SUCCESS || !u.path || u.path[0] != '/') {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK482: refusing %s: malformed Destination header",
+                      r->method);
+        return HTTP_BAD_REQUEST;
+    }
+    // Routed like a request path: decoded (%2F kept, as httpd keeps it under
+    // AllowEncodedSlashes NoDecode), dot segments and repeated slashes gone.
+    char *path = apr_pstrdup(r->pool, u.path);
+    if (ap_unescape_url_keep2f(path, 1) != OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK483: refusing %s: Destination path does not decode",
+                      r->method);
+        return HTTP_BAD_REQUEST;
+    }
+    ap_getparents(path);
+    ap_no2slash(path);
+    const apr_size_t max_len = max_key_len(server_config(r->server));
+    const KeySpec *specs = reinterpret_cast<const KeySpec *>(d->keys->elts);
+    std::string key;
+    for (int i = 0; i < d->keys->nelts; ++i) {
+        if (specs[i].source != KeySource::Path) continue;
+        const KeyStatus st = key_from_path_spec(specs[i], path, max_len, key);
+        if (st == KeyStatus::Absent) continue;
+        if (st != KeyStatus::Ok) return refuse_key(r, specs[i], st, "in the Destination header");
+        keys.push_back(key);
+        if (d->keys_all != 1) break;
+    }
+    return 0;
+}
 
 bool accepts_json(request_rec *r) {
     const char *accept = apr_table_get(r->headers_in, "Accept");
