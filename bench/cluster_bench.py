@@ -84,7 +84,8 @@ def server(design, conninfo):
 def lua(h, name, npids, sleep):
     path = os.path.join(h.root, name)
     with open(path, "w") as f:
-        f.write(SLOW_LUA % {"npids": npids, "method": "PUT", "base": "/slow/", "sleep": sleep, "body": '"x"'})
+        f.write(SLOW_LUA % {"npids": npids, "method": "PUT", "base": "/slow/", "loc": "slow", "sleep": sleep,
+                            "body": '"x"'})
     return path
 
 

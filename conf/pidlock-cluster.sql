@@ -23,3 +23,15 @@ CREATE OR REPLACE FUNCTION pidlock_key(text) RETURNS bigint
 
 -- The role in CONNINFO needs nextval on the sequence, e.g.:
 --   GRANT USAGE ON SEQUENCE pidlock_fence TO gmn_httpd;
+
+-- Edit leases across hosts (PidLockLease On with PidLockCluster): one row per
+-- leased key, keyed by pidlock_key() of the key and its bytes; the token is
+-- kept only as its SHA-256; deadlines are wall-clock microseconds since the
+-- epoch. mod_pidlock creates this table itself if it is missing (the role in
+-- CONNINFO then needs CREATE on the schema); else create it here and grant
+--   GRANT SELECT, INSERT, UPDATE, DELETE ON pidlock_leases TO gmn_httpd;
+CREATE TABLE IF NOT EXISTS pidlock_leases (
+    key_hash bigint NOT NULL, key bytea NOT NULL, token_hash bytea NOT NULL, id text NOT NULL,
+    owner text NOT NULL, usr text NOT NULL, client text NOT NULL, timeout_s integer NOT NULL,
+    granted_us bigint NOT NULL, idle_us bigint NOT NULL, expires_us bigint NOT NULL,
+    PRIMARY KEY (key_hash, key));

@@ -30,7 +30,10 @@ void register_hooks(apr_pool_t *) {
     // Every request, locked or not: a client's own fence header goes.
     ap_hook_post_read_request(strip_fence, nullptr, nullptr, APR_HOOK_REALLY_FIRST);
     register_body_filters();
-    g_release_filter = ap_register_output_filter(kReleaseFilter, release_filter, nullptr, AP_FTYPE_PROTOCOL);
+    // A connection filter, added to a connection by its first locking
+    // request and kept: it sits right below the protocol filters, where the
+    // response's EOS passes (PidLockRelease eos).
+    g_release_filter = ap_register_output_filter(kReleaseFilter, release_filter, nullptr, AP_FTYPE_CONNECTION);
 }
 
 }  // namespace

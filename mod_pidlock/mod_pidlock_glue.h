@@ -26,7 +26,10 @@
 #include "http_config.h"
 #include "util_filter.h"
 
+// The Makefile passes the package's version (debian/changelog).
+#ifndef PIDLOCK_VERSION
 #define PIDLOCK_VERSION "0.2.0"
+#endif
 
 // The one symbol httpd looks up; everything else stays hidden.
 #define PIDLOCK_EXPORT __attribute__((visibility("default")))
@@ -152,25 +155,47 @@ void child_init(apr_pool_t *p, server_rec *s);
 // processes of an older table layout are gone.
 int monitor(apr_pool_t *p, server_rec *s);
 
+struct ConnLocks;
+
 // The locks of one initial request and of the internal redirects and
 // sub-requests it runs: taken in its fixup, released together by the
-// release filter at the end of its response, by its pool's cleanup, or by
-// the PidLockMaxHold watchdog.
+// connection's release filter when the EOS of its response passes
+// (PidLockRelease eos), by its pool's cleanup, or by the PidLockMaxHold
+// watchdog.
 struct RequestLocks {
-    LockBackend *backend;
-    request_rec *r;            // the initial request
-    int64_t deadline_ns;       // of the initial request's wait
-    uint64_t request;          // its number on the status page
-    int nsets;
-    LockSet sets[4];           // [0]: the initial request's; then redirects'
-    apr_array_header_t *held;  // of const char * / size: keys in any set
-    apr_array_header_t *held_len;
-    bool released;
-    bool watched;              // in the watchdog's list (under its mutex)
-    bool watchdog;             // PidLockMaxHold applies: releases go through it
-    int64_t hold_deadline_ns;
-    int sock;                  // the client connection's descriptor, -1: none
-    char key_shown[96];        // the first key, for the watchdog's log line
+    static constexpr int kMaxSets = 4;  // the initial request's and its redirects'
+    LockBackend *backend = nullptr;
+    request_rec *r = nullptr;  // the initial request
+    ConnLocks *conn = nullptr; // its connection's; current == this while an EOS is awaited
+    int64_t deadline_ns = 0;   // of the initial request's wait; 0: not read off the clock (granted at once)
+    uint64_t request = 0;      // its number on the status page
+    int nsets = 0;
+    LockSet first;             // set 0: the initial request's
+    LockSet *more = nullptr;   // sets 1..kMaxSets-1 (redirects'), made in the pool by the first; null: none
+    LockSet &set(int i) { return i == 0 ? first : more[i - 1]; }
+    // The keys held, in any set: views into the request's own text (r->uri,
+    // r->args, a header value) or copies in its pool. The first nheld of
+    // `held` are set.
+    int nheld = 0;
+    KeyRef held[LockSet::kMaxKeys];
+    apr_array_header_t *held_more = nullptr;  // of KeyRef: redirects' keys beyond `held`; null: none
+    bool released = false;
+    bool watched = false;      // in the watchdog's list (under its mutex)
+    bool watchdog = false;     // PidLockMaxHold applies: releases go through it
+    int64_t hold_deadline_ns = 0;
+    int sock = -1;             // the client connection's descriptor, -1: none
+    char key_shown[96];        // the first key, for the watchdog's log line (set by hold_watch)
+};
+
+// One client connection's part (an HTTP/2 stream's own connection), made
+// in its pool by its first locking request: the release filter is added to
+// the connection once (not per request) and releases `current` when the
+// EOS of that request's response passes it; the request pool's cleanup
+// clears `current` if the request ended without one.
+struct ConnLocks {
+    RequestLocks *current;     // PidLockRelease eos: whose locks the next EOS ends; null: none
+    int fd;                    // connection_fd() of the connection
+    bool filter;               // the release filter is in the connection's output filters
 };
 // Releases every lock of `rl` (idempotent); the watchdog's lock is taken
 // where it may race.
@@ -201,11 +226,18 @@ int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vecto
 void register_body_filters();
 extern ap_filter_rec_t *g_release_filter;
 apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb);
+// child_init: this process's pid, for the request numbers (getpid() is a
+// system call).
+void note_child_pid();
 
 int status_handler(request_rec *r);
 int mod_status_hook(request_rec *r, int flags);
 
 bool accepts_json(request_rec *r);
+// COPY and MOVE write their Destination: the keys this scope's path sources
+// yield for its path (routed like a request path). 0 or the status that
+// refuses a malformed Destination.
+int destination_keys(const DirConfig *d, request_rec *r, std::vector<std::string> &keys);
 
 // ----------------------------------------------- edit leases (_lease.cc)
 
@@ -240,6 +272,8 @@ int lease_status_action(request_rec *r, const DirConfig *d, State *st, const std
 // The status page's lease parts, from one snapshot.
 void lease_status_extra(State *st, int64_t now_us, bool actions, const char *nonce, const char *form_action,
                         StatusExtra &extra);
+// ?auto's and mod_status's lease lines: counts and counters, no lease copied.
+void lease_status_summary(State *st, int64_t now_us, StatusExtra &extra);
 
 }  // namespace glue
 }  // namespace pidlock

@@ -4,12 +4,14 @@
 // table's region and mutex (retained across graceful restarts), and the
 // status page's Release and Steal. The table and the parsers are the core's
 // (pidlock_lease.cc).
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
 #include <vector>
 
 #include "mod_pidlock_glue.h"
+#include "pidlock_lease_pg.h"
 #include "pidlock_locks.h"
 
 #include <apr_shm.h>
@@ -46,6 +48,11 @@ bool leases_configured(server_rec *s) {
     for (server_rec *vs = s; vs; vs = vs->next)
         if (server_config(vs)->lease_used == 1) return true;
     return false;
+}
+
+apr_status_t destroy_pg_store(void *p) {
+    static_cast<PgLeaseStore *>(p)->~PgLeaseStore();
+    return APR_SUCCESS;
 }
 
 std::string shown_key(const std::string &key) {
@@ -136,6 +143,18 @@ int answer_refusal(request_rec *r, LeaseOutcome out, const LeaseView &v, const s
     return answer(r, status, render_lease_refusal_text(shown, now, stale), "text/plain; charset=utf-8");
 }
 
+// The store failed (its mutex, or PostgreSQL out of reach): 503, try again.
+int store_failed(request_rec *r) {
+    apr_table_setn(r->headers_out, "Retry-After", "5");
+    return answer(r, HTTP_SERVICE_UNAVAILABLE, "Edit leases are unavailable for the moment; try again.\n",
+                  "text/plain; charset=utf-8");
+}
+
+std::string failure_of(const LeaseStore *t) {
+    const std::string f = t->failure();
+    return f.empty() ? std::string() : ": " + f.substr(0, f.find_last_not_of("\n ") + 1);
+}
+
 int answer_full(request_rec *r, const LeaseStore *t) {
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                   "PIDLOCK457: lease table full (%u leases); answering 503. Raise PidLockLeaseTableSize.",
@@ -183,10 +202,29 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     int status = OK;
     if (!read_body(r, body, &status)) return status;
     LeaseRequest req;
-    if (!parse_lock_owner(body, kLeaseOwnerCap, req.owner)) {
+    LockInfo info;
+    if (!parse_lock_info(body, kLeaseOwnerCap, info)) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       "PIDLOCK477: refusing LOCK: body is not acceptable XML (DOCTYPE, entity or broken markup)");
         return HTTP_BAD_REQUEST;
+    }
+    req.owner = info.owner;
+    bool infinity = true;
+    if (!parse_lock_depth(apr_table_get(r->headers_in, "Depth"), &infinity)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK480: refusing LOCK: Depth must be 0 or infinity (RFC 4918 9.10.3)");
+        return HTTP_BAD_REQUEST;
+    }
+    // A lease is an exclusive write lock on one resource: a shared lock or
+    // another lock type cannot be granted (RFC 4918 9.10.6: 412).
+    if (info.shared || info.unknown_scope || info.not_write) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK481: refusing LOCK on key %s: it asks for a %s; leases are exclusive write locks",
+                      shown_key(key).c_str(), info.not_write ? "lock type other than write"
+                                              : info.shared ? "shared lock" : "lock scope other than exclusive");
+        return answer(r, HTTP_PRECONDITION_FAILED,
+                      "Only exclusive write locks are granted here (lockscope exclusive, locktype write).\n",
+                      "text/plain; charset=utf-8");
     }
     req.user = user_of(r);
     req.client = r->useragent_ip ? r->useragent_ip : "";
@@ -219,8 +257,9 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease table failed");
-        return HTTP_INTERNAL_SERVER_ERROR;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease store failed%s; answering 503",
+                      failure_of(t).c_str());
+        return store_failed(r);
     }
     apr_table_setn(r->headers_out, "Timeout", apr_psprintf(r->pool, "Second-%u", v.timeout_s));
     if (accepts_json(r)) return answer(r, HTTP_OK, render_lock_json(v, token_urn), "application/json");
@@ -255,9 +294,69 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK473: the lease table failed");
-        return HTTP_INTERNAL_SERVER_ERROR;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK473: the lease store failed%s; answering 503",
+                      failure_of(t).c_str());
+        return store_failed(r);
     }
+}
+
+// A write the lease allows: the rest of its If header. Lists whose state
+// tokens cannot hold make it false (412); the entity tags of the lists that
+// can are handed to the application as If-Match, which it evaluates.
+int if_conditions(request_rec *r, const std::vector<std::string> &held) {
+    const char *h = apr_table_get(r->headers_in, "If");
+    if (!h) return DECLINED;
+    std::vector<IfList> lists;
+    if (!parse_if_header(h, lists)) return HTTP_BAD_REQUEST;  // if_tokens logged it
+    // Submitted URIs in their canonical spelling, as `held` has them.
+    for (IfList &l : lists)
+        for (IfCondition &c : l.conditions) {
+            LeaseToken t;
+            if (!c.etag && lease_token_parse(c.value, t)) c.value = lease_token_urn(t);
+        }
+    const IfEtags e = if_entity_tags(lists, held);
+    switch (e.verdict) {
+    case IfVerdict::True:
+        return DECLINED;
+    case IfVerdict::False:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK484: %s: no list of the If header can hold (its state tokens); answering 412",
+                      r->method);
+        return answer(r, HTTP_PRECONDITION_FAILED, "The If header's conditions do not hold.\n",
+                      "text/plain; charset=utf-8");
+    case IfVerdict::Unsupported:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK485: refusing %s: the If header has a Not [entity-tag] condition, which the "
+                      "application cannot be asked", r->method);
+        return HTTP_BAD_REQUEST;
+    case IfVerdict::IfMatch:
+        break;
+    }
+    if (apr_table_get(r->headers_in, "If-Match")) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      "PIDLOCK486: refusing %s: entity tags both in If and in If-Match", r->method);
+        return HTTP_BAD_REQUEST;
+    }
+    std::string m;
+    for (const std::string &t : e.etags) m += (m.empty() ? "" : ", ") + t;
+    apr_table_set(r->headers_in, "If-Match", m.c_str());
+    return DECLINED;
+}
+
+// The keys a write changes, as the lease sees them: COPY reads its source
+// and writes its Destination, MOVE writes both (RFC 4918 7.5: a locked
+// destination needs the token too). 0 or the status refusing the request.
+int written_keys(request_rec *r, const DirConfig *d, const std::vector<std::string> &keys,
+                 std::vector<std::string> &written, std::vector<std::string> &read) {
+    written.clear();
+    read.clear();
+    std::vector<std::string> dest;
+    if (const int bad = destination_keys(d, r, dest)) return bad;
+    if (r->method_number == M_COPY) read = keys;
+    else written = keys;
+    for (const std::string &k : dest)
+        if (std::find(written.begin(), written.end(), k) == written.end()) written.push_back(k);
+    return 0;
 }
 
 }  // namespace
@@ -289,17 +388,47 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
             } else if (mode != Mode::Write) {
                 for (const std::string &k : keys) t->touch(k, tokens, user_of(r), wall_clock_us());
             } else {
-                for (const std::string &k : keys) {
+                std::vector<std::string> written, read;
+                if (const int bad = written_keys(r, d, keys, written, read)) {
+                    if (rl) release_locks(rl);
+                    return bad;
+                }
+                for (const std::string &k : read) t->touch(k, tokens, user_of(r), wall_clock_us());
+                std::vector<std::string> held;  // the submitted tokens that are a lease's
+                // Several keys (MOVE, COPY's Destination): a token is stale
+                // only if it is no written key's lease, so a key without a
+                // lease passes here and the tokens are judged at the end.
+                const bool several = written.size() > 1 && (!tokens.empty() || foreign);
+                bool unleased = false;
+                for (const std::string &k : written) {
                     LeaseView v;
+                    if (several) {
+                        const LeaseOutcome bare = t->check_write(k, {}, false, user_of(r), wall_clock_us(), &v);
+                        if (bare == LeaseOutcome::Free) {
+                            unleased = true;
+                            continue;
+                        }
+                    }
                     const LeaseOutcome out = t->check_write(k, tokens, foreign, user_of(r), wall_clock_us(), &v);
+                    if (out == LeaseOutcome::Allowed)
+                        for (const LeaseToken &tok : tokens)
+                            if (lease_token_id(tok) == v.id) held.push_back(lease_token_urn(tok));
                     if (out == LeaseOutcome::Free || out == LeaseOutcome::Allowed) continue;
                     if (rl) release_locks(rl);
                     if (out == LeaseOutcome::Error) {
-                        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK475: the lease table failed");
-                        return HTTP_INTERNAL_SERVER_ERROR;
+                        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                                      "PIDLOCK475: the lease store failed%s; answering 503", failure_of(t).c_str());
+                        return store_failed(r);
                     }
                     return answer_refusal(r, out, v, k);
                 }
+                if (unleased && held.empty()) {
+                    if (rl) release_locks(rl);
+                    return answer_refusal(r, LeaseOutcome::Stale, LeaseView(), written[0]);
+                }
+                rc = if_conditions(r, held);
+                if (rc != DECLINED && rl) release_locks(rl);
+                return rc;
             }
         }
         // LOCK and UNLOCK end here: their locks go with the response.
@@ -323,7 +452,9 @@ int lease_precheck(request_rec *r, const DirConfig *d, Mode mode, const std::vec
         if (!if_tokens(r, tokens, foreign)) return HTTP_BAD_REQUEST;
         // A token is judged once it is this writer's turn (and renews then).
         if (!tokens.empty() || foreign || t->used() == 0) return 0;
-        for (const std::string &k : keys) {
+        std::vector<std::string> written, read;
+        if (const int bad = written_keys(r, d, keys, written, read)) return bad;
+        for (const std::string &k : written) {
             LeaseView v;
             const LeaseOutcome out = t->check_write(k, tokens, false, user_of(r), wall_clock_us(), &v);
             if (out == LeaseOutcome::Locked) return answer_refusal(r, out, v, k);
@@ -395,6 +526,19 @@ void lease_status_extra(State *st, int64_t now_us, bool actions, const char *non
     extra.json_members = ",\n \"leases\": " + render_leases_json(leases);
     extra.html = render_leases_html(leases, now_us, actions, nonce ? nonce : "", form_action ? form_action : "");
     extra.metrics = render_leases_metrics(leases, c);
+}
+
+void lease_status_summary(State *st, int64_t now_us, StatusExtra &extra) {
+    if (!st || !st->leases) return;
+    uint32_t live = 0;
+    LeaseCounters c;
+    if (!st->leases->summary(now_us, &live, c)) return;
+    extra.auto_lines = lease_auto_lines(live, st->leases->capacity(), c);
+    extra.mod_status_items.emplace_back(
+        "Leases", std::to_string(live) + " of " + std::to_string(st->leases->capacity()) + " held; granted " +
+                      std::to_string(c.granted) + ", renewed " + std::to_string(c.renewed) + ", released " +
+                      std::to_string(c.released) + ", expired " + std::to_string(c.expired) + ", stolen " +
+                      std::to_string(c.stolen) + ", refused " + std::to_string(c.refusals));
 }
 
 std::vector<Finding> lease_check_config(server_rec *s) {
@@ -479,6 +623,17 @@ bool lease_post_config(server_rec *s, apr_pool_t *pconf, State *st, uint32_t key
     // Nothing read from the region here: httpd's parent never trusts it.
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "PIDLOCK471: lease table ready: %u leases, keys up to %u bytes",
                  table->params().capacity, table->params().key_cap);
+    if (sc->cluster_conninfo) {
+        // Across hosts: the leases live in PostgreSQL (the host's table
+        // keeps the counters); each child connects on first use.
+        auto *pg = new (apr_palloc(pconf, sizeof(PgLeaseStore)))
+            PgLeaseStore(sc->cluster_conninfo, want.capacity, want.key_cap, table);
+        apr_pool_cleanup_register(pconf, pg, destroy_pg_store, apr_pool_cleanup_null);
+        st->leases = pg;
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                     "PIDLOCK487: leases kept in PostgreSQL (table pidlock_leases), at most %u across the cluster",
+                     want.capacity);
+    }
     return true;
 }
 

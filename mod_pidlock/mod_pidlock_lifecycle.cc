@@ -607,6 +607,7 @@ void probe_cluster(server_rec *s) {
 }
 
 void child_init(apr_pool_t *p, server_rec *s) {
+    note_child_pid();
     lease_child_init(p, s);
     if (!g_state) return;
     if (g_state->cluster_stats) {

@@ -1,6 +1,9 @@
 // mod_pidlock glue: the request path. The last fixup finds the request's
-// key and takes its lock; an output filter releases it at the end of the
-// response, and the request pool's cleanup on every other path.
+// key and takes its lock; a connection output filter releases it when the
+// response's EOS passes, and the request pool's cleanup on every other path.
+// The common case (one key from the first source that yields one, no
+// lease) takes no copy of the key and allocates nothing but its
+// RequestLocks.
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,7 +40,7 @@ const char *const kFenceHeader = "PidLock-Fence";
 void release_locks_now(RequestLocks *rl) {
     if (rl->released) return;
     for (int i = rl->nsets; i-- > 0;) {
-        const int rc = rl->backend->release_all(rl->sets[i]);
+        const int rc = rl->backend->release_all(rl->set(i));
         if (rc != 0) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, rc, rl->r, "PIDLOCK105: releasing a lock failed");
             return;  // the pool cleanup tries again
@@ -52,26 +55,54 @@ void release_locks(RequestLocks *rl) {
     else release_locks_now(rl);
 }
 
+// The request's end (PidLockRelease sent, and the backstop of eos): its
+// pool goes once httpd has sent the response and ends the request.
 apr_status_t release_cleanup(void *data) {
-    release_locks(static_cast<RequestLocks *>(data));
+    auto *rl = static_cast<RequestLocks *>(data);
+    // The connection outlives the request: it must not keep a pointer to it.
+    if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
+    release_locks(rl);
     return APR_SUCCESS;
 }
 
 ap_filter_rec_t *g_release_filter = nullptr;
 
-// PidLockRelease eos: releases the locks when the response is complete
-// (EOS), before the bytes reach a possibly slow client; the request pool's
-// cleanup is the backstop for every path that sends no EOS.
-apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb) {
-    for (apr_bucket *b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+// PidLockRelease eos: releases the locks of the connection's current
+// request when its response's EOS passes, below the protocol filters and
+// before the bytes reach a possibly slow client. Sub-requests' EOS never
+// gets here (httpd drops it), an internal redirect's response is its
+// initial request's. Once added, the filter stays for the connection's
+// later requests: one that holds nothing costs the test of `current`.
+namespace {
+
+// Out of the filter's way: most brigades pass with nothing to release.
+__attribute__((noinline)) void release_at_eos_bucket(ConnLocks *cl, apr_bucket_brigade *bb) {
+    // The EOS ends a brigade: look from its end.
+    for (apr_bucket *b = APR_BRIGADE_LAST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_PREV(b)) {
         if (APR_BUCKET_IS_EOS(b)) {
-            release_locks(static_cast<RequestLocks *>(f->ctx));
-            ap_remove_output_filter(f);
-            break;
+            RequestLocks *rl = cl->current;
+            cl->current = nullptr;
+            release_locks(rl);
+            return;
         }
     }
+}
+
+}  // namespace
+
+apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb) {
+    auto *cl = static_cast<ConnLocks *>(f->ctx);
+    if (cl->current) release_at_eos_bucket(cl, bb);
     return ap_pass_brigade(f->next, bb);
 }
+
+namespace {
+
+pid_t g_child_pid = 0;
+
+}  // namespace
+
+void note_child_pid() { g_child_pid = getpid(); }
 
 namespace {
 
@@ -89,24 +120,39 @@ RequestLocks *locks_of(request_rec *initial) {
     return static_cast<RequestLocks *>(ap_get_module_config(initial->request_config, &pidlock_module));
 }
 
+bool same_key(const KeyRef &a, const std::string &b) {
+    return a.len == b.size() && !memcmp(a.data, b.data(), b.size());
+}
+
 bool holds_key(const RequestLocks *rl, const std::string &key) {
-    if (!rl || !rl->held) return false;
-    const auto *keys = reinterpret_cast<const char *const *>(rl->held->elts);
-    const auto *lens = reinterpret_cast<const apr_size_t *>(rl->held_len->elts);
-    for (int i = 0; i < rl->held->nelts; ++i)
-        if (lens[i] == key.size() && !memcmp(keys[i], key.data(), key.size())) return true;
+    if (!rl) return false;
+    for (int i = 0; i < rl->nheld; ++i)
+        if (same_key(rl->held[i], key)) return true;
+    if (rl->held_more) {
+        const auto *more = reinterpret_cast<const KeyRef *>(rl->held_more->elts);
+        for (int i = 0; i < rl->held_more->nelts; ++i)
+            if (same_key(more[i], key)) return true;
+    }
     return false;
 }
 
-void note_held(RequestLocks *rl, const std::vector<std::string> &keys) {
-    apr_pool_t *p = rl->r->pool;
-    if (!rl->held) {
-        rl->held = apr_array_make(p, 2, sizeof(const char *));
-        rl->held_len = apr_array_make(p, 2, sizeof(apr_size_t));
+// Notes keys the request now holds; `copy`: their bytes do not live as long
+// as the request's pool, so they are copied there.
+void note_held(RequestLocks *rl, const KeyRef *keys, size_t n, bool copy) {
+    if (!copy && rl->nheld + n <= LockSet::kMaxKeys) {
+        memcpy(&rl->held[rl->nheld], keys, n * sizeof(KeyRef));
+        rl->nheld += static_cast<int>(n);
+        return;
     }
-    for (const std::string &k : keys) {
-        *static_cast<const char **>(apr_array_push(rl->held)) = apr_pstrmemdup(p, k.data(), k.size());
-        *static_cast<apr_size_t *>(apr_array_push(rl->held_len)) = k.size();
+    apr_pool_t *p = rl->r->pool;
+    for (size_t i = 0; i < n; ++i) {
+        KeyRef k{copy ? apr_pstrmemdup(p, keys[i].data, keys[i].len) : keys[i].data, keys[i].len};
+        if (rl->nheld < static_cast<int>(LockSet::kMaxKeys)) {
+            rl->held[rl->nheld++] = k;
+        } else {
+            if (!rl->held_more) rl->held_more = apr_array_make(p, 4, sizeof(KeyRef));
+            *static_cast<KeyRef *>(apr_array_push(rl->held_more)) = k;
+        }
     }
 }
 
@@ -115,7 +161,33 @@ void note_held(RequestLocks *rl, const std::vector<std::string> &keys) {
 uint64_t next_request_number() {
     static std::atomic<uint32_t> counter{0};
     const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) & ((1u << 30) - 1);
-    return (static_cast<uint64_t>(getpid()) << 30) | n;
+    const pid_t pid = g_child_pid ? g_child_pid : getpid();
+    return (static_cast<uint64_t>(pid) << 30) | n;
+}
+
+// The connection's part, made by its first locking request.
+ConnLocks *conn_locks(conn_rec *c) {
+    auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
+    if (!cl) {
+        cl = static_cast<ConnLocks *>(apr_pcalloc(c->pool, sizeof(ConnLocks)));
+        cl->fd = connection_fd(c);
+        ap_set_module_config(c->conn_config, &pidlock_module, cl);
+    }
+    return cl;
+}
+
+// PidLockRelease eos: `rl`'s locks end when the EOS of the response of `r`
+// (its initial request) passes the connection's release filter, added to
+// the connection now if this is its first such request.
+void release_at_eos(RequestLocks *rl, request_rec *r) {
+    ConnLocks *cl = conn_locks(r->connection);
+    if (!cl->filter) {
+        // With `r`, httpd links the filter into this request's chain too.
+        ap_add_output_filter_handle(g_release_filter, cl, r, r->connection);
+        cl->filter = true;
+    }
+    cl->current = rl;
+    rl->conn = cl;
 }
 
 // Every request header named `name`, counted: a repeated key header is
@@ -160,35 +232,55 @@ Mode mode_for(const DirConfig *d, request_rec *r) {
     }
 }
 
-// One source's key. Absent when the source yields nothing here.
-KeyStatus key_from_spec(const KeySpec &k, request_rec *r, apr_size_t max_len, std::string &key) {
+namespace {
+
+// A path source's key from `path` (a routed path, like r->uri).
+KeyStatus key_from_path_spec(const KeySpec &k, const char *path, apr_size_t max_len, std::string &key) {
+    if (!path || strncmp(path, k.prefix, k.prefix_len) != 0) return KeyStatus::Absent;
+    if (k.simple) {
+        const char *cap = nullptr;
+        size_t cap_len = 0;
+        const FastMatch fm = simple_capture_match(k.prefix, k.prefix_len, k.allow_empty, path, &cap, &cap_len);
+        if (fm == FastMatch::NoMatch) return KeyStatus::Absent;
+        if (fm == FastMatch::Match) return key_from_path_capture(cap, cap_len, max_len, key);
+    }
+    ap_regmatch_t m[2];
+    if (ap_regexec(k.regex, path, 2, m, 0) == 0 && m[1].rm_so >= 0)
+        return key_from_path_capture(path + m[1].rm_so, static_cast<size_t>(m[1].rm_eo - m[1].rm_so), max_len,
+                                     key);
+    return KeyStatus::Absent;
+}
+
+}  // namespace
+
+// One source's key, as a view into r->uri, r->args or the header's value
+// where nothing needed decoding, else into `scratch`. Absent when the
+// source yields nothing here.
+KeyStatus key_from_spec(const KeySpec &k, request_rec *r, apr_size_t max_len, std::string &scratch, KeyView &key) {
     KeyStatus st = KeyStatus::Absent;
     switch (k.source) {
     case KeySource::Path: {
-        if (!r->uri || strncmp(r->uri, k.prefix, k.prefix_len) != 0) break;
+        if (!r->uri) break;
         if (k.simple) {
-            const char *cap = nullptr;
-            size_t cap_len = 0;
-            const FastMatch fm = simple_capture_match(k.prefix, k.prefix_len, k.allow_empty, r->uri, &cap, &cap_len);
-            if (fm == FastMatch::NoMatch) break;
-            if (fm == FastMatch::Match) {
-                st = key_from_path_capture(cap, cap_len, max_len, key);
-                break;
-            }
+            bool use_regex = false;
+            st = simple_capture_key(k.prefix, k.prefix_len, k.allow_empty, r->uri, max_len, scratch, key, &use_regex);
+            if (!use_regex) break;
+        } else if (strncmp(r->uri, k.prefix, k.prefix_len) != 0) {
+            break;
         }
         ap_regmatch_t m[2];
         if (ap_regexec(k.regex, r->uri, 2, m, 0) == 0 && m[1].rm_so >= 0)
-            st = key_from_path_capture(r->uri + m[1].rm_so,
-                                       static_cast<size_t>(m[1].rm_eo - m[1].rm_so), max_len, key);
+            st = key_view_path_capture(r->uri + m[1].rm_so, static_cast<size_t>(m[1].rm_eo - m[1].rm_so), max_len,
+                                       scratch, key);
         break;
     }
     case KeySource::Query:
-        st = key_from_query(r->args, k.name, max_len, key);
+        st = key_view_query(r->args, k.name, max_len, scratch, key);
         break;
     case KeySource::Header: {
         const char *v = nullptr;
         const int n = header_count(r, k.name, &v);
-        st = n > 1 ? KeyStatus::Repeated : key_from_header(v, max_len, key);
+        st = n > 1 ? KeyStatus::Repeated : key_view_header(v, max_len, scratch, key);
         break;
     }
     case KeySource::Form:
@@ -218,7 +310,8 @@ int keys_for(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector
     std::vector<std::string> form_values;
     bool form_read = false;
     size_t form_i = 0;
-    std::string key;
+    std::string scratch;
+    KeyView key;
     for (int i = 0; i < d->keys->nelts; ++i) {
         const KeySpec &k = specs[i];
         if (k.source == KeySource::Form) {
@@ -231,10 +324,10 @@ int keys_for(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector
             if (v.empty()) continue;  // absent (an empty value was refused)
             keys.push_back(v);
         } else {
-            const KeyStatus st = key_from_spec(k, r, max_len, key);
+            const KeyStatus st = key_from_spec(k, r, max_len, scratch, key);
             if (st == KeyStatus::Absent) continue;
             if (st != KeyStatus::Ok) return refuse_key(r, k, st, nullptr);
-            keys.push_back(key);
+            keys.emplace_back(key.data, key.len);
         }
         if (!all) return 0;
     }
@@ -244,6 +337,74 @@ int keys_for(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vector
                       "one request may hold", static_cast<unsigned>(keys.size()),
                       static_cast<unsigned>(LockSet::kMaxKeys));
         return HTTP_BAD_REQUEST;
+    }
+    return 0;
+}
+
+namespace {
+
+constexpr int kNeedsKeysFor = -1;
+
+// The fast path's key (PidLockKeys first): the first source that yields
+// one, as a view. 0 with `key` set (data null: no source matched), the HTTP
+// status refusing the request, or kNeedsKeysFor where a form source comes
+// first (keys_for reads the body).
+int first_key(const DirConfig *d, request_rec *r, apr_size_t max_len, std::string &scratch, KeyView &key) {
+    key = KeyView{};
+    if (!d->keys) return 0;
+    const KeySpec *specs = reinterpret_cast<const KeySpec *>(d->keys->elts);
+    for (int i = 0; i < d->keys->nelts; ++i) {
+        const KeySpec &k = specs[i];
+        if (k.source == KeySource::Form) return kNeedsKeysFor;
+        KeyStatus st;
+        bool use_regex = false;
+        if (k.simple && r->uri) {
+            // A path key of the ^prefix(.+)$ kind, looked at in one pass.
+            st = simple_capture_key(k.prefix, k.prefix_len, k.allow_empty, r->uri, max_len, scratch, key, &use_regex);
+            if (use_regex) st = key_from_spec(k, r, max_len, scratch, key);
+        } else {
+            st = key_from_spec(k, r, max_len, scratch, key);
+        }
+        if (st == KeyStatus::Absent) continue;
+        if (st != KeyStatus::Ok) return refuse_key(r, k, st, nullptr);
+        return 0;
+    }
+    return 0;
+}
+
+}  // namespace
+
+int destination_keys(const DirConfig *d, request_rec *r, std::vector<std::string> &keys) {
+    keys.clear();
+    if (!d->keys || (r->method_number != M_COPY && r->method_number != M_MOVE)) return 0;
+    const char *dest = apr_table_get(r->headers_in, "Destination");
+    if (!dest) return 0;
+    apr_uri_t u;
+    if (apr_uri_parse(r->pool, dest, &u) != APR_SUCCESS || !u.path || u.path[0] != '/') {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK482: refusing %s: malformed Destination header",
+                      r->method);
+        return HTTP_BAD_REQUEST;
+    }
+    // Routed like a request path: decoded (%2F kept, as httpd keeps it under
+    // AllowEncodedSlashes NoDecode), dot segments and repeated slashes gone.
+    char *path = apr_pstrdup(r->pool, u.path);
+    if (ap_unescape_url_keep2f(path, 1) != OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "PIDLOCK483: refusing %s: Destination path does not decode",
+                      r->method);
+        return HTTP_BAD_REQUEST;
+    }
+    ap_getparents(path);
+    ap_no2slash(path);
+    const apr_size_t max_len = max_key_len(server_config(r->server));
+    const KeySpec *specs = reinterpret_cast<const KeySpec *>(d->keys->elts);
+    std::string key;
+    for (int i = 0; i < d->keys->nelts; ++i) {
+        if (specs[i].source != KeySource::Path) continue;
+        const KeyStatus st = key_from_path_spec(specs[i], path, max_len, key);
+        if (st == KeyStatus::Absent) continue;
+        if (st != KeyStatus::Ok) return refuse_key(r, specs[i], st, "in the Destination header");
+        keys.push_back(key);
+        if (d->keys_all != 1) break;
     }
     return 0;
 }
@@ -278,7 +439,7 @@ int answer_busy(request_rec *r, int status, const BusyReport *rep, double timeou
 
 namespace {
 
-HolderInfo holder_info(request_rec *r, uint64_t request) {
+HolderInfo holder_info(request_rec *r, uint64_t request, const ConnLocks *cl) {
     HolderInfo info;
     info.method = r->method;
     info.uri = r->unparsed_uri;
@@ -286,7 +447,7 @@ HolderInfo holder_info(request_rec *r, uint64_t request) {
     info.user = r->user;
     info.thread = static_cast<uint64_t>(apr_os_thread_current());
     info.request = request;
-    info.client_fd = connection_fd(r->connection);
+    info.client_fd = cl->fd;
     info.client_gone = client_aborted;  // an HTTP/2 stream reset shows here, not on the socket
     info.client_gone_arg = r->connection;
     return info;
@@ -358,6 +519,17 @@ std::vector<KeyRef> key_refs(const std::vector<std::string> &keys) {
     return refs;
 }
 
+int64_t timeout_ns_of(const DirConfig *d) {
+    return static_cast<int64_t>(d->timeout_ms == kUnset ? 30000 : d->timeout_ms) * 1000000;
+}
+
+// Ends `rl`'s locks with the request: at its pool's cleanup, and (eos) at
+// its response's EOS.
+void release_with(RequestLocks *rl, request_rec *init, const DirConfig *d) {
+    apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
+    if (d->release_sent != 1) release_at_eos(rl, init);
+}
+
 // An internal redirect or sub-request: runs under its initial request's
 // locks where they cover its keys; takes the others, in its own method's
 // mode, within what is left of the initial request's wait.
@@ -368,29 +540,38 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
     for (const std::string &k : keys)
         if (!holds_key(rl, k)) missing.push_back(k);
     if (missing.empty()) return DECLINED;
-    const double timeout_s = (d->timeout_ms == kUnset ? 30000 : d->timeout_ms) / 1000.0;
+    const int64_t timeout_ns = timeout_ns_of(d);
+    const double timeout_s = static_cast<double>(timeout_ns) / 1e9;
     if (!rl) {
         // The initial request took no lock (not in a locked scope): this one
         // starts the request's set, with its own wait.
-        rl = static_cast<RequestLocks *>(apr_pcalloc(init->pool, sizeof(RequestLocks)));
+        rl = new (apr_palloc(init->pool, sizeof(RequestLocks))) RequestLocks;
         rl->backend = st->backend;
         rl->r = init;
-        rl->deadline_ns = monotonic_ns() + static_cast<int64_t>(timeout_s * 1e9);
+        rl->deadline_ns = monotonic_ns() + timeout_ns;
         ap_set_module_config(init->request_config, &pidlock_module, rl);
-        apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
-        if (d->release_sent != 1) ap_add_output_filter_handle(g_release_filter, rl, init, init->connection);
+        release_with(rl, init, d);
+    } else if (rl->deadline_ns == 0) {
+        // The initial request had its locks at once, without reading the
+        // clock: its wait began when it was read.
+        const int64_t since_ns = std::max<int64_t>(0, (apr_time_now() - init->request_time) * 1000);
+        rl->deadline_ns = monotonic_ns() + std::max<int64_t>(0, timeout_ns - since_ns);
     }
-    if (rl->released || rl->nsets >= static_cast<int>(sizeof rl->sets / sizeof rl->sets[0])) {
+    if (rl->released || rl->nsets >= RequestLocks::kMaxSets) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       "PIDLOCK110: too many internal redirects or sub-requests taking new locks; refusing");
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    LockSet &set = rl->sets[rl->nsets];
+    if (rl->nsets > 0 && !rl->more) {
+        rl->more = static_cast<LockSet *>(apr_palloc(init->pool, sizeof(LockSet) * (RequestLocks::kMaxSets - 1)));
+        for (int i = 0; i < RequestLocks::kMaxSets - 1; ++i) new (&rl->more[i]) LockSet();
+    }
+    LockSet &set = rl->set(rl->nsets);
     const std::vector<KeyRef> refs = key_refs(missing);
     BusyReport rep;
     int err = 0;
     if (!rl->request) rl->request = next_request_number();
-    const HolderInfo info = holder_info(r, rl->request);
+    const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
     const AcquireResult res =
         st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns, info, set, &rep, &err);
     if (res != AcquireResult::Acquired)
@@ -399,8 +580,51 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
         rl->backend->release_all(set);
         return answer_not_acquired(r, d, AcquireResult::Busy, mode, rep, timeout_s, 0, 0);
     }
-    note_held(rl, missing);
+    note_held(rl, refs.data(), refs.size(), true);
     return DECLINED;
+}
+
+// An initial request takes `keys` (sorted, distinct; `stable`: their bytes
+// live as long as its pool). `deadline_ns` 0: the wait is the scope's
+// timeout from now, read off the clock only if a key is not had at once.
+// `lease_keys`: the keys as strings where a lease may apply (null: none).
+int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const KeyRef *keys, size_t n,
+                 bool stable, int64_t deadline_ns, const std::vector<std::string> *lease_keys) {
+    const int64_t timeout_ns = timeout_ns_of(d);
+    auto *rl = new (apr_palloc(r->pool, sizeof(RequestLocks))) RequestLocks;
+    rl->backend = st->backend;
+    rl->r = r;
+    rl->deadline_ns = deadline_ns;
+    rl->request = next_request_number();
+    BusyReport rep;
+    int err = 0;
+    const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
+    const AcquireResult res =
+        deadline_ns ? st->backend->acquire_all(keys, n, mode, deadline_ns, info, rl->first, &rep, &err)
+                    : st->backend->acquire_within(keys, n, mode, timeout_ns, info, rl->first, &rep, &err);
+    if (res != AcquireResult::Acquired)
+        return answer_not_acquired(r, d, res, mode, rep, static_cast<double>(timeout_ns) / 1e9, err,
+                                   st->backend->capacity());
+    rl->nsets = 1;
+    note_held(rl, keys, n, !stable);
+    ap_set_module_config(r->request_config, &pidlock_module, rl);
+    // PidLockRelease sent: the pool cleanup alone, when httpd ends the
+    // request after its last byte went to the connection.
+    release_with(rl, r, d);
+    if (d->max_hold_ms > 0) hold_watch(rl, r, d->max_hold_ms);
+    if (mode == Mode::Write && rl->first.fence())
+        apr_table_setn(r->headers_in, kFenceHeader,
+                       apr_psprintf(r->pool, "%" APR_UINT64_T_FMT, rl->first.fence()));
+    // Checked again now that it is this writer's turn; LOCK and UNLOCK end here.
+    return lease_keys ? lease_gate(r, d, mode, *lease_keys, rl) : DECLINED;
+}
+
+int no_key(request_rec *r, const DirConfig *d, State *st) {
+    if (d->key_required != 1) return DECLINED;
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                  "PIDLOCK111: refusing request: no key, and PidLockKeyRequired is On here");
+    st->backend->count(Counter::BadKeys);
+    return HTTP_BAD_REQUEST;
 }
 
 }  // namespace
@@ -428,22 +652,32 @@ int fixups(request_rec *r) {
         if (reaped > 0)
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                           "PIDLOCK313: released %d lock record(s) of child processes that exited", reaped);
+        const apr_size_t max_len = max_key_len(server_config(r->server));
+        const bool initial = ap_is_initial_req(r);
+        if (initial && d->keys_all != 1 && d->lease != 1) {
+            // The common case: one key, as a view into the request.
+            std::string scratch;
+            KeyView key;
+            const int bad = first_key(d, r, max_len, scratch, key);
+            if (bad != kNeedsKeysFor) {
+                if (bad) {
+                    st->backend->count(Counter::BadKeys);
+                    return bad;
+                }
+                if (!key.data) return no_key(r, d, st);
+                const KeyRef ref{key.data, key.len};
+                // A decoded key lives in `scratch`: note_held copies it.
+                return lock_initial(r, d, st, mode, &ref, 1, key.data != scratch.data(), 0, nullptr);
+            }
+        }
         std::vector<std::string> keys;
-        const int bad = keys_for(d, r, max_key_len(server_config(r->server)), keys);
+        const int bad = keys_for(d, r, max_len, keys);
         if (bad) {
             st->backend->count(Counter::BadKeys);
             return bad;
         }
-        if (keys.empty()) {
-            if (d->key_required == 1) {
-                ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                              "PIDLOCK111: refusing request: no key, and PidLockKeyRequired is On here");
-                st->backend->count(Counter::BadKeys);
-                return HTTP_BAD_REQUEST;
-            }
-            return DECLINED;
-        }
-        if (!ap_is_initial_req(r)) {
+        if (keys.empty()) return no_key(r, d, st);
+        if (!initial) {
             // A redirect into a leased scope is checked against the lease too.
             const int rc = lock_follow_up(r, d, st, mode, keys);
             return rc == DECLINED ? lease_gate(r, d, mode, keys, locks_of(initial_request(r))) : rc;
@@ -451,34 +685,10 @@ int fixups(request_rec *r) {
 
         // A write that a lease refuses is refused at once, not queued.
         if (const int refused = lease_precheck(r, d, mode, keys)) return refused;
-        const apr_int64_t timeout_ms = d->timeout_ms == kUnset ? 30000 : d->timeout_ms;
-        auto *rl = static_cast<RequestLocks *>(apr_pcalloc(r->pool, sizeof(RequestLocks)));
-        new (&rl->sets[0]) LockSet();
-        rl->backend = st->backend;
-        rl->r = r;
-        rl->deadline_ns = monotonic_ns() + static_cast<int64_t>(timeout_ms) * 1000000;
-        rl->request = next_request_number();
+        // Form keys were read from the body before this: the wait starts now.
         const std::vector<KeyRef> refs = key_refs(keys);
-        BusyReport rep;
-        int err = 0;
-        const AcquireResult res = st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns,
-                                                           holder_info(r, rl->request),
-                                                           rl->sets[0], &rep, &err);
-        if (res != AcquireResult::Acquired)
-            return answer_not_acquired(r, d, res, mode, rep, timeout_ms / 1000.0, err, st->backend->capacity());
-        rl->nsets = 1;
-        note_held(rl, keys);
-        ap_set_module_config(r->request_config, &pidlock_module, rl);
-        apr_pool_cleanup_register(r->pool, rl, release_cleanup, apr_pool_cleanup_null);
-        // PidLockRelease sent: the pool cleanup alone, when httpd ends the
-        // request after its last byte went to the connection.
-        if (d->release_sent != 1) ap_add_output_filter_handle(g_release_filter, rl, r, r->connection);
-        if (d->max_hold_ms > 0) hold_watch(rl, r, d->max_hold_ms);
-        if (mode == Mode::Write && rl->sets[0].fence())
-            apr_table_setn(r->headers_in, kFenceHeader,
-                           apr_psprintf(r->pool, "%" APR_UINT64_T_FMT, rl->sets[0].fence()));
-        // Checked again now that it is this writer's turn; LOCK and UNLOCK end here.
-        return lease_gate(r, d, mode, keys, rl);
+        return lock_initial(r, d, st, mode, refs.data(), refs.size(), false, monotonic_ns() + timeout_ns_of(d),
+                            &keys);
     } catch (const std::bad_alloc &) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: out of memory while locking");
         return HTTP_INTERNAL_SERVER_ERROR;

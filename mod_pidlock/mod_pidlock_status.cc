@@ -147,15 +147,16 @@ int status_handler(request_rec *r) {
         std::string body;
         const int64_t now = wall_clock_us();
         const bool show_query = d->status_query == 1;
-        StatusExtra extra;  // leases: not in ?auto
+        StatusExtra extra;  // ?auto: the lease summary alone
         const bool text = has_arg(r->args, "auto") && !has_arg(r->args, "json");
-        if (!text) lease_status_extra(st, now, d->status_actions == 1, st->nonce, r->uri, extra);
+        if (text) lease_status_summary(st, now, extra);
+        else lease_status_extra(st, now, d->status_actions == 1, st->nonce, r->uri, extra);
         if (has_arg(r->args, "json")) {
             ap_set_content_type(r, "application/json");
             body = render_status_json(snap, *st->facts, now, show_query, &extra);
         } else if (has_arg(r->args, "auto")) {
             ap_set_content_type(r, "text/plain; charset=utf-8");
-            body = render_status_auto(snap, *st->facts);
+            body = render_status_auto(snap, *st->facts, "", &extra);
         } else if (has_arg(r->args, "metrics")) {
             ap_set_content_type(r, "text/plain; version=0.0.4; charset=utf-8");
             body = render_status_metrics(snap, *st->facts, &extra);
@@ -200,11 +201,13 @@ int mod_status_hook(request_rec *r, int flags) {
     try {
         TableSnapshot snap;
         if (!st->backend->snapshot(snap, nullptr)) return OK;
+        StatusExtra extra;
+        lease_status_summary(st, wall_clock_us(), extra);
         if (flags & AP_STATUS_SHORT) {
-            ap_rputs(render_status_auto(snap, *st->facts, "PidLock").c_str(), r);
+            ap_rputs(render_status_auto(snap, *st->facts, "PidLock", &extra).c_str(), r);
             return OK;
         }
-        const std::string o = render_mod_status_section(snap, *st->facts);
+        const std::string o = render_mod_status_section(snap, *st->facts, 50, &extra);
         ap_rputs(o.c_str(), r);
     } catch (...) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK206: unexpected error in the mod_status section");

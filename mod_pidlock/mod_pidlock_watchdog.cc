@@ -99,9 +99,8 @@ bool client_aborted(void *conn) {
 void hold_watch(RequestLocks *rl, request_rec *r, apr_int64_t max_hold_ms) {
     Watchdog &w = dog();
     std::string shown;
-    const char *k = rl->held ? reinterpret_cast<const char *const *>(rl->held->elts)[0] : "";
-    const size_t kl = rl->held ? reinterpret_cast<const apr_size_t *>(rl->held_len->elts)[0] : 0;
-    json_string(shown, std::string(k, std::min<size_t>(kl, 64)));
+    if (rl->nheld) json_string(shown, std::string(rl->held[0].data, std::min<size_t>(rl->held[0].len, 64)));
+    else json_string(shown, std::string());
     apr_cpystrn(rl->key_shown, shown.c_str(), sizeof rl->key_shown);
     rl->sock = connection_fd(r->connection);
     rl->hold_deadline_ns = monotonic_ns() + static_cast<int64_t>(max_hold_ms) * 1000000;

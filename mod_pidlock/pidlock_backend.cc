@@ -81,6 +81,22 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
     return AcquireResult::Acquired;
 }
 
+AcquireResult TableBackend::acquire_within(const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
+                                           const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
+    // Several keys, or the upgrade gate closed: one deadline for it all.
+    if (n != 1 || mode == Mode::None || !gate_.is_open())
+        return acquire_all(keys, n, mode, timeout_ns < 0 ? kNoDeadline : monotonic_ns() + timeout_ns, info, set,
+                           report, err);
+    set.clear();
+    LockHandle h;
+    const AcquireResult res = table_->acquire(keys[0].data, keys[0].len, mode, timeout_ns, info, h, report, err);
+    if (res != AcquireResult::Acquired) return res;
+    set.slot(0) = pack(h);
+    set.set(1, mode);
+    if (mode == Mode::Write) set.set_fence(table_->next_fence());
+    return AcquireResult::Acquired;
+}
+
 int TableBackend::release_all(LockSet &set) {
     int first_err = 0;
     size_t keep = 0;  // slots still held after an error, kept at the front

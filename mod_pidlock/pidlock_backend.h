@@ -93,6 +93,14 @@ class LockBackend {
     virtual AcquireResult acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
                                       const HolderInfo &info, LockSet &set, BusyReport *report,
                                       int *err) = 0;
+    // As acquire_all, with the wait given as a timeout from now (0: do not
+    // wait, < 0: for ever), so that the clock need be read only when a key
+    // is not had at once. This default reads it first.
+    virtual AcquireResult acquire_within(const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
+                                         const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
+        return acquire_all(keys, n, mode, timeout_ns < 0 ? kNoDeadline : monotonic_ns() + timeout_ns, info, set,
+                           report, err);
+    }
     // Releases what `set` holds, last key first, and clears it. 0 or the
     // first error code (what could not be released stays in `set`, so a
     // later call tries again).
@@ -120,6 +128,10 @@ class TableBackend final : public LockBackend {
     AcquireResult acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
                               const HolderInfo &info, LockSet &set, BusyReport *report,
                               int *err) override;
+    // One key: its timeout goes to the table as it is (the table reads the
+    // clock only if it has to wait); several share one deadline.
+    AcquireResult acquire_within(const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
+                                 const HolderInfo &info, LockSet &set, BusyReport *report, int *err) override;
     int release_all(LockSet &set) override;
     int break_key(const KeyRef &key) override;
     bool snapshot(TableSnapshot &out, int *err) override;

@@ -54,31 +54,63 @@ const char *key_source_name(KeySource s) {
     return "?";
 }
 
-KeyStatus key_from_path_capture(const char *cap, size_t len, size_t max_len,
-                                std::string &out) {
-    out.clear();
+namespace {
+
+// The string form of a view: the bytes copied into `out` (moved, where they
+// were decoded into the scratch string).
+KeyStatus to_string(KeyStatus st, const KeyView &v, std::string &scratch, std::string &out) {
+    if (st != KeyStatus::Ok) {
+        out.clear();
+        return st;
+    }
+    if (v.data == scratch.data()) out.swap(scratch);
+    else out.assign(v.data, v.len);
+    return st;
+}
+
+}  // namespace
+
+KeyStatus key_view_path_capture(const char *cap, size_t len, size_t max_len,
+                                std::string &scratch, KeyView &out) {
+    out = KeyView{};
     if (len == 0) return KeyStatus::Empty;
     // r->uri holds no NUL (httpd refuses %00 in paths), but the capture is
     // given by length: check rather than trust.
     if (std::memchr(cap, '\0', len)) return KeyStatus::Nul;
+    const char *pct = static_cast<const char *>(std::memchr(cap, '%', len));
+    if (!pct) {
+        // Nothing to decode (the common case): the capture itself.
+        if (len > max_len) return KeyStatus::TooLong;
+        out = KeyView{cap, len};
+        return KeyStatus::Ok;
+    }
     // Copy runs between '%' signs whole; only %2F/%2f changes anything.
+    scratch.clear();
     const char *p = cap, *end = cap + len;
     while (p < end) {
-        const char *pct = static_cast<const char *>(std::memchr(p, '%', static_cast<size_t>(end - p)));
+        pct = static_cast<const char *>(std::memchr(p, '%', static_cast<size_t>(end - p)));
         const char *run_end = pct ? pct : end;
-        out.append(p, static_cast<size_t>(run_end - p));
+        scratch.append(p, static_cast<size_t>(run_end - p));
         if (!pct) break;
         if (end - pct >= 3 && pct[1] == '2' && (pct[2] == 'F' || pct[2] == 'f')) {
-            out.push_back('/');
+            scratch.push_back('/');
             p = pct + 3;
         } else {
-            out.push_back('%');
+            scratch.push_back('%');
             p = pct + 1;
         }
-        if (out.size() > max_len) return KeyStatus::TooLong;
+        if (scratch.size() > max_len) return KeyStatus::TooLong;
     }
-    if (out.size() > max_len) return KeyStatus::TooLong;
+    if (scratch.size() > max_len) return KeyStatus::TooLong;
+    out = KeyView{scratch.data(), scratch.size()};
     return KeyStatus::Ok;
+}
+
+KeyStatus key_from_path_capture(const char *cap, size_t len, size_t max_len,
+                                std::string &out) {
+    std::string scratch;
+    KeyView v;
+    return to_string(key_view_path_capture(cap, len, max_len, scratch, v), v, scratch, out);
 }
 
 KeyStatus key_decode_component(const char *s, size_t len, bool plus_is_space,
@@ -105,13 +137,31 @@ KeyStatus key_decode_component(const char *s, size_t len, bool plus_is_space,
     return KeyStatus::Ok;
 }
 
-KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
-                         std::string &out) {
-    out.clear();
+KeyStatus key_view_component(const char *s, size_t len, bool plus_is_space,
+                             size_t max_len, std::string &scratch, KeyView &out) {
+    out = KeyView{};
+    if (len == 0) return KeyStatus::Empty;
+    if (!std::memchr(s, '%', len) && !(plus_is_space && std::memchr(s, '+', len))) {
+        // Nothing to decode: the bytes as they are.
+        if (std::memchr(s, '\0', len)) return KeyStatus::Nul;
+        if (len > max_len) return KeyStatus::TooLong;
+        out = KeyView{s, len};
+        return KeyStatus::Ok;
+    }
+    const KeyStatus st = key_decode_component(s, len, plus_is_space, max_len, scratch);
+    if (st == KeyStatus::Ok) out = KeyView{scratch.data(), scratch.size()};
+    return st;
+}
+
+KeyStatus key_view_query(const char *args, const char *name, size_t max_len,
+                         std::string &scratch, KeyView &out) {
+    out = KeyView{};
     if (!args || !*args) return KeyStatus::Absent;
     const size_t name_len = std::strlen(name);
     std::string decoded_name;
-    KeyStatus found = KeyStatus::Absent;
+    bool found = false;
+    const char *value = nullptr;  // after the '=' of the match; null: none
+    size_t value_len = 0;
     const char *p = args;
     while (true) {
         const char *end = std::strchr(p, '&');
@@ -132,27 +182,40 @@ KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
         if (match) {
             // Applications differ in which copy of a repeated argument they
             // act on: one lock could cover the wrong one, so none is taken.
-            if (found != KeyStatus::Absent) {
-                out.clear();
-                return KeyStatus::Repeated;
-            }
-            found = eq ? key_decode_component(eq + 1, seg_len - raw_name_len - 1, true, max_len, out)
-                       : KeyStatus::Empty;
+            if (found) return KeyStatus::Repeated;
+            found = true;
+            value = eq ? eq + 1 : nullptr;
+            value_len = eq ? seg_len - raw_name_len - 1 : 0;
         }
         if (!end) break;
         p = end + 1;
     }
-    return found;
+    if (!found) return KeyStatus::Absent;
+    if (!value) return KeyStatus::Empty;  // `?pid` without `=`
+    return key_view_component(value, value_len, true, max_len, scratch, out);
 }
 
-KeyStatus key_from_header(const char *value, size_t max_len, std::string &out) {
-    out.clear();
+KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
+                         std::string &out) {
+    std::string scratch;
+    KeyView v;
+    return to_string(key_view_query(args, name, max_len, scratch, v), v, scratch, out);
+}
+
+KeyStatus key_view_header(const char *value, size_t max_len, std::string &scratch, KeyView &out) {
+    out = KeyView{};
     if (!value) return KeyStatus::Absent;
     // httpd (HTTP/1.1 and HTTP/2 alike) merges a repeated header into one
     // value joined by ", " before any module sees it: a raw comma is how a
     // repeated key header shows. A PID with a comma sends it as %2C.
     if (std::strchr(value, ',')) return KeyStatus::Repeated;
-    return key_decode_component(value, std::strlen(value), false, max_len, out);
+    return key_view_component(value, std::strlen(value), false, max_len, scratch, out);
+}
+
+KeyStatus key_from_header(const char *value, size_t max_len, std::string &out) {
+    std::string scratch;
+    KeyView v;
+    return to_string(key_view_header(value, max_len, scratch, v), v, scratch, out);
 }
 
 namespace {
@@ -230,6 +293,30 @@ FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow
     *cap = rest;
     *cap_len = n;
     return FastMatch::Match;
+}
+
+KeyStatus simple_capture_key(const char *prefix, size_t prefix_len, bool allow_empty, const char *path,
+                             size_t max_len, std::string &scratch, KeyView &out, bool *use_regex) {
+    out = KeyView{};
+    *use_regex = false;
+    if (std::strncmp(path, prefix, prefix_len) != 0) return KeyStatus::Absent;
+    const char *rest = path + prefix_len;
+    const size_t n = std::strcspn(rest, "\n%");
+    if (rest[n] == '\0') {
+        // Nothing to decode, no newline: the rest is the key.
+        if (n == 0) return allow_empty ? KeyStatus::Empty : KeyStatus::Absent;
+        if (n > max_len) return KeyStatus::TooLong;
+        out = KeyView{rest, n};
+        return KeyStatus::Ok;
+    }
+    const char *cap = nullptr;
+    size_t cap_len = 0;
+    switch (simple_capture_match(prefix, prefix_len, allow_empty, path, &cap, &cap_len)) {
+    case FastMatch::NoMatch: return KeyStatus::Absent;
+    case FastMatch::UseRegex: *use_regex = true; return KeyStatus::Absent;
+    case FastMatch::Match: break;
+    }
+    return key_view_path_capture(cap, cap_len, max_len, scratch, out);
 }
 
 FastMatch simple_capture_match(const SimpleCapture &sc, const char *path, const char **cap,

@@ -23,6 +23,16 @@ enum class KeyStatus {
     Repeated,    // the source appears more than once (?pid=a&pid=b): 400
 };
 
+// A key's bytes, taken without a copy where nothing needs decoding: `data`
+// points into the caller's own text (the capture, the query string, the
+// header value) and lives as long as it; where something was decoded, into
+// the `scratch` string the caller passed. The key_view_* functions are the
+// key_from_* ones below without that copy (same statuses, same bytes).
+struct KeyView {
+    const char *data = nullptr;
+    size_t len = 0;
+};
+
 // HTTP status for a key status that refuses the request (0 for Ok/Absent).
 int key_status_http(KeyStatus st, KeySource src);
 const char *key_status_text(KeyStatus st);
@@ -32,21 +42,28 @@ const char *key_status_text(KeyStatus st);
 // those, and only those, are decoded here.
 KeyStatus key_from_path_capture(const char *cap, size_t len, size_t max_len,
                                 std::string &out);
+KeyStatus key_view_path_capture(const char *cap, size_t len, size_t max_len,
+                                std::string &scratch, KeyView &out);
 
 // Percent-decodes once; `plus_is_space` for query values. Rejects malformed
 // escapes and NUL, applies the length limit to the decoded bytes.
 KeyStatus key_decode_component(const char *s, size_t len, bool plus_is_space,
                                size_t max_len, std::string &out);
+KeyStatus key_view_component(const char *s, size_t len, bool plus_is_space,
+                             size_t max_len, std::string &scratch, KeyView &out);
 
 // The argument named `name` (compared after decoding) in a raw query string
 // (r->args, may be null). `?pid` without `=` counts as present+empty; an
 // argument given twice is Repeated, whatever the copies say.
 KeyStatus key_from_query(const char *args, const char *name, size_t max_len,
                          std::string &out);
+KeyStatus key_view_query(const char *args, const char *name, size_t max_len,
+                         std::string &scratch, KeyView &out);
 
 // A request header's value (null if absent). A raw comma means the header
 // was sent more than once (httpd joins the copies with ", "): Repeated.
 KeyStatus key_from_header(const char *value, size_t max_len, std::string &out);
+KeyStatus key_view_header(const char *value, size_t max_len, std::string &scratch, KeyView &out);
 
 // The literal text every match of an anchored regex must start with ("^/mn/v2/"
 // for "^/mn/v2/(?:object|meta)/(.+)$"), or "" when none can be told. Lets the
@@ -70,6 +87,12 @@ FastMatch simple_capture_match(const SimpleCapture &sc, const char *path, const 
                                size_t *cap_len);
 FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow_empty,
                                const char *path, const char **cap, size_t *cap_len);
+// simple_capture_match and key_view_path_capture of its capture in one: a
+// path whose rest holds no '%' and no newline (the common case) is looked
+// at once. Absent where the pattern does not match; `*use_regex` where the
+// engine must decide (a newline in the path).
+KeyStatus simple_capture_key(const char *prefix, size_t prefix_len, bool allow_empty, const char *path,
+                             size_t max_len, std::string &scratch, KeyView &out, bool *use_regex);
 
 }  // namespace pidlock
 

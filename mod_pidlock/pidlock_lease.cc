@@ -1,6 +1,7 @@
 #include "pidlock_lease.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -205,6 +206,44 @@ std::vector<std::string> if_submitted_tokens(const std::vector<IfList> &lists) {
     return out;
 }
 
+IfEtags if_entity_tags(const std::vector<IfList> &lists, const std::vector<std::string> &held) {
+    IfEtags out;
+    bool unsupported = false;
+    for (const IfList &l : lists) {
+        bool tokens_hold = true, not_etag = false, several = false;
+        std::string etag;
+        for (const IfCondition &c : l.conditions) {
+            if (c.etag) {
+                if (c.negated) not_etag = true;
+                else if (!etag.empty() && etag != c.value) several = true;
+                else etag = c.value;
+                continue;
+            }
+            bool is_held = false;
+            for (const std::string &h : held) is_held = is_held || h == c.value;
+            if (is_held == c.negated) tokens_hold = false;
+        }
+        if (!tokens_hold || several) continue;  // one resource has one entity tag
+        if (not_etag) {
+            unsupported = true;
+            continue;
+        }
+        if (etag.empty()) {  // a list that holds whatever the entity tag
+            out.verdict = IfVerdict::True;
+            out.etags.clear();
+            return out;
+        }
+        if (std::find(out.etags.begin(), out.etags.end(), etag) == out.etags.end()) out.etags.push_back(etag);
+    }
+    if (unsupported) {
+        out.verdict = IfVerdict::Unsupported;
+        out.etags.clear();
+    } else {
+        out.verdict = out.etags.empty() ? IfVerdict::False : IfVerdict::IfMatch;
+    }
+    return out;
+}
+
 bool parse_timeout_header(const std::string &value, int64_t *seconds) {
     bool first = true;
     size_t i = 0;
@@ -251,6 +290,25 @@ bool parse_lock_token_header(const std::string &value, std::string &uri) {
     if (!read_coded_url(value, i, uri)) return false;
     skip_ws(value, i);
     return i == value.size();
+}
+
+bool parse_lock_depth(const char *value, bool *infinity) {
+    *infinity = true;
+    if (!value) return true;
+    std::string v(value);
+    size_t i = 0;
+    skip_ws(v, i);
+    size_t e = v.size();
+    while (e > i && is_ws(v[e - 1])) --e;
+    v = v.substr(i, e - i);
+    if (v == "0") {
+        *infinity = false;
+        return true;
+    }
+    if (v.size() != 8) return false;
+    for (size_t k = 0; k < 8; ++k)
+        if (static_cast<char>(std::tolower(static_cast<unsigned char>(v[k]))) != "infinity"[k]) return false;
+    return true;
 }
 
 namespace {
@@ -331,8 +389,16 @@ std::string tidy(const std::string &raw, size_t cap) {
 }  // namespace
 
 bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner) {
-    owner.clear();
+    LockInfo info;
+    const bool ok = parse_lock_info(body, cap, info);
+    owner = ok ? info.owner : std::string();
+    return ok;
+}
+
+bool parse_lock_info(const std::string &body, size_t cap, LockInfo &info) {
+    info = LockInfo();
     std::string raw;
+    std::vector<std::string> open;  // the element names from the root down
     int depth = 0;  // inside <owner>: 1 + nesting
     bool done = false;
     size_t i = 0;
@@ -393,6 +459,18 @@ bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner) {
         const size_t colon = name.rfind(':');
         if (colon != std::string::npos) name.erase(0, colon + 1);
         const bool is_owner = name == "owner";
+        if (closing) {
+            if (!open.empty()) open.pop_back();
+        } else {
+            const std::string parent = open.empty() ? std::string() : open.back();
+            if (parent == "lockscope") {
+                if (name == "shared") info.shared = true;
+                else if (name != "exclusive") info.unknown_scope = true;
+            } else if (parent == "locktype" && name != "write") {
+                info.not_write = true;
+            }
+            if (!empty) open.push_back(name);
+        }
         if (!done) {
             if (closing) {
                 if (depth > 0 && --depth == 0) done = true;
@@ -406,7 +484,7 @@ bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner) {
         i = j + 1;
     }
     if (depth > 0 && !done) return false;
-    owner = tidy(raw, cap);
+    info.owner = tidy(raw, cap);
     return true;
 }
 
@@ -734,6 +812,34 @@ bool LeaseTable::snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCoun
     std::stable_sort(out.begin(), out.end(),
                      [](const LeaseView &a, const LeaseView &b) { return a.granted_us < b.granted_us; });
     return true;
+}
+
+bool LeaseTable::summary(int64_t now_us, uint32_t *live, LeaseCounters &c) {
+    if (!hdr_ || enter() != 0) return false;
+    sweep_and_find(std::string(), now_us);
+    *live = hdr_->used.load(std::memory_order_relaxed);
+    c = hdr_->counters;
+    leave();
+    return true;
+}
+
+void LeaseTable::add_counts(const LeaseCounters &d) {
+    if (!hdr_ || enter() != 0) return;
+    LeaseCounters &c = hdr_->counters;
+    c.granted += d.granted;
+    c.renewed += d.renewed;
+    c.released += d.released;
+    c.expired += d.expired;
+    c.stolen += d.stolen;
+    c.refusals += d.refusals;
+    leave();
+}
+
+std::vector<std::pair<std::string, uint64_t>> lease_auto_lines(uint32_t live, uint32_t capacity,
+                                                               const LeaseCounters &c) {
+    return {{"Leases", live},           {"LeaseCapacity", capacity}, {"LeasesGranted", c.granted},
+            {"LeasesRenewed", c.renewed}, {"LeasesReleased", c.released}, {"LeasesExpired", c.expired},
+            {"LeasesStolen", c.stolen}, {"LeaseRefusals", c.refusals}};
 }
 
 // ------------------------------------------------------------- rendering

@@ -59,6 +59,23 @@ bool parse_if_header(const std::string &value, std::vector<IfList> &lists);
 // without repeats.
 std::vector<std::string> if_submitted_tokens(const std::vector<IfList> &lists);
 
+// The If header as a whole (RFC 4918 §10.4: true if any list holds; a list
+// holds if all its conditions do), given the state tokens that are the
+// resource's (`held`: the lease's token, if the request may use it). The
+// module cannot know the resource's entity tag (the application's), so the
+// lists whose token conditions hold hand their entity tags on as one
+// If-Match (an entity tag matches if it is any of them):
+//   True        a list holds with no entity tag: nothing to add
+//   False       no list can hold: 412
+//   IfMatch     the request holds if the entity tag is one of `etags`
+//   Unsupported `Not [etag]` (If-Match cannot say it): the caller refuses
+enum class IfVerdict { True, False, IfMatch, Unsupported };
+struct IfEtags {
+    IfVerdict verdict = IfVerdict::True;
+    std::vector<std::string> etags;  // as sent, quotes (and W/) kept
+};
+IfEtags if_entity_tags(const std::vector<IfList> &lists, const std::vector<std::string> &held);
+
 // RFC 4918 §10.7: Timeout = 1#( "Second-" 1*DIGIT | "Infinite" ). The first
 // entry wins; `*seconds` is -1 for Infinite. Values above 2^32-1 (the RFC's
 // limit), unknown entries and empty lists are malformed: false.
@@ -77,6 +94,20 @@ bool parse_lock_token_header(const std::string &value, std::string &uri);
 // entity declaration (no external entities are ever followed), an
 // unterminated tag or reference.
 bool parse_lock_owner(const std::string &body, size_t cap, std::string &owner);
+// The same parse, and what the lockinfo asks for: a lease is an exclusive
+// write lock, so `<lockscope><shared/>` (or a scope other than exclusive)
+// and a `<locktype>` other than `<write/>` are noted for the caller to
+// refuse (RFC 4918 §9.10.6: 412, the lockinfo cannot be satisfied).
+struct LockInfo {
+    std::string owner;
+    bool shared = false, unknown_scope = false, not_write = false;
+};
+bool parse_lock_info(const std::string &body, size_t cap, LockInfo &info);
+
+// RFC 4918 §9.10.3: a LOCK's Depth is 0 or infinity (none: infinity); a
+// PID is one resource without members, so both lock just it. False for
+// any other value (the request then gets 400).
+bool parse_lock_depth(const char *value, bool *infinity);
 
 // ------------------------------------------------------------------ table
 
@@ -158,6 +189,11 @@ class LeaseStore {
                                int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) = 0;
     // Every live lease, oldest grant first, and the counters.
     virtual bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) = 0;
+    // How many live leases, and the counters, without copying any lease
+    // (the ?auto and mod_status summary).
+    virtual bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) = 0;
+    // Why the last operation gave Error, if the store can say (else "").
+    virtual std::string failure() const { return std::string(); }
 };
 
 // The host's lease table: one region, any process.
@@ -195,6 +231,9 @@ class LeaseTable final : public LeaseStore {
     LeaseOutcome steal(const std::string &key, const LeaseRequest &req, const LeaseToken &fresh,
                        int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) override;
     bool snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCounters &c) override;
+    bool summary(int64_t now_us, uint32_t *live, LeaseCounters &c) override;
+    // Adds to the counters (a cluster store keeps its counts here).
+    void add_counts(const LeaseCounters &d);
 
   private:
     struct Header;
@@ -237,6 +276,10 @@ std::string render_leases_json(const std::vector<LeaseView> &leases);
 std::string render_leases_html(const std::vector<LeaseView> &leases, int64_t now_us, bool actions,
                                const std::string &nonce, const std::string &form_action);
 std::string render_leases_metrics(const std::vector<LeaseView> &leases, const LeaseCounters &c);
+// ?auto's lines: Leases, LeaseCapacity, LeasesGranted, LeasesRenewed,
+// LeasesReleased, LeasesExpired, LeasesStolen, LeaseRefusals.
+std::vector<std::pair<std::string, uint64_t>> lease_auto_lines(uint32_t live, uint32_t capacity,
+                                                               const LeaseCounters &c);
 // The counters as the status page's `counters` object names them.
 std::vector<std::pair<const char *, uint64_t>> lease_counter_fields(const LeaseCounters &c);
 

@@ -33,15 +33,13 @@ class PthreadStripeLocks final : public StripeLocks {
     // Initializes `n` mutexes in `mem`; `shared`: PTHREAD_PROCESS_SHARED and
     // robust, for memory shared with forked processes. 0 or an errno.
     static int init(void *mem, unsigned n, bool shared);
-    PthreadStripeLocks(void *mem, unsigned n)
-        : m_(static_cast<pthread_mutex_t *>(mem)), n_(n) {}
+    PthreadStripeLocks(void *mem, unsigned /* n, as init() had it */) : m_(static_cast<pthread_mutex_t *>(mem)) {}
     int lock(unsigned stripe) override;
     int trylock(unsigned stripe) override;
     int unlock(unsigned stripe) override { return pthread_mutex_unlock(&m_[stripe]); }
 
   private:
     pthread_mutex_t *m_;
-    unsigned n_;
 };
 
 }  // namespace pidlock

@@ -339,7 +339,7 @@ std::string one_line(const std::string &s) {
 }  // namespace
 
 std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts,
-                               const char *prefix) {
+                               const char *prefix, const StatusExtra *extra) {
     std::string o;
     auto text = [&](const char *name, const std::string &v) {
         o += prefix;
@@ -379,11 +379,13 @@ std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &fac
     line("Repairs", c.repairs);
     line("RefusedWaiters", c.refused_waiters);
     line("ClientGone", c.client_gone);
+    if (extra)
+        for (const auto &l : extra->auto_lines) line(l.first.c_str(), l.second);
     return o;
 }
 
 std::string render_mod_status_section(const TableSnapshot &snap, const ServerFacts &facts,
-                                      size_t max_locks) {
+                                      size_t max_locks, const StatusExtra *extra) {
     std::string o = "<hr>\n<h2>PidLock</h2>\n<dl>\n";
     auto item = [&](const char *name, const std::string &v) {
         o += "<dt>";
@@ -400,6 +402,8 @@ std::string render_mod_status_section(const TableSnapshot &snap, const ServerFac
     item("Waited / timed out", std::to_string(c.waited) + " / " + std::to_string(c.timeouts));
     item("Reaped / broken / repairs",
          std::to_string(c.reaped) + " / " + std::to_string(c.broken) + " / " + std::to_string(c.repairs));
+    if (extra)
+        for (const auto &i : extra->mod_status_items) item(i.first.c_str(), i.second);
     o += "</dl>\n";
     if (snap.locks.empty()) return o;
     o += "<table border=\"0\"><tr><th>key</th><th>mode</th><th>holders</th><th>waiting r/w</th></tr>\n";

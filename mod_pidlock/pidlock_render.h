@@ -44,6 +44,10 @@ bool key_fits_form(const std::string &key);
 struct StatusExtra {
     std::vector<std::pair<const char *, uint64_t>> counters;
     std::string json_members, html, metrics;
+    // `Name: value` lines of ?auto (and PidLock... in mod_status's ?auto),
+    // and <dt> items of mod_status's section.
+    std::vector<std::pair<std::string, uint64_t>> auto_lines;
+    std::vector<std::pair<std::string, std::string>> mod_status_items;
 };
 
 std::string render_status_json(const TableSnapshot &snap, const ServerFacts &facts,
@@ -64,11 +68,11 @@ std::string render_status_html(const TableSnapshot &snap, const ServerFacts &fac
                                int64_t now_us, const PageOptions &opt = PageOptions());
 // `prefix` is put before every name ("PidLock" inside mod_status's page).
 std::string render_status_auto(const TableSnapshot &snap, const ServerFacts &facts,
-                               const char *prefix = "");
+                               const char *prefix = "", const StatusExtra *extra = nullptr);
 // The PidLock section of mod_status's server-status page (HTML fragment):
 // summary and the first `max_locks` locks.
 std::string render_mod_status_section(const TableSnapshot &snap, const ServerFacts &facts,
-                                      size_t max_locks = 50);
+                                      size_t max_locks = 50, const StatusExtra *extra = nullptr);
 // Prometheus text exposition format, version 0.0.4.
 std::string render_status_metrics(const TableSnapshot &snap, const ServerFacts &facts,
                                   const StatusExtra *extra = nullptr);

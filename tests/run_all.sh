@@ -126,6 +126,9 @@ run_counted log-ids python3 scripts/check-log-ids.py mod_pidlock
 echo "== integration tests (real httpd: prefork, worker, event)"
 run_counted integration python3 tests/integration/run.py
 
+echo "== demo (make run, make run again, make stop)"
+run_counted demo python3 tests/demo/run.py "$BUILD"
+
 echo "== Debian package (build, lintian, install, configtest, upgrade, purge)"
 run_counted deb python3 tests/deb/run.py "$BUILD"
 

@@ -11,6 +11,14 @@
 //   pidlock-testbackend-stats    {"violations": N, "requests": M}; ?reset zeroes.
 //   pidlock-testbackend-subreq   ?uri=<uri>: runs a sub-request, "subreq <status>"
 //   pidlock-testbackend-redirect ?uri=<uri>: ap_internal_redirect(uri)
+//   pidlock-testbackend-store    a minimal WebDAV class 1 file store under
+//                                ServerRoot/davstore (OPTIONS, GET, HEAD, PUT,
+//                                DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH),
+//                                the application a WebDAV client (litmus,
+//                                cadaver) talks to behind mod_pidlock's leases.
+//                                It knows nothing of locks: LOCK and UNLOCK
+//                                reaching it get 405, and PROPFIND answers
+//                                lockdiscovery 404 (not its property).
 //   pidlock-testbackend-scribble ?what=random|selflink: plays a hostile child
 //                                and writes over mod_pidlock's lock table and
 //                                exit list (see scribble_handler).
@@ -28,7 +36,9 @@
 #include <new>
 #include <string>
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -449,7 +459,225 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *, server_rec *s) {
     return OK;
 }
 
+
+// ------------------------------------------------------------------ store
+// A WebDAV class 1 file store (test only). Paths are r->uri under
+// ServerRoot/davstore; httpd has already resolved dot segments.
+
+const char *store_path(request_rec *r, const char *uri) {
+    return apr_pstrcat(r->pool, ap_server_root_relative(r->pool, "davstore"), uri, nullptr);
+}
+
+std::string store_etag(const struct stat &st) {
+    char b[64];
+    std::snprintf(b, sizeof b, "\"%lx-%lx-%lx\"", static_cast<unsigned long>(st.st_size),
+                  static_cast<unsigned long>(st.st_mtim.tv_sec), static_cast<unsigned long>(st.st_mtim.tv_nsec));
+    return b;
+}
+
+bool parent_is_dir(const char *path) {
+    std::string p(path);
+    while (!p.empty() && p.back() == '/') p.pop_back();
+    const size_t slash = p.rfind('/');
+    if (slash == std::string::npos) return false;
+    struct stat st;
+    return stat(p.substr(0, slash).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void remove_tree(const std::string &p) {
+    struct stat st;
+    if (lstat(p.c_str(), &st) != 0) return;
+    if (S_ISDIR(st.st_mode)) {
+        if (DIR *d = opendir(p.c_str())) {
+            while (struct dirent *e = readdir(d)) {
+                if (!std::strcmp(e->d_name, ".") || !std::strcmp(e->d_name, "..")) continue;
+                remove_tree(p + "/" + e->d_name);
+            }
+            closedir(d);
+        }
+        rmdir(p.c_str());
+    } else {
+        unlink(p.c_str());
+    }
+}
+
+bool copy_file(const char *from, const char *to) {
+    const int in = open(from, O_RDONLY);
+    if (in < 0) return false;
+    const int out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    bool ok = out >= 0;
+    char buf[16384];
+    ssize_t n;
+    while (ok && (n = read(in, buf, sizeof buf)) > 0) ok = ::write(out, buf, static_cast<size_t>(n)) == n;
+    close(in);
+    if (out >= 0) close(out);
+    return ok;
+}
+
+void store_propstat(request_rec *r, const char *href, const char *path, bool want_lockdiscovery) {
+    struct stat st;
+    if (stat(path, &st) != 0) return;
+    ap_rprintf(r, "<D:response><D:href>%s</D:href><D:propstat><D:prop>", ap_escape_html(r->pool, href));
+    if (S_ISDIR(st.st_mode)) {
+        ap_rputs("<D:resourcetype><D:collection/></D:resourcetype>", r);
+    } else {
+        ap_rprintf(r, "<D:resourcetype/><D:getcontentlength>%ld</D:getcontentlength><D:getetag>%s</D:getetag>",
+                   static_cast<long>(st.st_size), ap_escape_html(r->pool, store_etag(st).c_str()));
+    }
+    char date[APR_RFC822_DATE_LEN];
+    apr_rfc822_date(date, apr_time_from_sec(st.st_mtim.tv_sec));
+    ap_rprintf(r, "<D:getlastmodified>%s</D:getlastmodified>", date);
+    ap_rputs("</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>", r);
+    if (want_lockdiscovery)
+        ap_rputs("<D:propstat><D:prop><D:lockdiscovery/></D:prop>"
+                 "<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>", r);
+    ap_rputs("</D:response>\n", r);
+}
+
+int store_read_body(request_rec *r, std::string &body) {
+    int rv = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK);
+    if (rv != OK) return rv;
+    if (ap_should_client_block(r)) {
+        char buf[16384];
+        long n;
+        while ((n = ap_get_client_block(r, buf, sizeof buf)) > 0) body.append(buf, static_cast<size_t>(n));
+        if (n < 0) return HTTP_BAD_REQUEST;
+    }
+    return OK;
+}
+
+int store_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend-store") != 0) return DECLINED;
+    std::string body;
+    if (const int rv = store_read_body(r, body)) return rv;
+    const char *path = store_path(r, r->uri);
+    struct stat st;
+    const bool exists = stat(path, &st) == 0;
+    const bool is_dir = exists && S_ISDIR(st.st_mode);
+    // If-Match (mod_pidlock hands an If header's entity tags on as one).
+    if (const char *im = apr_table_get(r->headers_in, "If-Match")) {
+        bool match = exists && std::strcmp(im, "*") == 0;
+        const std::string cur = exists && !is_dir ? store_etag(st) : std::string();
+        for (const char *p = im; !match && *p;) {
+            while (*p == ' ' || *p == ',') ++p;
+            const char *e = p;
+            while (*e && *e != ',') ++e;
+            std::string tag(p, static_cast<size_t>(e - p));
+            while (!tag.empty() && tag.back() == ' ') tag.pop_back();
+            match = !cur.empty() && tag == cur;
+            p = e;
+        }
+        if (!match) return HTTP_PRECONDITION_FAILED;
+    }
+    switch (r->method_number) {
+    case M_OPTIONS:
+        apr_table_setn(r->headers_out, "DAV", "1, 2");
+        apr_table_setn(r->headers_out, "Allow",
+                       "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK");
+        return OK;
+    case M_GET: {
+        if (!exists) return HTTP_NOT_FOUND;
+        if (is_dir) {
+            ap_set_content_type(r, "text/plain");
+            ap_rputs("collection\n", r);
+            return OK;
+        }
+        apr_table_setn(r->headers_out, "ETag", apr_pstrdup(r->pool, store_etag(st).c_str()));
+        ap_set_content_type(r, "application/octet-stream");
+        ap_set_content_length(r, st.st_size);
+        if (r->header_only) return OK;
+        const int fd = open(path, O_RDONLY);
+        if (fd < 0) return HTTP_INTERNAL_SERVER_ERROR;
+        char buf[16384];
+        ssize_t n;
+        while ((n = read(fd, buf, sizeof buf)) > 0) ap_rwrite(buf, static_cast<int>(n), r);
+        close(fd);
+        return OK;
+    }
+    case M_PUT: {
+        if (is_dir) return HTTP_METHOD_NOT_ALLOWED;
+        if (!parent_is_dir(path)) return HTTP_CONFLICT;
+        const int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) return HTTP_INTERNAL_SERVER_ERROR;
+        const bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
+        close(fd);
+        if (!ok) return HTTP_INTERNAL_SERVER_ERROR;
+        if (stat(path, &st) == 0) apr_table_setn(r->headers_out, "ETag", apr_pstrdup(r->pool, store_etag(st).c_str()));
+        return exists ? HTTP_NO_CONTENT : HTTP_CREATED;
+    }
+    case M_DELETE:
+        if (!exists) return HTTP_NOT_FOUND;
+        remove_tree(path);
+        return HTTP_NO_CONTENT;
+    case M_MKCOL:
+        if (!body.empty()) return HTTP_UNSUPPORTED_MEDIA_TYPE;
+        if (exists) return HTTP_METHOD_NOT_ALLOWED;
+        if (!parent_is_dir(path)) return HTTP_CONFLICT;
+        if (mkdir(path, 0755) != 0) return HTTP_INTERNAL_SERVER_ERROR;
+        return HTTP_CREATED;
+    case M_COPY:
+    case M_MOVE: {
+        if (!exists) return HTTP_NOT_FOUND;
+        const char *dest = apr_table_get(r->headers_in, "Destination");
+        apr_uri_t u;
+        if (!dest || apr_uri_parse(r->pool, dest, &u) != APR_SUCCESS || !u.path) return HTTP_BAD_REQUEST;
+        char *dpath_uri = apr_pstrdup(r->pool, u.path);
+        if (ap_unescape_url(dpath_uri) != OK) return HTTP_BAD_REQUEST;
+        ap_getparents(dpath_uri);
+        const char *dpath = store_path(r, dpath_uri);
+        struct stat dst;
+        const bool dexists = stat(dpath, &dst) == 0;
+        const char *ow = apr_table_get(r->headers_in, "Overwrite");
+        if (dexists && ow && (ow[0] == 'F' || ow[0] == 'f')) return HTTP_PRECONDITION_FAILED;
+        if (!parent_is_dir(dpath)) return HTTP_CONFLICT;
+        if (dexists) remove_tree(dpath);
+        if (r->method_number == M_MOVE) {
+            if (rename(path, dpath) != 0) return HTTP_INTERNAL_SERVER_ERROR;
+        } else if (is_dir) {
+            if (mkdir(dpath, 0755) != 0) return HTTP_INTERNAL_SERVER_ERROR;  // Depth 0 only
+        } else if (!copy_file(path, dpath)) {
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        return dexists ? HTTP_NO_CONTENT : HTTP_CREATED;
+    }
+    case M_PROPFIND: {
+        if (!exists) return HTTP_NOT_FOUND;
+        const char *depth = apr_table_get(r->headers_in, "Depth");
+        const bool want_ld = body.find("lockdiscovery") != std::string::npos;
+        r->status = HTTP_MULTI_STATUS;
+        ap_set_content_type(r, "application/xml; charset=utf-8");
+        ap_rputs("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<D:multistatus xmlns:D=\"DAV:\">\n", r);
+        store_propstat(r, r->uri, path, want_ld);
+        if (is_dir && depth && std::strcmp(depth, "1") == 0) {
+            if (DIR *d = opendir(path)) {
+                while (struct dirent *e = readdir(d)) {
+                    if (e->d_name[0] == '.') continue;
+                    const char *base = r->uri[std::strlen(r->uri) - 1] == '/' ? r->uri
+                                                                             : apr_pstrcat(r->pool, r->uri, "/", nullptr);
+                    store_propstat(r, apr_pstrcat(r->pool, base, ap_escape_uri(r->pool, e->d_name), nullptr),
+                                   apr_pstrcat(r->pool, path, "/", e->d_name, nullptr), want_ld);
+                }
+                closedir(d);
+            }
+        }
+        ap_rputs("</D:multistatus>\n", r);
+        return OK;
+    }
+    case M_PROPPATCH:
+        if (!exists) return HTTP_NOT_FOUND;
+        r->status = HTTP_MULTI_STATUS;
+        ap_set_content_type(r, "application/xml; charset=utf-8");
+        ap_rprintf(r, "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<D:multistatus xmlns:D=\"DAV:\"><D:response>"
+                      "<D:href>%s</D:href><D:propstat><D:prop/><D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
+                      "</D:response></D:multistatus>\n", ap_escape_html(r->pool, r->uri));
+        return OK;
+    default:
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+}
+
 void register_hooks(apr_pool_t *) {
+    ap_hook_handler(store_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_post_config(post_config, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(backend_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(stats_handler, nullptr, nullptr, APR_HOOK_MIDDLE);

@@ -1,5 +1,5 @@
 // libFuzzer target: the edit-lease parsers (If, Timeout, Lock-Token, the
-// <owner> of a LOCK body, urn:uuid tokens) fed arbitrary bytes. The first
+// <owner> and lock scope of a LOCK body, the If header's entity tags, urn:uuid tokens) fed arbitrary bytes. The first
 // byte picks the parser. Asserts their contracts, not just "no crash":
 // submitted tokens are non-empty coded URLs that the input holds; a parsed
 // timeout is -1 or within 32 bits; an owner is within its cap with no
@@ -27,6 +27,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 assert(in.find("<" + t + ">") != std::string::npos);
                 assert(t.find_first_of(" \t\r\n<>") == std::string::npos);
             }
+            // Whatever the held tokens, If-Match gets only entity tags the
+            // header holds, and only when some list needs one.
+            const std::vector<std::string> subm = if_submitted_tokens(lists);
+            const IfEtags e = if_entity_tags(lists, subm.empty() ? subm : std::vector<std::string>{subm[0]});
+            assert((e.verdict == IfVerdict::IfMatch) == !e.etags.empty());
+            for (const std::string &tag : e.etags) assert(in.find("[" + tag + "]") != std::string::npos);
         }
         break;
     }
@@ -46,6 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     case 3: {
         std::string owner;
+        LockInfo info;
+        assert(parse_lock_info(in, 64, info) == parse_lock_owner(in, 64, owner));
+        assert(info.owner == owner);
         if (parse_lock_owner(in, 64, owner)) {
             assert(owner.size() <= 64);
             for (char c : owner) assert(static_cast<unsigned char>(c) >= 0x20 && c != 0x7F);

@@ -437,9 +437,14 @@ def main():
         from test_lease import run_lease_suite
         for mpm in opts.mpm or MPMS:
             run_lease_suite(mpm, res.record, opts.tests)
+        from test_davclients import run_davclient_suite
+        for mpm in opts.mpm or MPMS:
+            run_davclient_suite(mpm, res.record, opts.tests)
         from test_cluster import run_cluster_suite
         for mpm in opts.mpm or MPMS:
             run_cluster_suite(mpm, res.record, opts.tests)
+        from test_lease_cluster import run_lease_cluster_suite
+        run_lease_cluster_suite(opts.mpm or MPMS, res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))
     return 1 if res.failed else 0
 

@@ -115,6 +115,7 @@ ErrorDocument 410 /f/object/errdoc
 </Location>
 Alias /static/ {root}/static/
 Alias /static-sent/ {root}/static/
+Alias /static-off/ {root}/static/
 <Directory {root}/static>
     Require all granted
 </Directory>
@@ -163,6 +164,9 @@ def server(mpm, name):
     with open(os.path.join(static, "big.bin"), "wb") as f:
         f.write(os.urandom(8 * 1024 * 1024))
     os.chmod(os.path.join(static, "big.bin"), 0o644)
+    with open(os.path.join(static, "small.txt"), "wb") as f:
+        f.write(b"small\n")
+    os.chmod(os.path.join(static, "small.txt"), 0o644)
     h.start()
     return h
 
@@ -628,6 +632,107 @@ def t_release_eos_vs_sent(h):
     wait_empty(h)
 
 
+def read_response(sock):
+    """One HTTP/1.1 response with a Content-Length, read off a keep-alive
+    socket: (status, body)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        check(chunk, "connection closed before the headers")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    length = 0
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v.strip())
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        check(chunk, "connection closed in the body")
+        rest += chunk
+    return int(lines[0].split()[1]), rest[:length]
+
+
+def t_release_eos_vs_sent_keepalive(h):
+    """The release filter is added to a connection once: on a keep-alive
+    connection whose earlier requests were a locked one and an unlocked one,
+    eos still ends a slow read's lock at its EOS, and sent still holds it."""
+    for prefix, expect_busy in (("/static/", False), ("/static-sent/", True)):
+        s = socket.create_connection((HOST, h.port), timeout=10)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            for path in (prefix + "small.txt", "/static-off/small.txt"):
+                s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+                st, body = read_response(s)
+                check(st == 200 and body == b"small\n", "%s on a keep-alive connection: %d %r" % (path, st, body))
+            check(not held_keys(h), "a lock outlived its request: %r" % held_keys(h))
+            s.sendall(("GET %sbig.bin HTTP/1.1\r\nHost: x\r\n\r\n" % prefix).encode())
+            s.recv(4096)
+            time.sleep(0.5)  # the transfer stalls on the client's window
+            r = h.request("PUT", prefix + "big.bin", body=b"x")
+            if expect_busy:
+                check(r.status == 503, "%s: a writer got in while the file was being sent (%d)" % (prefix, r.status))
+            else:
+                check(r.status != 503, "%s: the writer waited for a slow reader (eos)" % prefix)
+        finally:
+            s.close()
+    wait_empty(h)
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_slow_get(h, path):
+    """An HTTP/2 (h2c, prior knowledge) GET that reads its first DATA frame
+    and then nothing more: it never sends WINDOW_UPDATE, so the server can
+    send no more than the initial 64 KiB window. Returns the socket."""
+    def lit(name, value):  # HPACK literal without indexing, new name, no Huffman
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    block = (lit(b":method", b"GET") + lit(b":scheme", b"http") + lit(b":path", path.encode()) +
+             lit(b":authority", ("%s:%d" % (HOST, h.port)).encode()))
+    s = socket.create_connection((HOST, h.port), timeout=10)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 0x5, 1, block))
+    buf = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            ftype, flags = buf[3], buf[4]
+            buf = buf[9 + n:]
+            if ftype == 4 and not flags & 1:
+                s.sendall(h2_frame(4, 1, 0))  # SETTINGS ack
+            check(ftype not in (3, 7), "HTTP/2 stream reset or connection closed (frame type %d)" % ftype)
+            if ftype == 0:
+                return s
+        chunk = s.recv(65536)
+        check(chunk, "HTTP/2 connection closed before any DATA")
+        buf += chunk
+    raise AssertionError("no HTTP/2 DATA within 10 s")
+
+
+def t_release_eos_vs_sent_http2(h):
+    """PidLockRelease over HTTP/2: eos ends the lock when the stream's
+    response EOS passes (its own connection's filter); sent only when the
+    stream's request ends, which a client that stops reading holds off."""
+    if h.mpm == "prefork":
+        return  # mod_http2 does not run under prefork
+    for prefix, expect_busy in (("/static/", False), ("/static-sent/", True)):
+        s = h2_slow_get(h, prefix + "big.bin")
+        try:
+            time.sleep(0.5)
+            r = h.request("PUT", prefix + "big.bin", body=b"x")
+            if expect_busy:
+                check(r.status == 503, "%s over HTTP/2: a writer got in while the file was being sent (%d)"
+                      % (prefix, r.status))
+            else:
+                check(r.status != 503, "%s over HTTP/2: the writer waited for a slow reader (eos)" % prefix)
+        finally:
+            s.close()
+    wait_empty(h)
+
+
 FORM_TESTS = [
     ("creates_serialized", t_creates_serialized),
     ("update_locks_both", t_update_locks_both),
@@ -645,6 +750,8 @@ FORM_TESTS = [
     ("max_hold", t_max_hold),
     ("fence", t_fence),
     ("release_eos_vs_sent", t_release_eos_vs_sent),
+    ("release_eos_vs_sent_keepalive", t_release_eos_vs_sent_keepalive),
+    ("release_eos_vs_sent_http2", t_release_eos_vs_sent_http2),
 ]
 
 

@@ -47,6 +47,10 @@ LEASE_CONFIG = r"""
     Require ip 127.0.0.1
     PidLockStatusActions On
 </Location>
+<Location /server-status>
+    SetHandler server-status
+    Require ip 127.0.0.1
+</Location>
 <Location /stats>
     SetHandler pidlock-testbackend-stats
 </Location>
@@ -66,7 +70,7 @@ LEASE_CONFIG = r"""
 </Location>
 """
 AUTH_MODULES = [(m + "_module", "%s/mod_%s.so" % (MODDIR, m))
-                for m in ("authn_core", "authn_file", "auth_basic", "authz_user")]
+                for m in ("authn_core", "authn_file", "auth_basic", "authz_user", "status")]
 
 LOCKINFO = (b'<?xml version="1.0" encoding="utf-8"?>\n'
             b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
@@ -204,6 +208,36 @@ def t_sequence(h):
     wait_table_empty(h)
 
 
+def t_copy_move_destination(h):
+    """COPY and MOVE write their Destination (RFC 4918 7.5): a leased
+    destination needs the token; a leased source may be copied, not moved."""
+    base = "http://127.0.0.1:%d" % h.port
+    _, tok = lock(h, "/mn/v2/object/dst1")
+    for method in ("COPY", "MOVE"):
+        for dest in (base + "/mn/v2/object/dst1", "/mn/v2/meta/dst1", base + "/mn/v2/%6Fbject/./dst1"):
+            r = h.request(method, "/mn/v2/object/src1", headers={"Destination": dest, "X-Test-Pid": "src1"})
+            check(r.status == 423, "%s onto the leased %s -> %d" % (method, dest, r.status))
+        r = h.request(method, "/mn/v2/object/src1",
+                      headers={"Destination": base + "/mn/v2/object/dst1", "If": "(<%s>)" % tok,
+                               "X-Test-Pid": "src1"})
+        check(r.status == 200, "%s onto the leased key with its token -> %d" % (method, r.status))
+        r = h.request(method, "/mn/v2/object/src1",
+                      headers={"Destination": base + "/mn/v2/object/other", "X-Test-Pid": "src1"})
+        check(r.status == 200, "%s to a free key -> %d" % (method, r.status))
+    # The leased key as the source: COPY reads it, MOVE writes it.
+    r = h.request("COPY", "/mn/v2/object/dst1", headers={"Destination": base + "/mn/v2/object/c2",
+                                                         "X-Test-Pid": "dst1"})
+    check(r.status == 200, "COPY of a leased source -> %d" % r.status)
+    r = h.request("MOVE", "/mn/v2/object/dst1", headers={"Destination": base + "/mn/v2/object/c2",
+                                                         "X-Test-Pid": "dst1"})
+    check(r.status == 423, "MOVE of a leased source -> %d" % r.status)
+    r = h.request("COPY", "/mn/v2/object/src1", headers={"Destination": "http://x/%zz", "X-Test-Pid": "src1"})
+    check(r.status == 400, "undecodable Destination -> %d" % r.status)
+    check("PIDLOCK483" in h.read_log(), "undecodable Destination not logged")
+    check(h.request("UNLOCK", "/mn/v2/object/dst1", headers={"Lock-Token": "<%s>" % tok}).status == 204, "unlock")
+    wait_table_empty(h)
+
+
 def t_json_lock(h):
     url = "/mn/v2/object/json1"
     r, tok = lock(h, url, headers={"Accept": "application/json"})
@@ -270,7 +304,18 @@ def t_status_release_steal(h):
               "lease_refusals"):
         check(c in counters(h), "counter %s missing" % c)
     m = h.request("GET", "/pidlock-status?metrics").text
-    check(re.search(r"^pidlock_leases [1-9]", m, re.M) and 'pidlock_lease_events_total{event="granted"}' in m, m[-600:])
+    check(re.search(r"^pidlock_leases 1$", m, re.M) and
+          re.search(r'^pidlock_lease_events_total\{event="granted"\} [1-9]', m, re.M) and
+          all('pidlock_lease_events_total{event="%s"}' % e in m
+              for e in ("renewed", "released", "expired", "stolen", "refused")), m[-600:])
+    a = h.request("GET", "/pidlock-status?auto").text
+    check(re.search(r"^Leases: 1$", a, re.M) and re.search(r"^LeaseCapacity: 1024$", a, re.M)
+          and re.search(r"^LeasesGranted: [1-9]", a, re.M) and "LeaseRefusals: " in a, a[-500:])
+    check(tok not in a and "adm1" not in a, "?auto shows a token or a key")
+    s = h.request("GET", "/server-status?auto").text
+    check(re.search(r"^PidLockLeases: 1$", s, re.M) and "PidLockLeasesGranted: " in s, s[-600:])
+    s = h.request("GET", "/server-status").text
+    check(re.search(r"<dt>Leases: 1 of 1024 held; granted [1-9]", s), "mod_status lease line: %s" % s[-800:])
     page = h.request("GET", "/pidlock-status").text
     check("<h2>Leases (1)</h2>" in page and 'value="steal"' not in page, "status page leases section")
     page, nonce = admin_nonce(h)
@@ -318,7 +363,18 @@ def t_bad_headers(h):
                       b'<D:owner>&e;</D:owner></D:lockinfo>', want=400)
     lock(h, url, body=b"<D:lockinfo xmlns:D='DAV:'><D:owner>x", want=400)
     lock(h, url, body=b"x" * (70 * 1024), want=413)
+    # A lease is an exclusive write lock on one resource (RFC 4918 9.10.3/6).
+    lock(h, url, headers={"Depth": "1"}, want=400)
+    r, _ = lock(h, url, body=LOCKINFO.replace(b"<D:exclusive/>", b"<D:shared/>"), want=412)
+    check("exclusive write locks" in r.text, r.text)
+    lock(h, url, body=LOCKINFO.replace(b"<D:write/>", b"<D:read/>"), want=412)
     check(lease_of(h, "bad1") is None, "a refused LOCK left a lease")
+    log = h.read_log()
+    check("PIDLOCK480" in log and "PIDLOCK481" in log, "Depth / shared refusals not logged")
+    for depth in ("0", "infinity", "Infinity"):
+        _, tok = lock(h, url, headers={"Depth": depth})
+        check(put(h, url).status == 423, "Depth %s lease not enforced" % depth)
+        check(h.request("UNLOCK", url, headers={"Lock-Token": "<%s>" % tok}).status == 204, "unlock")
     wait_table_empty(h)
 
 
@@ -379,6 +435,7 @@ def t_table_empty(h):
 LEASE_TESTS = [
     ("sequence", t_sequence),
     ("json_lock", t_json_lock),
+    ("copy_move_destination", t_copy_move_destination),
     ("spellings", t_spellings),
     ("expiry_renewal", t_expiry_and_renewal),
     ("status_release_steal", t_status_release_steal),

@@ -668,6 +668,49 @@ TEST(Contract, AtMostMaxKeysAndNoneIsAnError) {
     });
 }
 
+// acquire_within: the same locks as acquire_all, the wait given from now.
+TEST(Contract, AcquireWithinWaitsFromNow) {
+    for_each_backend(16, [](const Be &be) {
+        HolderInfo info;
+        info.method = "GET";
+        info.uri = "/contract";
+        int err = 0;
+        const Keys a{"A"}, ab{"A", "B"};
+        LockSet w, r, r2;
+        B_RESULT(AcquireResult::Acquired,
+                 be.lb.acquire_within(a.refs.data(), 1, Mode::Write, 0, info, w, nullptr, &err));
+        B_EQUAL(1, w.size());
+        B_CHECK(w.fence() > 0);
+        B_EQUAL(1, view(be.lb).locks.size());
+        BusyReport rep;
+        B_RESULT(AcquireResult::Busy, be.lb.acquire_within(a.refs.data(), 1, Mode::Read, 0, info, r, &rep, &err));
+        B_CHECK(r.empty());
+        B_RESULT(AcquireResult::Busy,
+                 be.lb.acquire_within(ab.refs.data(), 2, Mode::Read, 20 * 1000000LL, info, r, nullptr, &err));
+        B_CHECK(r.empty());
+        // A waiter with no limit has it once the writer lets go.
+        std::atomic<bool> got{false};
+        AcquireResult res = AcquireResult::Error;
+        std::thread t([&] {
+            int e = 0;
+            res = be.lb.acquire_within(a.refs.data(), 1, Mode::Read, -1, info, r, nullptr, &e);
+            got = true;
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        B_CHECK(!got);
+        B_EQUAL(0, be.lb.release_all(w));
+        t.join();
+        B_RESULT(AcquireResult::Acquired, res);
+        B_EQUAL(0, r.fence());
+        B_RESULT(AcquireResult::Acquired,
+                 be.lb.acquire_within(ab.refs.data(), 2, Mode::Read, 1000 * 1000000LL, info, r2, nullptr, &err));
+        B_EQUAL(2, r2.size());
+        B_EQUAL(0, be.lb.release_all(r));
+        B_EQUAL(0, be.lb.release_all(r2));
+        B_EQUAL(0, view(be.lb).locks.size());
+    });
+}
+
 TEST(Contract, WriteSetsGetIncreasingFences) {
     for_each_backend(16, [](const Be &be) {
         LockSet w1, w2, w3, r;

@@ -104,6 +104,22 @@ TEST(Gate, AWaiterGetsInWhenTheGateOpens) {
     g.backend->release_all(set);
 }
 
+// acquire_within (the request path's, one key) is held by the gate too.
+TEST(Gate, AcquireWithinWaitsBehindTheGate) {
+    GateTable g(false);
+    KeyRef k{"pid-3", 5};
+    HolderInfo info;
+    LockSet set;
+    BusyReport rep;
+    int err = 0;
+    CHECK(g.backend->acquire_within(&k, 1, Mode::Read, 20000000, info, set, &rep, &err) == AcquireResult::Busy);
+    CHECK(rep.draining);
+    CHECK(set.empty());
+    UpgradeGate::open(g.gate());
+    CHECK(g.backend->acquire_within(&k, 1, Mode::Read, 0, info, set, &rep, &err) == AcquireResult::Acquired);
+    CHECK_EQUAL(0, g.backend->release_all(set));
+}
+
 // A child may scribble the word: anything but "closed" counts as open, so
 // a scribble can only let its own generation in, never shut others out.
 TEST(Gate, AScribbledWordCountsAsOpen) {

@@ -161,3 +161,58 @@ TEST(Key, SimpleCaptureAgreesWithRegex) {
     CHECK_FALSE(regex_simple_capture("/x/(.+)$").ok);
     CHECK_FALSE(regex_simple_capture("^/x?/(.+)$").ok);
 }
+
+// The views take no copy where nothing is decoded (the key_from_* functions,
+// tested above, are the views plus a copy).
+TEST(Key, ViewsPointIntoTheRequest) {
+    std::string scratch;
+    KeyView v;
+    const char *cap = "doi:10.5063/F1";
+    CHECK(key_view_path_capture(cap, 14, 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == cap && v.len == 14);
+    CHECK(key_view_path_capture("a%2Fb", 5, 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == scratch.data() && std::string(v.data, v.len) == "a/b");
+    const char *args = "x=1&pid=abc&y=2";
+    CHECK(key_view_query(args, "pid", 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == args + 8 && v.len == 3);
+    CHECK(key_view_query("pid=a+b", "pid", 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(std::string(v.data, v.len) == "a b");
+    const char *hv = "a+b";  // no plus decoding in headers
+    CHECK(key_view_header(hv, 1024, scratch, v) == KeyStatus::Ok);
+    CHECK(v.data == hv && v.len == 3);
+    CHECK(key_view_path_capture("abcdef", 6, 5, scratch, v) == KeyStatus::TooLong);
+    CHECK(v.data == nullptr && v.len == 0);
+}
+
+// simple_capture_key is simple_capture_match and key_view_path_capture in
+// one pass: it must give what the two give, on every path.
+TEST(Key, SimpleCaptureKeyAgreesWithMatchThenView) {
+    const char *alphabet[] = {"/", "on", "a", "%", "2F", "2f", "\n", "x", "%2F", ""};
+    std::mt19937 rng(5);
+    std::string scratch, scratch2;
+    for (const char *pat : {"^/on/(.+)$", "^/on/(.*)$"}) {
+        const SimpleCapture sc = regex_simple_capture(pat);
+        CHECK_TRUE(sc.ok);
+        for (int i = 0; i < 5000; ++i) {
+            std::string path = i % 3 ? sc.prefix : "";
+            const int parts = static_cast<int>(rng() % 6);
+            for (int k = 0; k < parts; ++k) path += alphabet[rng() % (sizeof alphabet / sizeof *alphabet)];
+            const size_t max_len = 1 + rng() % 8;
+            KeyView got, want;
+            bool use_regex = false;
+            const KeyStatus st = simple_capture_key(sc.prefix.data(), sc.prefix.size(), sc.allow_empty, path.c_str(),
+                                                    max_len, scratch, got, &use_regex);
+            const char *cap = nullptr;
+            size_t len = 0;
+            const FastMatch fm = simple_capture_match(sc, path.c_str(), &cap, &len);
+            CHECK_EQUAL(fm == FastMatch::UseRegex, use_regex);
+            if (fm != FastMatch::Match) {
+                CHECK(st == KeyStatus::Absent);
+                continue;
+            }
+            const KeyStatus st2 = key_view_path_capture(cap, len, max_len, scratch2, want);
+            if (st != st2) FAIL(("status differs on " + path).c_str());
+            if (st == KeyStatus::Ok) CHECK(std::string(got.data, got.len) == std::string(want.data, want.len));
+        }
+    }
+}

@@ -203,6 +203,79 @@ TEST(LeaseParsers, OwnerRefusesEntitiesAndBrokenXml) {
 
 // ------------------------------------------------------------------ table
 
+
+TEST(LeaseParsers, LockInfoScopeAndType) {
+    LockInfo i;
+    CHECK(parse_lock_info("<D:lockinfo xmlns:D='DAV:'><D:lockscope><D:exclusive/></D:lockscope>"
+                          "<D:locktype><D:write/></D:locktype><D:owner>ann</D:owner></D:lockinfo>",
+                          kLeaseOwnerCap, i));
+    CHECK(!i.shared && !i.unknown_scope && !i.not_write);
+    STRCMP_EQUAL("ann", i.owner.c_str());
+    CHECK(parse_lock_info("<lockinfo xmlns='DAV:'><lockscope><shared/></lockscope><locktype><write/></locktype>"
+                          "</lockinfo>", kLeaseOwnerCap, i));
+    CHECK(i.shared && !i.not_write);
+    CHECK(parse_lock_info("<a:lockinfo xmlns:a='DAV:'><a:lockscope><a:other/></a:lockscope>"
+                          "<a:locktype><a:read/></a:locktype></a:lockinfo>", kLeaseOwnerCap, i));
+    CHECK(!i.shared && i.unknown_scope && i.not_write);
+    // A <shared/> in the owner is the owner's text, not the scope.
+    CHECK(parse_lock_info("<D:lockinfo xmlns:D='DAV:'><D:owner><D:shared/>x</D:owner></D:lockinfo>",
+                          kLeaseOwnerCap, i));
+    CHECK(!i.shared && !i.unknown_scope);
+    CHECK(parse_lock_info("", kLeaseOwnerCap, i));
+    CHECK(!i.shared && i.owner.empty());
+    CHECK(!parse_lock_info("<!DOCTYPE x><lockinfo/>", kLeaseOwnerCap, i));
+}
+
+TEST(LeaseParsers, LockDepth) {
+    bool inf = false;
+    CHECK(parse_lock_depth(nullptr, &inf) && inf);
+    CHECK(parse_lock_depth("0", &inf) && !inf);
+    CHECK(parse_lock_depth(" Infinity ", &inf) && inf);
+    CHECK(parse_lock_depth("infinity", &inf) && inf);
+    CHECK(!parse_lock_depth("1", &inf));
+    CHECK(!parse_lock_depth("", &inf));
+    CHECK(!parse_lock_depth("00", &inf));
+    CHECK(!parse_lock_depth("infinit", &inf));
+}
+
+TEST(LeaseParsers, IfEntityTags) {
+    const std::string tok = "urn:uuid:11111111-2222-4333-8444-555555555555";
+    const std::vector<std::string> held = {tok};
+    auto verdict = [&](const std::string &h, const std::vector<std::string> &hd, std::vector<std::string> *tags) {
+        std::vector<IfList> lists;
+        CHECK(parse_if_header(h, lists));
+        const IfEtags e = if_entity_tags(lists, hd);
+        if (tags) *tags = e.etags;
+        return e.verdict;
+    };
+    std::vector<std::string> tags;
+    CHECK(verdict("(<" + tok + ">)", held, nullptr) == IfVerdict::True);
+    CHECK(verdict("(<" + tok + ">)", {}, nullptr) == IfVerdict::False);
+    CHECK(verdict("(<DAV:no-lock>)", held, nullptr) == IfVerdict::False);
+    CHECK(verdict("(<" + tok + "> <DAV:no-lock>)", held, nullptr) == IfVerdict::False);
+    CHECK(verdict("(<" + tok + ">) (Not <DAV:no-lock>)", held, nullptr) == IfVerdict::True);
+    CHECK(verdict("(Not <" + tok + ">)", held, nullptr) == IfVerdict::False);
+    // litmus cond_put / fail_complex_cond_put: the entity tags go to If-Match.
+    CHECK(verdict("(<" + tok + "> [W/\"a\"])", held, &tags) == IfVerdict::IfMatch);
+    CHECK(tags == std::vector<std::string>{"W/\"a\""});
+    CHECK(verdict("(<" + tok + "> [\"b\"]) (Not <DAV:no-lock> [\"b\"])", held, &tags) == IfVerdict::IfMatch);
+    CHECK(tags == std::vector<std::string>{"\"b\""});
+    CHECK(verdict("([\"a\"]) ([\"b\"])", {}, &tags) == IfVerdict::IfMatch);
+    CHECK((tags == std::vector<std::string>{"\"a\"", "\"b\""}));
+    // A list with a token that cannot hold contributes nothing.
+    CHECK(verdict("(<DAV:no-lock> [\"a\"]) ([\"b\"])", {}, &tags) == IfVerdict::IfMatch);
+    CHECK(tags == std::vector<std::string>{"\"b\""});
+    // Two different entity tags in one list never hold; a list without any
+    // holds outright.
+    CHECK(verdict("([\"a\"] [\"b\"])", {}, nullptr) == IfVerdict::False);
+    CHECK(verdict("([\"a\"]) (Not <DAV:no-lock>)", {}, nullptr) == IfVerdict::True);
+    CHECK(verdict("(Not [\"a\"])", {}, nullptr) == IfVerdict::Unsupported);
+    // Whatever the order of the lists.
+    CHECK(verdict("(Not [\"a\"]) (<" + tok + ">)", held, nullptr) == IfVerdict::True);
+    CHECK(verdict("(<" + tok + ">) (Not [\"a\"])", held, nullptr) == IfVerdict::True);
+    CHECK(verdict("(<DAV:no-lock> Not [\"a\"])", held, nullptr) == IfVerdict::False);
+}
+
 TEST_GROUP(LeaseTable) {
     void *mem = nullptr;
     PthreadStripeLocks *locks = nullptr;
@@ -352,6 +425,27 @@ TEST(LeaseTable, ExpiryByIdlenessIsLazy) {
     CHECK_EQUAL(1u, counters().expired);
     CHECK(LeaseOutcome::Stale == t->lock("k", {a}, req(""), token_of(2), kT0 + 11 * kSec, nullptr));
     CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("bo"), token_of(2), kT0 + 11 * kSec, nullptr));
+}
+
+TEST(LeaseTable, SummarySweepsAndCounts) {
+    CHECK(LeaseOutcome::Granted == t->lock("a", {}, req("ann", "", 10), token_of(1), kT0, nullptr));
+    CHECK(LeaseOutcome::Granted == t->lock("b", {}, req("bo", "", 100), token_of(2), kT0, nullptr));
+    uint32_t live = 0;
+    LeaseCounters c;
+    CHECK(t->summary(kT0 + kSec, &live, c));
+    CHECK_EQUAL(2u, live);
+    CHECK_EQUAL(2u, c.granted);
+    CHECK(t->summary(kT0 + 20 * kSec, &live, c));  // a idled out
+    CHECK_EQUAL(1u, live);
+    CHECK_EQUAL(1u, c.expired);
+    const auto lines = lease_auto_lines(live, t->capacity(), c);
+    CHECK_EQUAL(8u, lines.size());
+    CHECK_EQUAL("Leases", lines[0].first);
+    CHECK_EQUAL(1u, lines[0].second);
+    CHECK_EQUAL("LeaseCapacity", lines[1].first);
+    CHECK_EQUAL(t->capacity(), lines[1].second);
+    CHECK_EQUAL("LeasesExpired", lines[5].first);
+    CHECK_EQUAL(1u, lines[5].second);
 }
 
 TEST(LeaseTable, UnlockRules) {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <csignal>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -81,7 +82,10 @@ enum class Attack { Random, SelfLinkedChain, RecordAtParentVariable };
 // The hostile child: holds some (or all) stripe mutexes for ever, lays the
 // attack out, then keeps scribbling random words over the table (except
 // for the laid-out attacks) and the exit list until killed.
-pid_t start_attacker(Arena &a, unsigned seed, Attack attack) {
+// The attacker says on `ready_fd` when it holds its mutexes and has
+// scribbled once, so the parent's side never starts before the attack does
+// (however loaded the machine).
+pid_t start_attacker(Arena &a, unsigned seed, Attack attack, int ready_fd) {
     const pid_t pid = fork();
     if (pid != 0) return pid;
     std::mt19937_64 rng(seed);
@@ -106,6 +110,8 @@ pid_t start_attacker(Arena &a, unsigned seed, Attack attack) {
         uint64_t off = static_cast<uint64_t>(a.target - static_cast<unsigned char *>(a.table));
         std::memcpy(static_cast<char *>(a.table) + 48, &off, sizeof off);
     }
+    scribble(a.exits, a.exits_size);
+    if (write(ready_fd, "r", 1) != 1) _exit(1);
     for (;;) {
         scribble(a.exits, a.exits_size);
         if (attack == Attack::Random) {
@@ -159,9 +165,15 @@ int old_parent_side(Arena &a) {
 
 Outcome under_attack(unsigned seed, Attack attack, int (*parent)(Arena &), int ms) {
     Arena a;
-    const pid_t bad = start_attacker(a, seed, attack);
-    std::this_thread::sleep_for(std::chrono::milliseconds(3));  // let it take mutexes and scribble
-    const Outcome o = run_bounded([&] { return parent(a); }, ms);
+    int ready[2];
+    if (pipe(ready) != 0) return Outcome::Failed;
+    const pid_t bad = start_attacker(a, seed, attack, ready[1]);
+    struct pollfd pfd = {ready[0], POLLIN, 0};
+    char c = 0;
+    const bool started = poll(&pfd, 1, 10000) == 1 && read(ready[0], &c, 1) == 1;
+    close(ready[0]);
+    close(ready[1]);
+    const Outcome o = started ? run_bounded([&] { return parent(a); }, ms) : Outcome::Failed;
     kill(bad, SIGKILL);
     waitpid(bad, nullptr, 0);
     return o;
