@@ -264,7 +264,10 @@ class Watchdog {
   private:
     void (*old_)(int);
 };
-constexpr unsigned kWatchdogSeconds = 20;
+// Generous: a deadlock never ends, so the bound only has to outlast a slow
+// honest run (PostgreSQL round trips under ASan on a loaded machine took
+// more than the 10 s a forked worker used to get).
+constexpr unsigned kWatchdogSeconds = 90;
 
 // ---------------------------------------------------------- the witness
 
@@ -485,11 +488,12 @@ TEST(Contract, WitnessCatchesABackendThatGrantsEverything) {
 
 TEST(Contract, CrossingKeySetsNeverDeadlock) {
     for_each_backend(64, [](const Be &be) {
-        check_sound(be, run_witness(be.lb, false, kWorkers, kCrossingOps, Pattern::Crossing),
-                    kWorkers * kCrossingOps);
+        // Each PostgreSQL operation is two round trips: a third of the
+        // crossings (still two thousand) keeps the run short.
+        const int ops = std::strcmp(be.name, "postgres") == 0 ? kCrossingOps / 3 : kCrossingOps;
+        check_sound(be, run_witness(be.lb, false, kWorkers, ops, Pattern::Crossing), kWorkers * ops);
         if (be.across_fork)
-            check_sound(be, run_witness(be.lb, true, kWorkers, kCrossingOps, Pattern::Crossing),
-                        kWorkers * kCrossingOps);
+            check_sound(be, run_witness(be.lb, true, kWorkers, ops, Pattern::Crossing), kWorkers * ops);
         B_EQUAL(0, view(be.lb).locks.size());
     });
 }
