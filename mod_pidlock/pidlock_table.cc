@@ -2445,6 +2445,11 @@ bool LockTable::snapshot(TableSnapshot &out, int *err) {
                         add(std::move(hv));
                     }
                 }
+                // A fast holder between its CAS on the word and its slot's
+                // "held" mark (or taken after the slots were read above) has
+                // no holder to show yet: the lock shows once it has one, never
+                // as a lock held by nobody.
+                if (v.holders.empty() && e->first == 0) continue;
                 out.locks.push_back(std::move(v));
             }
         }
