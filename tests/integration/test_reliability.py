@@ -21,6 +21,35 @@ def _holder_pid(h, key):
     return None
 
 
+class _HeldWrite:
+    """A PUT on /mn/v2/object/<key> that the test backend holds for `ms`,
+    sent from a thread (its backend witness PID `witness`, default `key`);
+    returns once the status page shows its holder. When it ends: `status`
+    (None if the request failed, e.g. its child was killed), `ended_at`
+    (monotonic) and the event `ended`."""
+
+    def __init__(self, h, key, ms, witness=None, timeout=30):
+        self.status = None
+        self.ended_at = None
+        self.ended = threading.Event()
+
+        def run():
+            try:
+                r = h.request("PUT", "/mn/v2/object/" + key,
+                              headers={"X-Test-Pid": witness or key, "X-Test-Sleep-Ms": str(ms)},
+                              body=b"x", timeout=timeout)
+                self.status = r.status
+            except Exception:  # noqa: BLE001 - reported as status None
+                pass
+            finally:
+                self.ended_at = time.monotonic()
+                self.ended.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        check(poll(lambda: _holder_pid(h, key) is not None, timeout=5), "the write on %s never held" % key)
+
+
 def t_killed_holder(mpm):
     """kill -9 of the child holding a write lock: the next writer waiting on
     that key gets it in under a second."""
@@ -28,16 +57,7 @@ def t_killed_holder(mpm):
     try:
         h.start()
         url = "/mn/v2/object/victim"
-
-        def hold():
-            try:
-                h.request("PUT", url, headers={"X-Test-Pid": "victim-a", "X-Test-Sleep-Ms": "30000"},
-                          body=b"x", timeout=40)
-            except Exception:  # noqa: BLE001 - its child is killed under it
-                pass
-
-        threading.Thread(target=hold, daemon=True).start()
-        check(poll(lambda: _holder_pid(h, "victim") is not None, timeout=5), "holder never showed up")
+        _HeldWrite(h, "victim", 30000, witness="victim-a", timeout=40)  # its child is killed under it
         victim = _holder_pid(h, "victim")
         done = []
         lock = threading.Lock()
@@ -95,16 +115,7 @@ def t_graceful_keeps_locks(mpm):
     try:
         h.start()
         url = "/mn/v2/object/gr"
-        result = {}
-
-        def write():
-            r = h.request("PUT", url, headers={"X-Test-Pid": "gr", "X-Test-Sleep-Ms": "3000"},
-                          body=b"x", timeout=30)
-            result["write"] = (r.status, time.monotonic())
-
-        wt = threading.Thread(target=write, daemon=True)
-        wt.start()
-        check(poll(lambda: _holder_pid(h, "gr") is not None, timeout=5), "write never held")
+        write = _HeldWrite(h, "gr", 3000)
         gen0 = status_json(h)["generation"]
         h.graceful()
         check(poll(lambda: status_json(h)["generation"] != gen0, timeout=10, interval=0.1),
@@ -112,11 +123,11 @@ def t_graceful_keeps_locks(mpm):
         check(_holder_pid(h, "gr") is not None, "the old generation's lock vanished")
         r = h.request("GET", url, headers={"X-Test-Pid": "gr", "X-Test-Sleep-Ms": "1"}, timeout=30)
         read_done = time.monotonic()
-        wt.join(30)
-        check("write" in result and result["write"][0] == 200, "write: %r" % (result.get("write"),))
+        write.ended.wait(30)
+        check(write.status == 200, "write: %r" % write.status)
         check(r.status == 200, "read: %d" % r.status)
-        check(read_done >= result["write"][1] - 0.05,
-              "the read finished %.3f s before the write" % (result["write"][1] - read_done))
+        check(read_done >= write.ended_at - 0.05,
+              "the read finished %.3f s before the write" % (write.ended_at - read_done))
         stats = h.get_json("/stats")
         check(stats["violations"] == 0, "violations: %s" % stats["violations"])
         wait_table_empty(h)
@@ -139,16 +150,7 @@ def _upgrade_during_write(h, built, pid, layout):
     build/<built> (table layout `layout`); a read of the same PID sent to the
     new generation must end after the write."""
     url = "/mn/v2/object/" + pid
-    result = {}
-
-    def write():
-        r = h.request("PUT", url, headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "3000"},
-                      body=b"x", timeout=30)
-        result["write"] = (r.status, time.monotonic())
-
-    wt = threading.Thread(target=write, daemon=True)
-    wt.start()
-    check(poll(lambda: _holder_pid(h, pid) is not None, timeout=5), "write never held")
+    write = _HeldWrite(h, pid, 3000)
     gen0 = status_json(h)["generation"]
     gates = h.read_log().count("PIDLOCK031")
     opened = h.read_log().count("PIDLOCK033")
@@ -159,12 +161,12 @@ def _upgrade_during_write(h, built, pid, layout):
     check("lock table of layout %d" % layout in h.read_log(), "layout %d is not what runs" % layout)
     r = h.request("GET", url, headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "1"}, timeout=30)
     read_done = time.monotonic()
-    wt.join(30)
+    write.ended.wait(30)
     check(h.proc.poll() is None, "httpd exited at the graceful restart: %s" % h.startup_output())
-    check("write" in result and result["write"][0] == 200, "write: %r" % (result.get("write"),))
+    check(write.status == 200, "write: %r" % write.status)
     check(r.status == 200, "read: %d %s" % (r.status, r.text[:200]))
-    check(read_done >= result["write"][1] - 0.05,
-          "the new generation's read finished %.3f s before the old write" % (result["write"][1] - read_done))
+    check(read_done >= write.ended_at - 0.05,
+          "the new generation's read finished %.3f s before the old write" % (write.ended_at - read_done))
     check(status_json(h)["generation"] != gen0, "no new generation after graceful")
     check(poll(lambda: h.read_log().count("PIDLOCK033") > opened, timeout=10, interval=0.1),
           "the gate never opened (no PIDLOCK033)")
@@ -428,17 +430,7 @@ def t_max_waiters(mpm):
     try:
         h.start()
         url = "/mn/v2/object/hot"
-        held = threading.Event()
-
-        def hold():
-            try:
-                h.request("PUT", url, headers={"X-Test-Pid": "hot", "X-Test-Sleep-Ms": "6000"},
-                          body=b"x", timeout=30)
-            finally:
-                held.set()
-
-        threading.Thread(target=hold, daemon=True).start()
-        check(poll(lambda: _holder_pid(h, "hot") is not None, timeout=5), "holder never showed up")
+        held = _HeldWrite(h, "hot", 6000).ended
         socks = []
         req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test-Pid: hot\r\n\r\n" % url).encode()
         for _ in range(70):
@@ -480,17 +472,7 @@ def t_client_gone(mpm):
         h.start()
         h.get_json("/stats?reset")
         url = "/mn/v2/object/gone"
-        done = threading.Event()
-
-        def hold():
-            try:
-                h.request("PUT", url, headers={"X-Test-Pid": "gone", "X-Test-Sleep-Ms": "3000"},
-                          body=b"x", timeout=30)
-            finally:
-                done.set()
-
-        threading.Thread(target=hold, daemon=True).start()
-        check(poll(lambda: _holder_pid(h, "gone") is not None, timeout=5), "holder never showed up")
+        done = _HeldWrite(h, "gone", 3000).ended
         s = socket.create_connection((HOST, h.port), timeout=5)
         s.sendall(("PUT %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test-Pid: gone\r\n"
                    "Content-Length: 1\r\n\r\ny" % url).encode())
