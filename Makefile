@@ -86,6 +86,8 @@ BENCH     = $(BUILD)/bench_table
 FUZZERS   = $(FUZZ_SRCS:tests/fuzz/%.cc=$(BUILD)/%)
 FUZZ      = $(BUILD)/fuzz_keys
 FUZZ_SECONDS ?= 60
+# make test compiles with one job per CPU.
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 
 UNIT_LIBS = -lCppUTest -lCppUTestExt -lapr-1 -lpq -lpthread
 
@@ -223,7 +225,7 @@ unit: deps
 test: deps
 	@sh scripts/install-deps-browser.sh
 	@sh scripts/install-deps-deb.sh
-	@$(MAKE) --no-print-directory test-run
+	@$(MAKE) --no-print-directory -j$(JOBS) test-run
 
 test-run: $(MODULE) $(MODULE_L2) $(BACKEND) $(UNIT) $(UNIT_SAN) $(FUZZERS)
 	@sh tests/run_all.sh $(BUILD)

@@ -13,7 +13,7 @@ mkdir -p "$src" "$dest"
 git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$src"
 # A clean environment: make's own variables (BUILD, MAKEFLAGS) must not
 # reach the package's rules.
-( cd "$src" && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1 ) || { tail -n 40 "$work/build.log"; exit 1; }
+( cd "$src" && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD dpkg-buildpackage -us -uc -b -Jauto >"$work/build.log" 2>&1 ) || { tail -n 40 "$work/build.log"; exit 1; }
 for f in "$work"/*.deb "$work"/*.changes "$work"/*.buildinfo; do
     [ -e "$f" ] && cp "$f" "$dest/"
 done

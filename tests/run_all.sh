@@ -6,7 +6,20 @@ export PIDLOCK_BUILD="$BUILD"
 passed=0
 failed=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Every failure's line, repeated before the closing count: CI shows only the
+# output's tail, and that must say what failed.
+failures=$(mktemp)
+trap 'rm -f "$log" "$failures"' EXIT
+# note_failures FILE: its failure lines (a suite's FAIL lines, CppUTest's
+# "Failure in TEST(...)", a sanitizer's report) join the summary.
+note_failures() {
+    grep -E '^FAIL|Failure in TEST|^[^ ]*: no result line|ERROR: (Address|Undefined|Leak)Sanitizer|runtime error:' "$1" \
+        | cut -c1-400 >>"$failures"
+}
+say_failed() {
+    echo "$1"
+    echo "$1" >>"$failures"
+}
 
 # CppUTest closes with "OK (N tests, ...)" or "Errors (F failures, N tests, ...)".
 run_cpputest() {
@@ -15,17 +28,22 @@ run_cpputest() {
     "$@" >"$log" 2>&1
     rc=$?
     tail -n 40 "$log"
+    note_failures "$log"
     line=$(grep -E '^(OK|Errors) \(' "$log" | tail -n 1)
     total=$(echo "$line" | sed -n 's/.*[ (]\([0-9][0-9]*\) tests.*/\1/p')
     fails=$(echo "$line" | sed -n 's/^Errors (\([0-9][0-9]*\) failure.*/\1/p')
     [ -n "$fails" ] || fails=0
     if [ -z "$total" ]; then
         echo "$name: no result line (exit $rc)"
+        echo "FAIL $name: no result line (exit $rc)" >>"$failures"
         failed=$((failed + 1))
         return
     fi
     # A sanitizer report or a crash after the summary still fails the suite.
-    if [ "$rc" -ne 0 ] && [ "$fails" -eq 0 ]; then fails=1; fi
+    if [ "$rc" -ne 0 ] && [ "$fails" -eq 0 ]; then
+        fails=1
+        echo "FAIL $name: exit $rc after its summary line" >>"$failures"
+    fi
     passed=$((passed + total - fails))
     failed=$((failed + fails))
 }
@@ -37,7 +55,7 @@ for m in "mod_pidlock.so pidlock_module" "mod_pidlock_testbackend.so pidlock_tes
     if nm -D --defined-only "$BUILD/$1" 2>/dev/null | grep -q " $2\$"; then
         passed=$((passed + 1))
     else
-        echo "FAIL $1 does not export $2"
+        say_failed "FAIL $1 does not export $2"
         failed=$((failed + 1))
     fi
 done
@@ -50,7 +68,7 @@ unique=$(readelf --dyn-syms -W "$BUILD/mod_pidlock.so" | grep -c UNIQUE)
 if [ -z "$extra" ] && [ "$unique" -eq 0 ]; then
     passed=$((passed + 1))
 else
-    echo "FAIL mod_pidlock.so exports more than pidlock_module: $(echo $extra | head -c 300); UNIQUE symbols: $unique"
+    say_failed "FAIL mod_pidlock.so exports more than pidlock_module: $(echo $extra | head -c 300); UNIQUE symbols: $unique"
     failed=$((failed + 1))
 fi
 
@@ -58,13 +76,13 @@ fi
 # suite runs over it too); make test installed the server, so one that does
 # not start is a failure. Stopped by its pid (bench/pg.sh stop).
 pgdir=$(mktemp -d /tmp/pidlock-unit-pg.XXXXXX)
-trap 'rm -f "$log"; sh bench/pg.sh stop "$pgdir" >/dev/null 2>&1' EXIT
+trap 'rm -f "$log" "$failures"; sh bench/pg.sh stop "$pgdir" >/dev/null 2>&1' EXIT
 if PIDLOCK_TEST_PG=$(sh bench/pg.sh start "$pgdir" 2>"$log") &&
     psql "$PIDLOCK_TEST_PG" -X -q -v ON_ERROR_STOP=1 -f conf/pidlock-cluster.sql >>"$log" 2>&1; then
     export PIDLOCK_TEST_PG
     passed=$((passed + 1))
 else
-    echo "FAIL the throwaway PostgreSQL did not start:"; tail -n 20 "$log"
+    say_failed "FAIL the throwaway PostgreSQL did not start:"; tail -n 20 "$log"
     failed=$((failed + 1))
 fi
 
@@ -87,7 +105,7 @@ run_fuzz() {
         passed=$((passed + 1))
     else
         tail -n 30 "$log"
-        echo "FAIL $1"
+        say_failed "FAIL $1"
         failed=$((failed + 1))
     fi
 }
@@ -103,9 +121,11 @@ run_counted() {
     "$@" >"$log" 2>&1
     rc=$?
     cat "$log"
+    note_failures "$log"
     line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$log" | tail -n 1)
     if [ -z "$line" ]; then
         echo "$name: no result line (exit $rc)"
+        echo "FAIL $name: no result line (exit $rc)" >>"$failures"
         failed=$((failed + 1))
         return
     fi
@@ -114,7 +134,10 @@ run_counted() {
     passed=$((passed + p))
     failed=$((failed + f))
     # A runner that failed without counting it still fails the run.
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        failed=$((failed + 1))
+        echo "FAIL $name: exit $rc with no failure counted" >>"$failures"
+    fi
 }
 
 echo "== the fast path's protocol model (spin: mutual exclusion, no stuck state, broken variants caught)"
@@ -135,5 +158,9 @@ run_counted deb python3 tests/deb/run.py "$BUILD"
 echo "== browser test (headless Chromium: the status page)"
 run_counted browser python3 tests/browser/run.py --no-docs-screenshot
 
+if [ -s "$failures" ]; then
+    echo "== what failed"
+    cat "$failures"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -81,7 +81,7 @@ def build(version=None):
             f.write("%s (%s) unstable; urgency=medium\n\n  * Test upgrade.\n\n -- %s  %s\n\n"
                     % (PKG, version, old.split(" -- ")[1].split(">")[0] + ">",
                        "Mon, 30 Nov 2026 02:00:00 +0000") + old)
-    p = run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src)
+    p = run(["dpkg-buildpackage", "-us", "-uc", "-b", "-Jauto"], cwd=src)
     debs = glob.glob(os.path.join(work, PKG + "_%s_*.deb" % version))
     return p, (debs[0] if debs else None)
 
