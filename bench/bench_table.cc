@@ -257,6 +257,7 @@ class Worker {
         info_.method = "GET";
         info_.uri = "/mn/v2/object/doi:10.5063/F1";
         info_.client = "127.0.0.1";
+        info_.slot_cache = &cache_;
 #ifdef HAVE_LIBPQ
         if (k_ == Kind::Pg) {
             pg_ = PQconnectdb(g_env->pg_conninfo.c_str());
@@ -268,6 +269,7 @@ class Worker {
 #endif
     }
     ~Worker() {
+        LockTable::drop_slot_cache(cache_);
 #ifdef HAVE_LIBPQ
         if (pg_) PQfinish(pg_);
 #endif
@@ -384,7 +386,7 @@ class Worker {
         case Kind::TableNonPi:
         case Kind::Thread: {
             LockTable *t = table_of(k_);
-            t->release(h_);
+            t->release(h_, &cache_);
             break;
         }
         case Kind::Rwlock:
@@ -419,6 +421,9 @@ class Worker {
     int key_ = 0;
     Mode mode_ = Mode::None;
     HolderInfo info_;
+    // A worker's holder slot between its locks, as httpd's connections keep
+    // theirs (HolderInfo::slot_cache).
+    SlotCache cache_;
     LockHandle h_;
     std::shared_timed_mutex *dm_ = nullptr;
     int fd_ = -1;
