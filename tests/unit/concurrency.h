@@ -3,8 +3,14 @@
 #ifndef PIDLOCK_TEST_CONCURRENCY_H
 #define PIDLOCK_TEST_CONCURRENCY_H
 
+#include <atomic>
 #include <cstddef>
+#include <functional>
 #include <random>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "pidlock_locks.h"
 #include "pidlock_table.h"
@@ -24,6 +30,34 @@ inline void hold_briefly(std::mt19937 &rng) {
     const int spins = static_cast<int>(rng() % 200);
     for (volatile int i = 0; i < spins; ++i) {}
     if (rng() % 4 == 0) sched_yield();
+}
+
+// `procs` forked processes each call try_win(proc, round) for rounds
+// 0..rounds-1; returns, per round, how many calls said they won (-1 in
+// every round if a process failed).
+inline std::vector<int> race_forked(int procs, int rounds, const std::function<bool(int, int)> &try_win) {
+    auto *wins = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>) * rounds));
+    std::vector<pid_t> kids;
+    for (int n = 0; n < procs; ++n) {
+        const pid_t pid = fork();
+        if (pid == 0) {
+            for (int round = 0; round < rounds; ++round)
+                if (try_win(n, round)) ++wins[round];
+            _exit(0);
+        }
+        kids.push_back(pid);
+    }
+    bool ok = true;
+    for (pid_t pid : kids) {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
+    std::vector<int> out(static_cast<size_t>(rounds), -1);
+    if (ok)
+        for (int round = 0; round < rounds; ++round) out[static_cast<size_t>(round)] = wins[round].load();
+    munmap(wins, sizeof(std::atomic<int>) * rounds);
+    return out;
 }
 
 namespace pidlock {

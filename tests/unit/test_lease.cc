@@ -541,29 +541,12 @@ TEST(LeaseTable, OwnerAndFieldsCut) {
 TEST(LeaseTable, OneGrantAmongForkedProcesses) {
     // Eight processes race for one key, twenty rounds: exactly one wins
     // each round, whatever the interleaving.
-    auto *wins = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>) * 20));
-    std::vector<pid_t> kids;
-    for (int k = 0; k < 8; ++k) {
-        const pid_t pid = fork();
-        if (pid == 0) {
-            for (int round = 0; round < 20; ++round) {
-                const std::string key = "race" + std::to_string(round);
-                if (t->lock(key, {}, req("kid"), token_of(static_cast<uint8_t>(k)), kT0, nullptr) ==
-                    LeaseOutcome::Granted)
-                    ++wins[round];
-            }
-            _exit(0);
-        }
-        kids.push_back(pid);
-    }
-    for (pid_t pid : kids) {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    }
+    const std::vector<int> wins = race_forked(8, 20, [&](int proc, int round) {
+        return t->lock("race" + std::to_string(round), {}, req("kid"), token_of(static_cast<uint8_t>(proc)), kT0,
+                       nullptr) == LeaseOutcome::Granted;
+    });
     // Capacity 4: the first four rounds have one winner each, the rest none.
-    for (int round = 0; round < 20; ++round) CHECK_EQUAL(round < 4 ? 1 : 0, wins[round].load());
-    munmap(wins, sizeof(std::atomic<int>) * 20);
+    for (int round = 0; round < 20; ++round) CHECK_EQUAL(round < 4 ? 1 : 0, wins[static_cast<size_t>(round)]);
 }
 
 TEST_GROUP(LeaseRender){};

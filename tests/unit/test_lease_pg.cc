@@ -187,28 +187,14 @@ TEST(LeasePg, OneGrantAmongForkedHosts) {
     // Eight processes, each with its own connection, race for the same keys:
     // exactly one LOCK is granted per key, whatever the interleaving.
     constexpr int kRounds = 15;
-    auto *wins = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>) * kRounds));
-    std::vector<pid_t> kids;
-    for (int n = 0; n < 8; ++n) {
-        const pid_t pid = fork();
-        if (pid == 0) {
-            PgLeaseStore mine(pg_conninfo(), 100000, 64, nullptr);
-            for (int round = 0; round < kRounds; ++round)
-                if (mine.lock(k + "race" + std::to_string(round), {}, who("kid"), tok(static_cast<uint8_t>(10 + n)),
-                              kNow, nullptr) == LeaseOutcome::Granted)
-                    ++wins[round];
-            _exit(0);
-        }
-        kids.push_back(pid);
-    }
-    for (pid_t pid : kids) {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    }
+    std::unique_ptr<PgLeaseStore> mine;
+    const std::vector<int> wins = race_forked(8, kRounds, [&](int proc, int round) {
+        if (!mine) mine.reset(new PgLeaseStore(pg_conninfo(), 100000, 64, nullptr));
+        return mine->lock(k + "race" + std::to_string(round), {}, who("kid"), tok(static_cast<uint8_t>(10 + proc)),
+                          kNow, nullptr) == LeaseOutcome::Granted;
+    });
     for (int round = 0; round < kRounds; ++round) {
-        CHECK_EQUAL(1, wins[round].load());
+        CHECK_EQUAL(1, wins[static_cast<size_t>(round)]);
         CHECK(LeaseOutcome::Released == pg->release(k + "race" + std::to_string(round), kNow, nullptr));
     }
-    munmap(wins, sizeof(std::atomic<int>) * kRounds);
 }
