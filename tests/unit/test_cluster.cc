@@ -81,6 +81,10 @@ AcquireResult take(LockBackend &lb, const std::string &key, Mode m, int64_t dead
 }
 
 int64_t in_ms(int ms) { return monotonic_ns() + ms * 1000000LL; }
+// The deadline of a take that nobody contends: it is granted at once, but a
+// loaded machine may take a second to open the first session, which a
+// deadline of 0 (do not wait) would not allow for.
+int64_t uncontended() { return in_ms(10000); }
 int64_t ms_since(int64_t t0) { return (monotonic_ns() - t0) / 1000000; }
 
 // A plain SQL session beside the module's, as an application's job has.
@@ -170,7 +174,7 @@ TEST(Cluster, KeyHashMatchesSqlFunction) {
 TEST(Cluster, TwoHostsShareTheLockAndTheFence) {
     Host a(options()), b(options());
     LockSet wa, wb, rb1, rb2;
-    CHECK(take(a.lb(), "pid-1", Mode::Write, 0, wa) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "pid-1", Mode::Write, uncontended(), wa) == AcquireResult::Acquired);
     const uint64_t f1 = wa.fence();
     CHECK(f1 > 0);
     // Host B's own table is empty: PostgreSQL alone refuses it.
@@ -180,7 +184,7 @@ TEST(Cluster, TwoHostsShareTheLockAndTheFence) {
     CHECK(ms_since(t0) < 1500);
     CHECK(wb.empty());
     CHECK(take(b.lb(), "pid-1", Mode::Read, 0, rb1) == AcquireResult::Busy);
-    CHECK(take(b.lb(), "pid-2", Mode::Write, 0, wb) == AcquireResult::Acquired);
+    CHECK(take(b.lb(), "pid-2", Mode::Write, uncontended(), wb) == AcquireResult::Acquired);
     CHECK(wb.fence() > f1);
     CHECK_EQUAL(0, b.lb().release_all(wb));
     // A waiter on B is granted when A releases.
@@ -196,7 +200,7 @@ TEST(Cluster, TwoHostsShareTheLockAndTheFence) {
     CHECK_EQUAL(0, b.lb().release_all(wb));
     // Readers share across hosts.
     LockSet ra;
-    CHECK(take(a.lb(), "pid-1", Mode::Read, 0, ra) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "pid-1", Mode::Read, uncontended(), ra) == AcquireResult::Acquired);
     CHECK(take(b.lb(), "pid-1", Mode::Read, 0, rb2) == AcquireResult::Acquired);
     CHECK_EQUAL(0, ra.fence());
     a.lb().release_all(ra);
@@ -251,7 +255,7 @@ TEST(Cluster, SnapshotNamesWhatOtherHostsHold) {
     ob.application_name = "mod_pidlock host-b";
     Host a(oa), b(ob);
     LockSet held, asker;
-    CHECK(take(a.lb(), "remote-key", Mode::Write, 0, held) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "remote-key", Mode::Write, uncontended(), held) == AcquireResult::Acquired);
     std::thread waiter([&] { take(b.lb(), "remote-key", Mode::Read, in_ms(1500), asker); });
     TableSnapshot s;
     for (int i = 0; i < 100 && s.cluster.remote.empty(); ++i) {
@@ -280,7 +284,7 @@ TEST(Cluster, SnapshotNamesWhatOtherHostsHold) {
 TEST(Cluster, PoolCapMakesRequestsWaitWithinTheirDeadline) {
     Host a(options(1));
     LockSet first, second;
-    CHECK(take(a.lb(), "cap-1", Mode::Write, 0, first) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "cap-1", Mode::Write, uncontended(), first) == AcquireResult::Acquired);
     CHECK_EQUAL(1, a.cluster->open_connections());
     std::atomic<int64_t> seen_waiting{0};
     std::thread watcher([&] {
@@ -314,7 +318,7 @@ TEST(Cluster, ClientCancelsAtTheDeadline) {
     o.server_lock_timeout = false;  // the client alone ends the wait
     Host a(options()), b(o);
     LockSet held, asker, again;
-    CHECK(take(a.lb(), "cancel-me", Mode::Write, 0, held) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "cancel-me", Mode::Write, uncontended(), held) == AcquireResult::Acquired);
     const int64_t t0 = monotonic_ns();
     CHECK(take(b.lb(), "cancel-me", Mode::Write, in_ms(300), asker) == AcquireResult::Busy);
     CHECK(ms_since(t0) >= 290);
@@ -333,7 +337,7 @@ TEST(Cluster, ClientCancelsAtTheDeadline) {
 TEST(Cluster, ClientHangUpEndsTheWait) {
     Host a(options()), b(options());
     LockSet held, asker;
-    CHECK(take(a.lb(), "hang-up", Mode::Write, 0, held) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "hang-up", Mode::Write, uncontended(), held) == AcquireResult::Acquired);
     int sv[2];
     CHECK_EQUAL(0, socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
     std::thread client([&] {
@@ -369,7 +373,7 @@ TEST(Cluster, SilentServerEndsTheWaitAndDropsTheSession) {
     o.conninfo += " application_name=pidlock_freeze_test";
     Host a(o);
     LockSet w;
-    CHECK(take(a.lb(), "frozen", Mode::Write, 0, w) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "frozen", Mode::Write, uncontended(), w) == AcquireResult::Acquired);
     a.lb().release_all(w);
     Sql admin;
     const int backend = std::atoi(
@@ -440,7 +444,7 @@ TEST(Cluster, EndedPooledSessionIsReplacedAndAHeldOneCountsLost) {
     o.conninfo += " application_name=pidlock_stale_test";  // this host's sessions alone
     Host a(o);
     LockSet w;
-    CHECK(take(a.lb(), "stale", Mode::Write, 0, w) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "stale", Mode::Write, uncontended(), w) == AcquireResult::Acquired);
     a.lb().release_all(w);
     CHECK_EQUAL(1, a.cluster->open_connections());
     Sql admin;
@@ -449,7 +453,7 @@ TEST(Cluster, EndedPooledSessionIsReplacedAndAHeldOneCountsLost) {
     CHECK_EQUAL(std::string("1"), admin.one(end_ours));
     // As after a server restart: the idle pooled session is gone; the next
     // request gets a new one and never sees the failure.
-    CHECK(take(a.lb(), "stale", Mode::Write, 0, w) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "stale", Mode::Write, uncontended(), w) == AcquireResult::Acquired);
     CHECK_EQUAL(0, a.stats->totals().errors);
     CHECK_EQUAL(1, a.stats->totals().held);
     // Ended while held: counted lost at release, and the key is free.
@@ -457,7 +461,7 @@ TEST(Cluster, EndedPooledSessionIsReplacedAndAHeldOneCountsLost) {
     CHECK_EQUAL(0, a.lb().release_all(w));
     CHECK_EQUAL(1, a.stats->totals().lost);
     CHECK_EQUAL(0, a.stats->totals().held);
-    CHECK(take(a.lb(), "stale", Mode::Write, 0, w) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "stale", Mode::Write, uncontended(), w) == AcquireResult::Acquired);
     a.lb().release_all(w);
 }
 
@@ -514,7 +518,7 @@ TEST(Cluster, SessionEndedWhileHeldIsNoticedBeforeTheRelease) {
     CHECK_EQUAL(0, a.lb().release_all(w));
     CHECK_EQUAL(1, a.stats->totals().lost);
     CHECK_EQUAL(0, sink.count("PIDLOCK402"));
-    CHECK(take(a.lb(), key, Mode::Write, 0, w) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), key, Mode::Write, uncontended(), w) == AcquireResult::Acquired);
     a.lb().release_all(w);
     close(sv[0]);
     close(sv[1]);
@@ -527,7 +531,7 @@ TEST(Cluster, BreakOfOwnSessionIsNotALostLock) {
     o.log_ctx = &sink;
     Host a(o);
     LockSet w;
-    CHECK(take(a.lb(), "own-break", Mode::Write, 0, w) == AcquireResult::Acquired);
+    CHECK(take(a.lb(), "own-break", Mode::Write, uncontended(), w) == AcquireResult::Acquired);
     const std::string key = "own-break";
     CHECK_EQUAL(1, a.cluster->break_key(KeyRef{key.data(), key.size()}));
     usleep(500000);  // the monitor's poll would have seen the end by now
