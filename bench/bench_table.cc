@@ -1202,9 +1202,9 @@ void section_dead(const Opts &o) {
         printf("| %s | %s | %s | %s |\n", mode_name(hm), cell(w).c_str(), cell(r).c_str(), cell(later).c_str());
     }
     munmap(sh, sizeof(Times));
-    printf("\nWaiters look at the holders they wait behind every 25 ms (the first in line) and at the waiters "
-           "ahead every 100 ms; a fast-path holder's slot names its process, so a dead one is found without "
-           "the MPM's exit report.\n\n");
+    printf("\nThe first in line looks at the holders every 25 ms, each other waiter at the nearest waiter "
+           "ahead every 100 ms (and further only past dead ones); a fast-path holder's slot names its process, "
+           "so a dead one is found without the MPM's exit report.\n\n");
 }
 
 int main(int argc, char **argv) {
