@@ -16,6 +16,7 @@ is measured side by side with what it replaces.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ def run(path, n, body=BODY, load_backend=False, method="GET", headers=None, data
     # from run to run (PIDLOCK_CALLGRIND_MPM=event to see it).
     h = harness.Httpd(mpm=os.environ.get("PIDLOCK_CALLGRIND_MPM", "prefork"), body=body, load_backend=load_backend,
                       log_level="warn", name="cg")
-    for d in ("on", "off", "onq", "offq"):
+    for d in ("on", "off", "onq", "offq", "no", "noq"):
         os.makedirs(os.path.join(h.root, "htdocs", d), exist_ok=True)
         with open(os.path.join(h.root, "htdocs", d, "1k.html"), "w") as f:
             f.write("x" * 1024)
@@ -70,8 +71,15 @@ def run(path, n, body=BODY, load_backend=False, method="GET", headers=None, data
                 check(r)
         cl.close()
     finally:
-        p.terminate()
-        p.wait(60)
+        # httpd itself, by its pid file: runuser would pass the SIGTERM on
+        # and SIGKILL it 2 s later, before a loaded machine's callgrind has
+        # written its output.
+        try:
+            with open(h.pid_path) as f:
+                os.kill(int(f.read().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            p.terminate()
+        p.wait(120)
     text = open(out).read()
     total = int(re.search(r"^summary:\s+(\d+)", text, re.M).group(1)) if "summary:" in text else \
         int(re.search(r"^totals:\s+(\d+)", text, re.M).group(1))
@@ -95,6 +103,16 @@ def self_costs(path):
     return costs
 
 
+SAME_LENGTH_BODY = BODY + """
+<Location /no/>
+    PidLock Off
+</Location>
+<Location /noq/>
+    PidLock Off
+</Location>
+"""
+
+
 def measure(n, breakdown, label=""):
     """Per request: each server runs twice, n/5 and n requests, and the
     difference is divided by the 4n/5 requests between, so what a server
@@ -102,12 +120,15 @@ def measure(n, breakdown, label=""):
     n0 = max(1, n // 5)
     tmp = tempfile.mkdtemp(prefix="pidlock-cg-")
     totals, outs = {}, {}
-    for name, path in (("on", "/on/1k.html"), ("off", "/off/1k.html"),
-                       ("onq", "/onq/1k.html?pid=42"), ("offq", "/offq/1k.html?pid=42")):
+    # PidLock Off under /no/ and /noq/: paths of the same length as the On
+    # ones, so httpd's own work on the path (directory walk, file name) is
+    # the same in both runs and only the module's differs.
+    for name, path in (("on", "/on/1k.html"), ("off", "/no/1k.html"),
+                       ("onq", "/onq/1k.html?pid=42"), ("offq", "/noq/1k.html?pid=42")):
         keep = breakdown and name in ("on", "off")
         outs[name] = (os.path.join(tmp, name + "0.out"), os.path.join(tmp, name + ".out"))
-        t0 = run(path, n0, keep=outs[name][0] if keep else None)
-        t1 = run(path, n, keep=outs[name][1] if keep else None)
+        t0 = run(path, n0, body=SAME_LENGTH_BODY, keep=outs[name][0] if keep else None)
+        t1 = run(path, n, body=SAME_LENGTH_BODY, keep=outs[name][1] if keep else None)
         totals[name] = (t1 - t0) / float(n - n0)
     on, off, onq, offq = totals["on"], totals["off"], totals["onq"], totals["offq"]
     print("### Instructions per request%s (callgrind, httpd -X, keep-alive requests of a 1 KiB file; "

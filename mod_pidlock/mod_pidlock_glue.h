@@ -196,6 +196,7 @@ struct ConnLocks {
     RequestLocks *current;     // PidLockRelease eos: whose locks the next EOS ends; null: none
     int fd;                    // connection_fd() of the connection
     bool filter;               // the release filter is in the connection's output filters
+    SlotCache cache;           // the table's holder slot between this connection's requests
 };
 // Releases every lock of `rl` (idempotent); the watchdog's lock is taken
 // where it may race.

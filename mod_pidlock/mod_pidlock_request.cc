@@ -165,12 +165,18 @@ uint64_t next_request_number() {
     return (static_cast<uint64_t>(pid) << 30) | n;
 }
 
+apr_status_t conn_locks_cleanup(void *data) {
+    drop_slot_cache(static_cast<ConnLocks *>(data)->cache);
+    return APR_SUCCESS;
+}
+
 // The connection's part, made by its first locking request.
 ConnLocks *conn_locks(conn_rec *c) {
     auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
     if (!cl) {
-        cl = static_cast<ConnLocks *>(apr_pcalloc(c->pool, sizeof(ConnLocks)));
-        cl->fd = connection_fd(c);
+        cl = new (apr_palloc(c->pool, sizeof(ConnLocks))) ConnLocks{nullptr, connection_fd(c), false, SlotCache()};
+        // Registered before any request's pool exists: it runs after them.
+        apr_pool_cleanup_register(c->pool, cl, conn_locks_cleanup, apr_pool_cleanup_null);
         ap_set_module_config(c->conn_config, &pidlock_module, cl);
     }
     return cl;
@@ -439,7 +445,7 @@ int answer_busy(request_rec *r, int status, const BusyReport *rep, double timeou
 
 namespace {
 
-HolderInfo holder_info(request_rec *r, uint64_t request, const ConnLocks *cl) {
+HolderInfo holder_info(request_rec *r, uint64_t request, ConnLocks *cl) {
     HolderInfo info;
     info.method = r->method;
     info.uri = r->unparsed_uri;
@@ -450,6 +456,7 @@ HolderInfo holder_info(request_rec *r, uint64_t request, const ConnLocks *cl) {
     info.client_fd = cl->fd;
     info.client_gone = client_aborted;  // an HTTP/2 stream reset shows here, not on the socket
     info.client_gone_arg = r->connection;
+    info.slot_cache = &cl->cache;
     return info;
 }
 
@@ -571,7 +578,8 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
     BusyReport rep;
     int err = 0;
     if (!rl->request) rl->request = next_request_number();
-    const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
+    HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
+    info.slot_cache = nullptr;  // the initial request's release gives it back
     const AcquireResult res =
         st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns, info, set, &rep, &err);
     if (res != AcquireResult::Acquired)
@@ -598,7 +606,10 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     rl->request = next_request_number();
     BusyReport rep;
     int err = 0;
-    const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
+    HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
+    // PidLockMaxHold: the watchdog's thread may release these locks, and a
+    // connection's slot cache is for its own thread only.
+    if (d->max_hold_ms > 0) info.slot_cache = nullptr;
     const AcquireResult res =
         deadline_ns ? st->backend->acquire_all(keys, n, mode, deadline_ns, info, rl->first, &rep, &err)
                     : st->backend->acquire_within(keys, n, mode, timeout_ns, info, rl->first, &rep, &err);

@@ -47,6 +47,8 @@ int64_t timeout_until(int64_t deadline_ns) {
 
 }  // namespace
 
+void drop_slot_cache(SlotCache &cache) { LockTable::drop_slot_cache(cache); }
+
 uint32_t TableBackend::capacity() const { return table_->params().capacity; }
 
 AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode, int64_t deadline_ns,
@@ -76,6 +78,7 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
         }
         set.slot(i) = pack(h);
         set.set(i + 1, mode);
+        set.set_slot_cache(info.slot_cache);
     }
     if (mode == Mode::Write) set.set_fence(table_->next_fence());
     return AcquireResult::Acquired;
@@ -93,6 +96,7 @@ AcquireResult TableBackend::acquire_within(const KeyRef *keys, size_t n, Mode mo
     if (res != AcquireResult::Acquired) return res;
     set.slot(0) = pack(h);
     set.set(1, mode);
+    set.set_slot_cache(info.slot_cache);
     if (mode == Mode::Write) set.set_fence(table_->next_fence());
     return AcquireResult::Acquired;
 }
@@ -102,7 +106,7 @@ int TableBackend::release_all(LockSet &set) {
     size_t keep = 0;  // slots still held after an error, kept at the front
     for (size_t i = set.size(); i-- > 0;) {
         LockHandle h = unpack(set.slot(i), set.mode());
-        const int rc = table_->release(h);
+        const int rc = table_->release(h, set.slot_cache());
         if (rc != 0) {
             if (!first_err) first_err = rc;
             set.slot(keep++) = pack(h);

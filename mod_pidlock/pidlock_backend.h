@@ -65,11 +65,18 @@ class LockSet {
         mode_ = Mode::None;
         fence_ = 0;
         tier_ = Slot{0, 0};
+        cache_ = nullptr;
     }
+    // The slot cache the locks were taken with (HolderInfo::slot_cache);
+    // their release gives the slot back there.
+    SlotCache *slot_cache() const { return cache_; }
+    void set_slot_cache(SlotCache *c) { cache_ = c; }
 
   private:
-    Slot slots_[kMaxKeys] = {};
+    // Only the first n_ are set (no zeroing of the rest on every request).
+    Slot slots_[kMaxKeys];
     Slot tier_ = {};
+    SlotCache *cache_ = nullptr;
     uint64_t fence_ = 0;
     uint32_t n_ = 0;
     Mode mode_ = Mode::None;
@@ -78,6 +85,10 @@ class LockSet {
 // Absolute deadlines on monotonic_ns(); kNoDeadline waits for ever, any
 // value at or before now does not wait.
 constexpr int64_t kNoDeadline = INT64_MAX;
+
+// A connection's SlotCache, at its end: its slot goes back to the table it
+// came from (if that table is still attached in this process).
+void drop_slot_cache(SlotCache &cache);
 
 class LockBackend {
   public:

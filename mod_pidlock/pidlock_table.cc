@@ -1,5 +1,7 @@
 #include "pidlock_table.h"
 
+#include "pidlock_bytes.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -327,7 +329,7 @@ namespace {
 
 // SipHash-c-d: c compression rounds per word, d finalization rounds.
 template <int C, int D>
-uint64_t siphash_cd(uint64_t k0, uint64_t k1, const void *data, size_t len) {
+PIDLOCK_NO_ASAN uint64_t siphash_cd(uint64_t k0, uint64_t k1, const void *data, size_t len) {
     // Initialization: the key xored into the four constants
     // "somepseudorandomlygeneratedbytes".
     uint64_t v0 = k0 ^ 0x736f6d6570736575ull;
@@ -344,8 +346,20 @@ uint64_t siphash_cd(uint64_t k0, uint64_t k1, const void *data, size_t len) {
         v0 ^= m;
     }
     // The last word: the remaining bytes, and the length mod 256 in its top byte.
+    // One load where it stays on the page (see copy_short), its bytes past
+    // the end masked off.
     uint64_t last = static_cast<uint64_t>(len & 0xff) << 56;
-    for (size_t i = whole; i < len; ++i) last |= static_cast<uint64_t>(in[i]) << (8 * (i - whole));
+    const size_t rest = len - whole;
+#if PIDLOCK_WORDWISE
+    if (rest && within_page(in + whole)) {
+        uint64_t w;
+        std::memcpy(&w, in + whole, 8);
+        last |= w & ((1ull << (8 * rest)) - 1);
+    } else
+#endif
+    {
+        for (size_t i = 0; i < rest; ++i) last |= static_cast<uint64_t>(in[whole + i]) << (8 * i);
+    }
     v3 ^= last;
     for (int r = 0; r < C; ++r) sip_round(v0, v1, v2, v3);
     v0 ^= last;
@@ -641,6 +655,8 @@ struct ThreadSlots {
     ~ThreadSlots();
 };
 thread_local ThreadSlots t_slots;
+// SlotCache::pid of a cache that takes no more slots (drop_slot_cache).
+constexpr int32_t kCacheClosed = -1;
 
 }  // namespace
 
@@ -719,7 +735,14 @@ LockTable::~LockTable() {
 
 LockTable::Slot *LockTable::slot(uint32_t s1) const { return slots_arr_ + (s1 - 1); }
 
-uint32_t LockTable::take_slot(int32_t pid) {
+uint32_t LockTable::take_slot(int32_t pid, SlotCache *cache) {
+    if (cache) {
+        const uint32_t s1 = cache->slot;
+        if (s1 && cache->table == this && cache->serial == serial_ && cache->pid == pid) {
+            cache->slot = 0;
+            return s1;
+        }
+    }
     for (ThreadSlots::One &o : t_slots.one) {
         if (o.table == this && o.serial == serial_ && o.pid == pid && o.s1) {
             const uint32_t s1 = o.s1;
@@ -778,7 +801,17 @@ void LockTable::unown_slot(Slot *sl, int32_t pid) {
     sl->owner.store(0, std::memory_order_release);
 }
 
-void LockTable::give_slot(uint32_t s1, int32_t pid) {
+void LockTable::give_slot(uint32_t s1, int32_t pid, SlotCache *cache) {
+    if (cache) {
+        if (cache->slot == 0 && cache->pid != kCacheClosed) {
+            *cache = SlotCache{this, serial_, pid, s1};
+            return;
+        }
+        if (cache->table == this && cache->serial == serial_ && cache->pid == pid) {
+            pool_push(s1);  // it holds one of ours already
+            return;
+        }
+    }
     ThreadSlots::One *spare = nullptr;
     for (ThreadSlots::One &o : t_slots.one) {
         if (o.table == this && o.serial == serial_ && o.pid == pid) {
@@ -803,6 +836,22 @@ void LockTable::give_back(LockTable *t, uint32_t s1, int32_t pid) {
     if (t->pool_pid_.load(std::memory_order_acquire) == pid) t->pool_push(s1);
 }
 
+void LockTable::drop_slot_cache(SlotCache &c) {
+    const SlotCache mine = c;
+    // Closed: a release after this (none is expected: a connection's
+    // requests end before it) gives its slot elsewhere.
+    c = SlotCache();
+    c.pid = kCacheClosed;
+    if (!mine.slot || mine.pid != cached_pid()) return;  // none, or a parent's (its copy in a forked child)
+    std::lock_guard<std::mutex> g(g_registry_mu);
+    if (!g_registry) return;
+    for (const auto &r : *g_registry)
+        if (r.first == mine.table && r.second == mine.serial) {
+            give_back(r.first, mine.slot, mine.pid);
+            return;
+        }
+}
+
 void LockTable::pool_push(uint32_t s1) {
     uint64_t h = pool_head_.load(std::memory_order_relaxed);
     for (;;) {
@@ -814,8 +863,10 @@ void LockTable::pool_push(uint32_t s1) {
 }
 
 namespace {
-// memcmp() == 0 for the short keys of the fast path, without a library call.
-inline bool same_bytes(const char *a, const char *b, size_t n) {
+// memcmp() == 0 for the short keys of the fast path, without a library
+// call: eight bytes at a time, the last word too where its load stays on
+// the page (see copy_short), its bytes past the end masked off.
+PIDLOCK_NO_ASAN bool same_bytes(const char *a, const char *b, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t x, y;
@@ -823,17 +874,43 @@ inline bool same_bytes(const char *a, const char *b, size_t n) {
         std::memcpy(&y, b + i, 8);
         if (x != y) return false;
     }
+    if (i == n) return true;
+#if PIDLOCK_WORDWISE
+    if (within_page(a + i) && within_page(b + i)) {
+        uint64_t x, y;
+        std::memcpy(&x, a + i, 8);
+        std::memcpy(&y, b + i, 8);
+        return ((x ^ y) & ((1ull << (8 * (n - i))) - 1)) == 0;
+    }
+#endif
     for (; i < n; ++i)
         if (a[i] != b[i]) return false;
     return true;
 }
 
 // copy_cut in one pass, without library calls: the fields are short, and
-// strnlen + memcpy on each cost more than the byte loop here.
-inline void copy_short(char *dst, size_t cap, const char *src) {
+// strnlen + memcpy on each cost more than this. Eight bytes at a time where
+// such a load stays inside the page its first byte is on (it may read past
+// the string's end, never into a page the string does not touch: the same
+// reasoning as the C library's own string functions, hence no ASan here);
+// the bytes of the last word after the NUL are stored too, and never read.
+PIDLOCK_NO_ASAN void copy_short(char *dst, size_t cap, const char *src) {
     size_t i = 0;
-    if (src)
+    if (src) {
+#if PIDLOCK_WORDWISE
+        while (i + 8 < cap && within_page(src + i)) {
+            uint64_t w;
+            std::memcpy(&w, src + i, 8);
+            std::memcpy(dst + i, &w, 8);
+            if (const uint64_t z = zero_bytes(w)) {
+                dst[i + (static_cast<size_t>(__builtin_ctzll(z)) >> 3)] = '\0';
+                return;
+            }
+            i += 8;
+        }
+#endif
         for (; i + 1 < cap && src[i]; ++i) dst[i] = src[i];
+    }
     dst[i] = '\0';
 }
 }  // namespace
@@ -1780,7 +1857,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
     const uint32_t si = bucket & (params_.stripes - 1);
     const int32_t pid = cached_pid();
     // The fast path: no mutex, one CAS on the entry's word.
-    const uint32_t s1 = take_slot(pid);
+    const uint32_t s1 = take_slot(pid, info.slot_cache);
     if (s1) {
         fill_slot(slot(s1), info);
         const uint32_t e1 = lookup(bucket, hash, len);
@@ -1798,7 +1875,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         // the waiter woke, or anything else that freed it) is not a grant:
         // queue again, by the same deadline.
         if (!vanished) {
-            if (s1 && !(h.record & LockHandle::kSlotBit)) give_slot(s1, pid);
+            if (s1 && !(h.record & LockHandle::kSlotBit)) give_slot(s1, pid, info.slot_cache);
             return res;
         }
     }
@@ -2064,7 +2141,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash
 // A fast-path hold: the slot says what it holds; the word is decremented by
 // CAS, without the mutex unless the entry is being repaired (then under it,
 // once the repair is done) or has records (then waiters are dispatched).
-int LockTable::release_fast(LockHandle &h) {
+int LockTable::release_fast(LockHandle &h, SlotCache *cache) {
     const LockHandle mine = h;
     h = LockHandle();
     const uint32_t s1 = mine.record & ~LockHandle::kSlotBit;
@@ -2089,7 +2166,7 @@ int LockTable::release_fast(LockHandle &h) {
             // Broken (the tag moved on): nothing of ours to take off.
             sl->state.store(kSlotIdle, std::memory_order_release);
             if (locked) leave(mine.stripe);
-            give_slot(s1, pid);
+            give_slot(s1, pid, cache);
             return 0;
         }
         if (w & kRepairBit) {
@@ -2116,7 +2193,7 @@ int LockTable::release_fast(LockHandle &h) {
     }
     PIDLOCK_CRASH_POINT(26);
     sl->state.store(kSlotIdle, std::memory_order_release);
-    give_slot(s1, pid);
+    give_slot(s1, pid, cache);
     if (w & kQueuedBit) {
         // Someone waits: whoever this release lets in is granted now.
         dispatch_after_release(mine.stripe, e1, mode, locked);
@@ -2137,12 +2214,12 @@ void LockTable::dispatch_after_release(uint32_t si, uint32_t e1, Mode mode, bool
     wake_up(wk);
 }
 
-int LockTable::release(LockHandle &h) {
+int LockTable::release(LockHandle &h, SlotCache *cache) {
     if (!h.held() || !hdr_) {
         h = LockHandle();
         return 0;
     }
-    if (h.record & LockHandle::kSlotBit) return release_fast(h);
+    if (h.record & LockHandle::kSlotBit) return release_fast(h, cache);
     const LockHandle mine = h;
     h = LockHandle();
     if (mine.record > slots_ || mine.stripe >= params_.stripes) return 0;

@@ -112,8 +112,12 @@ class LockTable {
                           LockHandle &h, BusyReport *report = nullptr,
                           int *err = nullptr);
     // Releases what `h` holds and clears it. Idempotent; a no-op for a handle
-    // whose lock was broken. Returns 0 or the mutex error code.
-    int release(LockHandle &h);
+    // whose lock was broken. Returns 0 or the mutex error code. `cache`: the
+    // slot cache the acquire was given (HolderInfo::slot_cache), if any.
+    int release(LockHandle &h, SlotCache *cache = nullptr);
+    // A connection's slot cache, at its end: the slot goes back to its
+    // table's pool if that table is still attached in this process.
+    static void drop_slot_cache(SlotCache &cache);
 
     // Releases every holder of `key` (their own release then does nothing)
     // and lets waiters in. Returns the number of holders released, -1 on a
@@ -222,15 +226,15 @@ class LockTable {
     // The fast path and its slots.
     Slot *slot(uint32_t s1) const;
     uint32_t lookup(uint32_t bucket, uint64_t hash, size_t len) const;
-    uint32_t take_slot(int32_t pid);
-    void give_slot(uint32_t s1, int32_t pid);
+    uint32_t take_slot(int32_t pid, SlotCache *cache);
+    void give_slot(uint32_t s1, int32_t pid, SlotCache *cache);
     void pool_push(uint32_t s1);
     void unown_slot(Slot *sl, int32_t pid);
     static void give_back(LockTable *t, uint32_t s1, int32_t pid);
     void fill_slot(Slot *s, const HolderInfo &info);
     int try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint32_t si, const char *key,
                  size_t len, uint64_t hash);
-    int release_fast(LockHandle &h);
+    int release_fast(LockHandle &h, SlotCache *cache);
     __attribute__((noinline)) void dispatch_after_release(uint32_t si, uint32_t e1, Mode mode, bool locked);
     void free_entry(Stripe *st, uint32_t bucket, uint32_t e1);
     bool check_parts(bool quiescent, std::string &why);

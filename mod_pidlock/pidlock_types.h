@@ -26,6 +26,18 @@ constexpr size_t kUriCap = 256;
 constexpr size_t kClientCap = 48;
 constexpr size_t kUserCap = 64;
 
+// A holder slot of the lock table kept between the requests of one client
+// connection, so that a request's lock takes none from the table's shared
+// pool (the table alone reads its fields; the glue keeps it zeroed at first
+// and hands it back with drop_slot_cache() when the connection ends). Only
+// one thread at a time may use one.
+struct SlotCache {
+    const void *table = nullptr;
+    uint64_t serial = 0;
+    int32_t pid = 0;
+    uint32_t slot = 0;
+};
+
 struct HolderInfo {
     const char *method = "";
     const char *uri = "";
@@ -41,6 +53,9 @@ struct HolderInfo {
     // stream reset: the glue checks r->connection->aborted).
     bool (*client_gone)(void *arg) = nullptr;
     void *client_gone_arg = nullptr;
+    // Where the table keeps this holder's slot between requests (null: a
+    // cache per thread).
+    SlotCache *slot_cache = nullptr;
 };
 
 // What a refused request may be told about the lock it waited for.

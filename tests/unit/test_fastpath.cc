@@ -29,32 +29,6 @@ using namespace pidlock;
 
 namespace {
 
-struct Shared {
-    TableParams p;
-    size_t size = 0;
-    void *mem = nullptr, *locks_mem = nullptr;
-    PthreadStripeLocks *locks = nullptr;
-    LockTable *table = nullptr;
-    explicit Shared(uint32_t capacity, uint32_t stripes = 4) {
-        p.capacity = capacity;
-        p.key_cap = 64;
-        p.stripes = stripes;
-        size = LockTable::region_size(p);
-        mem = map_shared(size);
-        locks_mem = map_shared(PthreadStripeLocks::region_size(stripes));
-        PthreadStripeLocks::init(locks_mem, stripes, true);
-        locks = new PthreadStripeLocks(locks_mem, stripes);
-        LockTable::format(mem, size, p);
-        table = new LockTable(mem, size, p, locks);
-    }
-    ~Shared() {
-        delete table;
-        delete locks;
-        munmap(mem, size);
-        munmap(locks_mem, PthreadStripeLocks::region_size(p.stripes));
-    }
-};
-
 // Runs `fn` in a forked process for at most `ms`: "ok" if it returned 0,
 // "hung" if it had to be killed.
 template <typename Fn>
@@ -84,7 +58,7 @@ TEST_GROUP(FastPath) {};
 // what httpd's parent runs (check and attach the region, publish exits)
 // returns. The twin: reap(), which enters every stripe, is caught hanging.
 TEST(FastPath, StoppedChildInsideAStripeBlocksNeitherFastPathNorParent) {
-    Shared s(64);
+    TableInShm s(64);
     HolderInfo info;
     LockHandle h;
     CHECK(s.table->acquire("a", 1, Mode::Read, 0, info, h) == AcquireResult::Acquired);  // "a" exists
@@ -188,7 +162,7 @@ bool conflicting_alive(Inside *in, int self, int k, Mode m) {
 // `kills` kills; returns the violations seen. Afterwards every key is had
 // by a writer within a second, and the table is sound.
 int kill_stress(bool locking, int kills) {
-    Shared s(32);
+    TableInShm s(32);
     auto *in = static_cast<Inside *>(map_shared(sizeof(Inside)));
     pid_t kids[kWorkers];
     unsigned seed = 1;
@@ -258,7 +232,7 @@ TEST(FastPath, KillNineWitnessCatchesOverlapWhenUnlocked) {
 // behind them: every waiter gets in (each waiter checks its holders' lives
 // in slices of its wait), and the dead holders are counted as reaped.
 TEST(FastPath, WaitersGetPastKilledFastHolders) {
-    Shared s(64);
+    TableInShm s(64);
     auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>) * 2));
     for (const Mode held : {Mode::Read, Mode::Write}) {
         flag[0] = 0;
@@ -307,7 +281,7 @@ TEST(FastPath, WaitersGetPastKilledFastHolders) {
 // queue with ClientGone, is counted, and is never granted; one whose
 // callback says the client is gone (an HTTP/2 stream reset) likewise.
 TEST(FastPath, ClientThatHangsUpLeavesTheQueue) {
-    Shared s(64);
+    TableInShm s(64);
     HolderInfo info;
     LockHandle writer;
     CHECK(s.table->acquire("k", 1, Mode::Write, 0, info, writer) == AcquireResult::Acquired);
@@ -357,7 +331,7 @@ TEST(FastPath, ClientThatHangsUpLeavesTheQueue) {
 // The fast path keeps the guarantees: a queued writer blocks later readers
 // (they stop taking the fast path), and a release admits what waits.
 TEST(FastPath, QueuedWriterTurnsReadersToTheQueue) {
-    Shared s(64);
+    TableInShm s(64);
     HolderInfo info;
     LockHandle r1, r2;
     CHECK(s.table->acquire("q", 1, Mode::Read, 0, info, r1) == AcquireResult::Acquired);

@@ -1,0 +1,210 @@
+// The request path's word-at-a-time string work (pidlock_bytes.h): the
+// SipHash tail, the holder fields copied into a slot, the key compare of the
+// fast path and the path key's scan may load eight bytes past a string's
+// end, never into another page. Each test puts its strings so that they end
+// on the last byte before a PROT_NONE page: a load that crossed would crash
+// the test. The results are compared with the byte-wise reference.
+#include <cstring>
+#include <random>
+#include <string>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "concurrency.h"
+#include "pidlock_bytes.h"
+#include "pidlock_key.h"
+#include "pidlock_locks.h"
+#include "pidlock_table.h"
+
+#include "CppUTest/TestHarness.h"
+
+using namespace pidlock;
+
+namespace {
+
+// Two pages, the second inaccessible: at_end(s) places s so that its last
+// byte is the first page's last byte.
+struct PageEnd {
+    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    char *base = nullptr;
+    PageEnd() {
+        void *m = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) FAIL("mmap");
+        base = static_cast<char *>(m);
+        if (mprotect(base + page, page, PROT_NONE) != 0) FAIL("mprotect");
+    }
+    ~PageEnd() { munmap(base, 2 * page); }
+    // `with_nul`: the NUL is the last byte.
+    const char *at_end(const std::string &s, bool with_nul) {
+        const size_t n = s.size() + (with_nul ? 1 : 0);
+        char *p = base + page - n;
+        std::memcpy(p, s.c_str(), n);
+        return p;
+    }
+};
+
+std::string random_text(std::mt19937 &rng, size_t n) {
+    std::string s(n, 'a');
+    for (char &c : s) c = static_cast<char>('!' + rng() % 90);  // no NUL, '\n' or '%' below
+    for (char &c : s)
+        if (c == '%') c = 'x';
+    return s;
+}
+
+uint64_t siphash13_bytewise(uint64_t k0, uint64_t k1, const std::string &s) {
+    // The same function over a copy at the start of a fresh buffer of 64
+    // bytes (its tail load never near a page end): the reference.
+    char buf[128] = {};
+    std::memcpy(buf, s.data(), s.size());
+    return siphash13(k0, k1, buf, s.size());
+}
+
+}  // namespace
+
+TEST_GROUP(Bytes) {};
+
+TEST(Bytes, WordHelpersFindTheFirstMatch) {
+    for (int i = 0; i < 8; ++i) {
+        char b[8];
+        std::memset(b, 'a', 8);
+        b[i] = '\0';
+        if (i < 7) b[7] = '\0';  // a later zero byte does not hide the first
+        uint64_t w;
+        std::memcpy(&w, b, 8);
+        LONGS_EQUAL(i, __builtin_ctzll(zero_bytes(w)) >> 3);
+        std::memset(b, 'a', 8);
+        b[i] = '%';
+        std::memcpy(&w, b, 8);
+        LONGS_EQUAL(i, __builtin_ctzll(bytes_equal(w, '%')) >> 3);
+        CHECK(zero_bytes(w) == 0);
+    }
+    // A byte of 0x01 after a zero byte (the classic false positive) does not
+    // move the first match.
+    const unsigned char b[8] = {'a', 0, 1, 'b', 'c', 'd', 'e', 'f'};
+    uint64_t w;
+    std::memcpy(&w, b, 8);
+    LONGS_EQUAL(1, __builtin_ctzll(zero_bytes(w)) >> 3);
+    PageEnd pe;
+    CHECK(within_page(pe.base + pe.page - 8));
+    CHECK(!within_page(pe.base + pe.page - 7));
+}
+
+TEST(Bytes, SipHashTailAtPageEnd) {
+    PageEnd pe;
+    std::mt19937 rng(7);
+    for (size_t n = 0; n <= 40; ++n) {
+        const std::string s = random_text(rng, n);
+        const uint64_t want = siphash13_bytewise(11, 13, s);
+        // Ending on the page's last byte, and one to seven bytes before it.
+        for (size_t back = 0; back < 8; ++back) {
+            const char *p = pe.at_end(s + std::string(back, 'z'), false);
+            CHECK(siphash13(11, 13, p, n) == want);
+        }
+    }
+}
+
+TEST(Bytes, PathKeyScanAtPageEnd) {
+    PageEnd pe;
+    std::mt19937 rng(8);
+    std::string scratch;
+    for (size_t n = 1; n <= 30; ++n) {
+        const std::string key = random_text(rng, n);
+        KeyView out;
+        bool regex = false;
+        const char *path = pe.at_end("/on/" + key, true);
+        CHECK(simple_capture_key("/on/", 4, false, path, 1024, scratch, out, &regex) == KeyStatus::Ok);
+        CHECK(!regex);
+        CHECK(std::string(out.data, out.len) == key);
+        // A '%' (decoded into scratch) and a '\n' (the regex decides) at
+        // every position.
+        for (size_t at = 0; at < n; ++at) {
+            std::string k = key;
+            k[at] = '%';
+            path = pe.at_end("/on/" + k, true);
+            CHECK(simple_capture_key("/on/", 4, false, path, 1024, scratch, out, &regex) == KeyStatus::Ok);
+            CHECK(std::string(out.data, out.len) == k);
+            k[at] = '\n';
+            path = pe.at_end("/on/" + k, true);
+            simple_capture_key("/on/", 4, false, path, 1024, scratch, out, &regex);
+            CHECK(regex);
+        }
+    }
+    // A path shorter than the prefix, ending at the page's end.
+    KeyView out;
+    bool regex = false;
+    CHECK(simple_capture_key("/on/", 4, false, pe.at_end("/o", true), 1024, scratch, out, &regex) ==
+          KeyStatus::Absent);
+}
+
+TEST(Bytes, HolderFieldsAndKeysAtPageEnd) {
+    TableInShm s(8, 2);
+    LockTable &t = *s.table;
+    {
+        PageEnd a, b, c, d, e;
+        std::mt19937 rng(9);
+        for (size_t n = 1; n <= 20; ++n) {
+            const std::string key = random_text(rng, n);
+            HolderInfo info;
+            info.method = a.at_end("PROPFIND", true);
+            const std::string uri = "/on/" + key + random_text(rng, n % 9);
+            info.uri = b.at_end(uri, true);
+            info.client = c.at_end("127.0.0.1", true);
+            LockHandle h1, h2;
+            CHECK(t.acquire(d.at_end(key, false), n, Mode::Read, 0, info, h1) == AcquireResult::Acquired);
+            // The same key from another place: the same lock (a writer is
+            // refused while the reader holds it).
+            CHECK(t.acquire(e.at_end(key, false), n, Mode::Write, 0, info, h2) == AcquireResult::Busy);
+            TableSnapshot snap;
+            CHECK(t.snapshot(snap));
+            LONGS_EQUAL(1, snap.locks.size());
+            CHECK(snap.locks[0].key == key);
+            LONGS_EQUAL(1, snap.locks[0].holders.size());
+            const HolderView &hv = snap.locks[0].holders[0];
+            CHECK(hv.method == "PROPFIND");
+            CHECK(hv.uri == uri);
+            CHECK(hv.client == "127.0.0.1");
+            CHECK(!hv.has_user);
+            t.release(h1);
+            // A key that differs in its last byte only is another lock.
+            std::string other = key;
+            other.back() = other.back() == 'q' ? 'r' : 'q';
+            CHECK(t.acquire(d.at_end(key, false), n, Mode::Write, 0, info, h1) == AcquireResult::Acquired);
+            CHECK(t.acquire(e.at_end(other, false), n, Mode::Write, 0, info, h2) == AcquireResult::Acquired);
+            t.release(h1);
+            t.release(h2);
+        }
+    }
+}
+
+// A connection's slot cache: its requests reuse one slot, none is taken from
+// the table while it has one, and drop_slot_cache gives it back to the pool.
+TEST(Bytes, SlotCacheReusesOneSlotAndGivesItBack) {
+    TableInShm s(4, 2);
+    LockTable &t = *s.table;
+    {
+        SlotCache cache;
+        HolderInfo info;
+        info.slot_cache = &cache;
+        LockHandle h;
+        CHECK(t.acquire("k1", 2, Mode::Read, 0, info, h) == AcquireResult::Acquired);
+        LONGS_EQUAL(0, cache.slot);  // in use
+        t.release(h, &cache);
+        const uint32_t s = cache.slot;
+        CHECK(s != 0);
+        for (int i = 0; i < 100; ++i) {
+            CHECK(t.acquire("k2", 2, Mode::Write, 0, info, h) == AcquireResult::Acquired);
+            LONGS_EQUAL(0, cache.slot);
+            t.release(h, &cache);
+            LONGS_EQUAL(s, cache.slot);  // the same slot each time
+        }
+        LockTable::drop_slot_cache(cache);
+        LONGS_EQUAL(0, cache.slot);
+        // Closed: a late release does not put a slot back into it.
+        CHECK(t.acquire("k3", 2, Mode::Read, 0, HolderInfo(), h) == AcquireResult::Acquired);
+        t.release(h, &cache);
+        LONGS_EQUAL(0, cache.slot);
+        const std::string why = t.check_consistency();
+        CHECK_TEXT(why.empty(), why.c_str());
+    }
+}
