@@ -139,6 +139,11 @@ bool holds_key(const RequestLocks *rl, const std::string &key) {
 // Notes keys the request now holds; `copy`: their bytes do not live as long
 // as the request's pool, so they are copied there.
 void note_held(RequestLocks *rl, const KeyRef *keys, size_t n, bool copy) {
+    if (!copy && n == 1 && rl->nheld == 0) {  // the common case
+        rl->held[0] = keys[0];
+        rl->nheld = 1;
+        return;
+    }
     if (!copy && rl->nheld + n <= LockSet::kMaxKeys) {
         memcpy(&rl->held[rl->nheld], keys, n * sizeof(KeyRef));
         rl->nheld += static_cast<int>(n);
@@ -185,8 +190,7 @@ ConnLocks *conn_locks(conn_rec *c) {
 // PidLockRelease eos: `rl`'s locks end when the EOS of the response of `r`
 // (its initial request) passes the connection's release filter, added to
 // the connection now if this is its first such request.
-void release_at_eos(RequestLocks *rl, request_rec *r) {
-    ConnLocks *cl = conn_locks(r->connection);
+void release_at_eos(RequestLocks *rl, request_rec *r, ConnLocks *cl) {
     if (!cl->filter) {
         // With `r`, httpd links the filter into this request's chain too.
         ap_add_output_filter_handle(g_release_filter, cl, r, r->connection);
@@ -532,9 +536,9 @@ int64_t timeout_ns_of(const DirConfig *d) {
 
 // Ends `rl`'s locks with the request: at its pool's cleanup, and (eos) at
 // its response's EOS.
-void release_with(RequestLocks *rl, request_rec *init, const DirConfig *d) {
+void release_with(RequestLocks *rl, request_rec *init, const DirConfig *d, ConnLocks *cl) {
     apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
-    if (d->release_sent != 1) release_at_eos(rl, init);
+    if (d->release_sent != 1) release_at_eos(rl, init, cl);
 }
 
 // An internal redirect or sub-request: runs under its initial request's
@@ -557,7 +561,7 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
         rl->r = init;
         rl->deadline_ns = monotonic_ns() + timeout_ns;
         ap_set_module_config(init->request_config, &pidlock_module, rl);
-        release_with(rl, init, d);
+        release_with(rl, init, d, conn_locks(init->connection));
     } else if (rl->deadline_ns == 0) {
         // The initial request had its locks at once, without reading the
         // clock: its wait began when it was read.
@@ -606,7 +610,8 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     rl->request = next_request_number();
     BusyReport rep;
     int err = 0;
-    HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
+    ConnLocks *cl = conn_locks(r->connection);
+    HolderInfo info = holder_info(r, rl->request, cl);
     // PidLockMaxHold: the watchdog's thread may release these locks, and a
     // connection's slot cache is for its own thread only.
     if (d->max_hold_ms > 0) info.slot_cache = nullptr;
@@ -621,7 +626,7 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     ap_set_module_config(r->request_config, &pidlock_module, rl);
     // PidLockRelease sent: the pool cleanup alone, when httpd ends the
     // request after its last byte went to the connection.
-    release_with(rl, r, d);
+    release_with(rl, r, d, cl);
     if (d->max_hold_ms > 0) hold_watch(rl, r, d->max_hold_ms);
     if (mode == Mode::Write && rl->first.fence())
         apr_table_setn(r->headers_in, kFenceHeader,

@@ -16,6 +16,14 @@ note_failures() {
     grep -E '^FAIL|Failure in TEST|^[^ ]*: no result line|ERROR: (Address|Undefined|Leak)Sanitizer|runtime error:' "$1" \
         | cut -c1-400 >>"$failures"
 }
+# Each suite's wall time, printed after it (what makes make test long).
+t_start=$(date +%s)
+t_mark=$t_start
+took() {
+    now=$(date +%s)
+    echo "# $1 took $((now - t_mark)) s"
+    t_mark=$now
+}
 say_failed() {
     echo "$1"
     echo "$1" >>"$failures"
@@ -87,10 +95,12 @@ else
 fi
 
 run_cpputest "unit tests" "$BUILD/unit_tests"
+took "unit tests"
 # Exported, not prefixed: an assignment before a function call is not
 # guaranteed to reach the commands inside it.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run_cpputest "unit tests (ASan+UBSan)" "$BUILD/unit_tests_asan"
+took "unit tests (ASan+UBSan)"
 unset ASAN_OPTIONS UBSAN_OPTIONS
 sh bench/pg.sh stop "$pgdir" >/dev/null 2>&1
 unset PIDLOCK_TEST_PG
@@ -114,6 +124,7 @@ run_fuzz fuzz_keys tests/fuzz/corpus fuzz-corpus
 run_fuzz fuzz_form tests/fuzz/corpus_form fuzz-corpus-form
 # The lease header parsers.
 run_fuzz fuzz_lease tests/fuzz/corpus_lease fuzz-corpus-lease
+took "fuzzers"
 
 # A suite whose runner closes with "<name>: N passed, M failed".
 run_counted() {
@@ -142,25 +153,31 @@ run_counted() {
 
 echo "== the fast path's protocol model (spin: mutual exclusion, no stuck state, broken variants caught)"
 run_counted model sh tests/model/run.sh
+took "model"
 
 echo "== message ids (one call site each)"
 run_counted log-ids python3 scripts/check-log-ids.py mod_pidlock
 
 echo "== integration tests (real httpd: prefork, worker, event)"
 run_counted integration python3 tests/integration/run.py
+took "integration"
 
 echo "== demo (make run, make run again, make stop)"
 run_counted demo python3 tests/demo/run.py "$BUILD"
+took "demo"
 
 echo "== Debian package (build, lintian, install, configtest, upgrade, purge)"
 run_counted deb python3 tests/deb/run.py "$BUILD"
+took "deb"
 
 echo "== browser test (headless Chromium: the status page)"
 run_counted browser python3 tests/browser/run.py --no-docs-screenshot
+took "browser"
 
 if [ -s "$failures" ]; then
     echo "== what failed"
     cat "$failures"
 fi
+echo "# all suites took $(( $(date +%s) - t_start )) s"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
