@@ -39,12 +39,14 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -793,15 +795,23 @@ bool schedstat(long tid, double *cpu_ns, double *runs) {
 
 struct IdleResult {
     double total_ms = 0;       // getrusage of each waiter around its wait, summed
-    double steady_ms = 0;      // CPU of all waiters in the window while all wait
+    double steady_ms = NAN;    // CPU of all waiters in the window while all wait
     double window_s = 0;
-    double wakeups = 0;        // times any waiter was scheduled in, in the window
+    double wakeups = NAN;      // times any waiter was scheduled in, in the window
 };
 
 // n workers block for `seconds` on a key another holds; each measures its
 // own CPU time around the wait (getrusage), and a monitor thread reads every
-// waiter's schedstat over the middle of the wait, when all are blocked.
-IdleResult idle_cpu(Kind k, int n, double seconds) {
+// waiter's schedstat (CPU time and times scheduled in: the same for threads
+// and processes) at the start and the end of a window in the middle of the
+// wait. The waiters start their timed waits together, once all n exist, so
+// that all are still waiting at the end of the window (a waiter that had
+// timed out and been reaped would drop out of the second reading and make
+// the difference negative); a window in which any waiter could not be read
+// twice is not reported. With tick_ms > 0 the waiters take no lock: each
+// sleeps on a futex word nobody changes, waking every tick_ms until
+// `seconds` have passed (what a waiter's periodic wake-up alone costs).
+IdleResult idle_cpu(Kind k, int n, double seconds, long tick_ms = 0) {
     g_s->reset();
     Worker holder(k);
     if (k == Kind::Flock) {
@@ -815,28 +825,48 @@ IdleResult idle_cpu(Kind k, int n, double seconds) {
     const bool procs = !mech(k).threads;
     auto tid_of = [&](int i) { return procs ? g_s->ops[i] : tids[i]; };
     std::thread monitor([&] {
-        while (g_s->ready.load() < n) sleep_us(1000);
+        start_when_ready(n);  // all exist: their timed waits start now
         sleep_us(static_cast<long>(seconds * 0.2e6));
         double c0 = 0, r0 = 0, c1 = 0, r1 = 0, c, r;
+        int read0 = 0, read1 = 0;
         for (int i = 0; i < n; ++i)
-            if (schedstat(tid_of(i), &c, &r)) c0 += c, r0 += r;
+            if (schedstat(tid_of(i), &c, &r)) c0 += c, r0 += r, ++read0;
         const double t0 = now_s();
         sleep_us(static_cast<long>(seconds * 0.6e6));
         for (int i = 0; i < n; ++i)
-            if (schedstat(tid_of(i), &c, &r)) c1 += c, r1 += r;
+            if (schedstat(tid_of(i), &c, &r)) c1 += c, r1 += r, ++read1;
         res.window_s = now_s() - t0;
-        res.steady_ms = (c1 - c0) / 1e6;
-        res.wakeups = r1 - r0;
+        // Every waiter read at both ends, none done before the window closed.
+        const bool all_waited = g_s->a.load() == 0 && now_s() < g_s->t_go + seconds;
+        if (read0 == n && read1 == n && all_waited) {
+            res.steady_ms = (c1 - c0) / 1e6;
+            res.wakeups = r1 - r0;
+        } else {
+            fprintf(stderr, "2c %s: window not measured (schedstat read %d and %d of %d, %s)\n", mech(k).id,
+                    read0, read1, n, all_waited ? "all waiting" : "a wait ended inside the window");
+        }
     });
     run_workers(k, n, [&](int idx) {
         Worker w(k);
         rusage r0, r1;
         const long tid = gettid();
         if (procs) g_s->ops[idx] = tid; else tids[idx] = tid;
-        getrusage(RUSAGE_THREAD, &r0);
         g_s->ready.fetch_add(1);
-        const bool ok = w.lock(0, Mode::Write, seconds);
+        while (!g_s->go.load()) sleep_us(1000);
+        getrusage(RUSAGE_THREAD, &r0);
+        bool ok = false;
+        if (tick_ms > 0) {
+            const double end = now_s() + seconds;
+            for (double left; (left = end - now_s()) > 0;) {
+                const double d = std::min(left, static_cast<double>(tick_ms) / 1e3);
+                timespec ts{static_cast<time_t>(d), static_cast<long>((d - std::floor(d)) * 1e9)};
+                syscall(SYS_futex, reinterpret_cast<int *>(&g_s->stop), FUTEX_WAIT, 0, &ts, nullptr, 0);
+            }
+        } else {
+            ok = w.lock(0, Mode::Write, seconds);
+        }
         getrusage(RUSAGE_THREAD, &r1);
+        g_s->a.fetch_add(1);  // this wait is over
         if (ok) w.unlock();
         auto us = [](const rusage &r) {
             return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1e6 +
@@ -852,7 +882,7 @@ IdleResult idle_cpu(Kind k, int n, double seconds) {
     return res;
 }
 
-void section_handoff(const Opts &o) {
+void handoff_table(const Opts &o) {
     const Kind hk[] = {Kind::Table, Kind::TableNonPi, Kind::Thread, Kind::Rwlock, Kind::Dict, Kind::Flock, Kind::Pg};
     printf("### 2a. Handoff: from a writer's release to the blocked writer running (µs; %d handoffs each)\n\n",
            o.handoffs);
@@ -869,7 +899,9 @@ void section_handoff(const Opts &o) {
     }
     fclose(f);
     printf("\n");
+}
 
+void starvation_table(const Opts &o) {
     const Kind fk[] = {Kind::Table, Kind::Thread, Kind::Rwlock, Kind::Flock, Kind::Pg};
     printf("### 2b. Starvation: waits of one writer while 4 readers hold the key back to back, and of one reader "
            "while 4 writers do (each holds ~200 µs; %.0f s each, the measured worker gives up after %.1f s)\n\n",
@@ -891,20 +923,39 @@ void section_handoff(const Opts &o) {
     }
     fclose(g);
     printf("\n");
+}
 
+void idle_table(const Opts &o) {
     const Kind ik[] = {Kind::Table, Kind::Thread, Kind::Rwlock, Kind::Flock};
-    printf("### 2c. CPU used by 100 waiters blocked %.0f s on a key another holds (getrusage of each waiter, "
-           "summed)\n\n",
-           o.idle_s);
+    printf("### 2c. CPU used by 100 waiters blocked %.0f s on a key another holds (all start waiting together; "
+           "while all wait: /proc/<tid>/schedstat of every waiter over the middle %.0f%% of the wait; whole wait: "
+           "getrusage(RUSAGE_THREAD) of each waiter around its acquire, summed)\n\n",
+           o.idle_s, 60.0);
     printf("| mechanism | CPU while all wait (ms per second, all 100) | wake-ups per waiter per second | "
            "CPU of the whole wait incl. entry and time-out (ms, all 100) |\n|---|---|---|---|\n");
-    for (Kind k : ik) {
-        const IdleResult r = idle_cpu(k, 100, o.idle_s);
-        printf("| %s | %.3f | %.2f | %.1f |\n", mech(k).name, r.steady_ms / r.window_s,
-               r.wakeups / 100 / r.window_s, r.total_ms);
+    auto row = [](const char *name, const IdleResult &r) {
+        char steady[32] = "not measured", wake[32] = "not measured";
+        if (!std::isnan(r.steady_ms)) {
+            snprintf(steady, sizeof steady, "%.3f", r.steady_ms / r.window_s);
+            snprintf(wake, sizeof wake, "%.2f", r.wakeups / 100 / r.window_s);
+        }
+        printf("| %s | %s | %s | %.1f |\n", name, steady, wake, r.total_ms);
         fflush(stdout);
-    }
+    };
+    for (Kind k : ik) row(mech(k).name, idle_cpu(k, 100, o.idle_s));
+    // What the table's waiters cannot go below while each wakes every 100 ms
+    // (the follower's look at the waiter ahead, and httpd's look at the client).
+    row("floor: processes that only sleep on a futex, woken by its 100 ms time-out",
+        idle_cpu(Kind::Table, 100, o.idle_s, 100));
+    row("floor: threads that only sleep on a futex, woken by its 100 ms time-out",
+        idle_cpu(Kind::Thread, 100, o.idle_s, 100));
     printf("\n");
+}
+
+void section_handoff(const Opts &o, bool a, bool b, bool c) {
+    if (a) handoff_table(o);
+    if (b) starvation_table(o);
+    if (c) idle_table(o);
 }
 
 // --------------------------------------------------------- 4. scale
@@ -1156,9 +1207,9 @@ void section_dead(const Opts &o) {
         printf("| %s | %s | %s | %s |\n", mode_name(hm), cell(w).c_str(), cell(r).c_str(), cell(later).c_str());
     }
     munmap(sh, sizeof(Times));
-    printf("\nWaiters look at the holders they wait behind every 25 ms (the first in line) and at the waiters "
-           "ahead every 100 ms; a fast-path holder's slot names its process, so a dead one is found without "
-           "the MPM's exit report.\n\n");
+    printf("\nThe first in line looks at the holders every 25 ms, each other waiter at the nearest waiter "
+           "ahead every 100 ms (and further only past dead ones); a fast-path holder's slot names its process, "
+           "so a dead one is found without the MPM's exit report.\n\n");
 }
 
 int main(int argc, char **argv) {
@@ -1212,7 +1263,11 @@ int main(int argc, char **argv) {
     if (want("1a")) section_uncontended(o);
     if (want("1b")) section_workers(o);
     if (want("1c")) section_cluster(o);
-    if (want("2")) section_handoff(o);
+    if (want("2")) {
+        // "2" runs 2a, 2b and 2c; naming one of them (e.g. "2c") runs only those named.
+        const bool some = only && (strstr(only, "2a") || strstr(only, "2b") || strstr(only, "2c"));
+        section_handoff(o, !some || strstr(only, "2a"), !some || strstr(only, "2b"), !some || strstr(only, "2c"));
+    }
     if (want("4")) section_scale(o);
     if (want("5")) section_dead(o);
     printf("Lock benchmarks: %ld CPUs online.\n\n", sysconf(_SC_NPROCESSORS_ONLN));

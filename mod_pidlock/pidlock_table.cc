@@ -230,6 +230,58 @@ ProcessState process_state(int32_t pid, uint64_t start) {
     return ProcessState::Alive;
 }
 
+// What a waiter uses to look at the processes it waits behind, again and
+// again: the first look at a process opens a pidfd for it and then reads
+// /proc once (process_state: pid reuse, zombie); each later look is a poll
+// of that pidfd, readable once the process has exited. A few processes are
+// watched at a time (those looked at in the last pass are kept); beyond
+// them, and where pidfds are not to be had, process_state every time.
+struct LockTable::PidWatch {
+    static constexpr int kMax = 4;
+    struct Watched {
+        int32_t pid = 0;
+        uint64_t start = 0;
+        int fd = -1;
+        uint64_t pass = 0;
+    } w[kMax];
+    uint64_t pass = 0;  // bumped by each look at an entry
+    PidWatch() = default;
+    PidWatch(const PidWatch &) = delete;
+    PidWatch &operator=(const PidWatch &) = delete;
+    ~PidWatch() {
+        for (const Watched &x : w)
+            if (x.fd >= 0) close(x.fd);
+    }
+    bool gone(int32_t pid, uint64_t start) {
+        if (pid <= 0) return true;
+        for (Watched &x : w) {
+            if (x.fd < 0 || x.pid != pid || x.start != start) continue;
+            x.pass = pass;
+            pollfd p{x.fd, POLLIN, 0};
+            return poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+        }
+        Watched *free = nullptr;
+        for (Watched &x : w)
+            if (x.fd < 0 || x.pass < pass) free = &x;
+        int fd = -1;
+#if defined(__linux__) && defined(SYS_pidfd_open)
+        if (free) fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+        if (fd < 0 && free && errno == ESRCH) return true;
+#endif
+        // Opened before the look in /proc: if that finds the process, the
+        // pidfd is of that process (a reused pid has another start time).
+        const bool dead = process_state(pid, start) == ProcessState::Gone;
+        if (fd < 0) return dead;
+        if (dead) {
+            close(fd);
+            return true;
+        }
+        if (free->fd >= 0) close(free->fd);
+        *free = {pid, start, fd, pass};
+        return false;
+    }
+};
+
 const char *mode_name(Mode m) {
     switch (m) {
     case Mode::Read: return "read";
@@ -1099,14 +1151,19 @@ void LockTable::remove_dead(Stripe *st, uint32_t e1, uint32_t r1, Wakeups &w) {
 }
 
 // The waiter's check, with stripe `si` locked on entry and on return. A
-// waiter suspects the (up to 8) nearest waiters ahead of it, and, when
-// fewer than 8 wait ahead, the holders (records and fast-path slots).
+// waiter looks at the nearest waiter ahead of it; only if that one is gone
+// at the next (a run of dead ones goes in one pass, up to 8); only when
+// every waiter ahead is gone (or none waits ahead), at the holders (records
+// and fast-path slots). A live waiter ahead looks after whoever is ahead of
+// it, so one look per follower per slice is enough, and the holders are
+// looked at by the first in line alone.
 // Suspects are noted under the mutex and judged in /proc without it; every
 // record of a process found gone is then removed (a killed child may hold
 // and wait several times on one key), and an entry a dead fast holder may
 // be counted in is repaired.
-int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self) {
+int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self, PidWatch &watch) {
     constexpr int kMaxSuspects = 16;
+    constexpr int kMaxAhead = 8;
     struct Suspect {
         int32_t pid;
         uint64_t start;
@@ -1115,35 +1172,46 @@ int LockTable::reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t
     int n = 0;
     Entry *e = entry(e1);
     auto note = [&](const Record *r) {
-        if (r->pid == self || n == kMaxSuspects) return;
+        if (n == kMaxSuspects) return;
         for (int i = 0; i < n; ++i)
             if (sus[i].pid == r->pid && sus[i].start == r->pid_start) return;
         sus[n++] = {r->pid, r->pid_start, false};
     };
-    // The nearest waiters ahead (a run of dead ones goes in one pass), and
-    // the holders when few wait ahead.
-    uint32_t ahead = 0, near = 0;
+    // The waiters ahead, nearest first, up to the first that is surely
+    // alive (one of our own process) or the 8th; the holders if that
+    // reaches the front.
+    int near = 0;
+    bool front = true;  // every waiter ahead is noted
     for (uint32_t x = r1 ? record(r1)->prev : 0; x; x = record(x)->prev) {
-        if (record(x)->state != kWaiting) continue;
-        ++ahead;
-        if (near < 8) {
-            note(record(x));
-            ++near;
+        const Record *r = record(x);
+        if (r->state != kWaiting) continue;
+        if (r->pid == self || near == kMaxAhead) {
+            front = false;
+            break;
         }
+        note(r);
+        ++near;
     }
-    if (ahead < 8)
+    const int n_ahead = n;
+    if (front)
         for (uint32_t x = e->first; x; x = record(x)->next)
-            if (record(x)->state == kHolding) note(record(x));
-    const bool fast = ahead < 8 && (e->word.load(std::memory_order_acquire) & (kReadersMask | kWriterBit)) != 0;
+            if (record(x)->state == kHolding && record(x)->pid != self) note(record(x));
+    const bool fast = front && (e->word.load(std::memory_order_acquire) & (kReadersMask | kWriterBit)) != 0;
     if (n == 0 && !fast) return 0;
     leave(si);
+    ++watch.pass;
     int ngone = 0;
+    bool ahead_gone = true;  // every waiter ahead judged gone
     for (int i = 0; i < n; ++i) {
-        sus[i].gone = process_state(sus[i].pid, sus[i].start) == ProcessState::Gone;
+        sus[i].gone = watch.gone(sus[i].pid, sus[i].start);
         ngone += sus[i].gone;
+        if (i < n_ahead && !sus[i].gone) {
+            ahead_gone = false;  // alive: it looks after those ahead of it
+            break;
+        }
     }
     // Fast holders: their slots, read without the mutex.
-    const bool fast_gone = fast && fast_holders_dead(e1);
+    const bool fast_gone = fast && ahead_gone && fast_holders_dead(e1, watch);
     const int rc = enter(si);
     if (rc != 0 || (ngone == 0 && !fast_gone)) return rc;
     Stripe *st = stripe(si);
@@ -1988,6 +2056,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash
         dispatch(st, e, false, w0);
     }
     bool counted_wait = false, gone = false;
+    PidWatch watch;
     const bool watch_client = info.client_fd >= 0 || info.client_gone != nullptr;
     const int64_t wait_start = mono_ns();
     for (;;) {
@@ -2018,7 +2087,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash
         if (rc == 0 && slept_full && !gone && r->state == kWaiting &&
             r->token.load(std::memory_order_relaxed) == token) {
             // Not let in for a whole slice: perhaps whoever is ahead died.
-            rc = reap_entry_if_dead(si, e1, r1, pid);
+            rc = reap_entry_if_dead(si, e1, r1, pid, watch);
         }
         if (rc != 0) {
             // Without the mutex the record cannot be unlinked safely; leave it
@@ -2331,7 +2400,7 @@ bool LockTable::repair_entry(uint32_t e1, bool free_dead) {
 
 // Whether a fast holder of e1 (by its current tag) belongs to a process that
 // is gone. Reads only the slots (no mutex needed).
-bool LockTable::fast_holders_dead(uint32_t e1) {
+bool LockTable::fast_holders_dead(uint32_t e1, PidWatch &watch) {
     const uint64_t w = entry(e1)->word.load(std::memory_order_acquire);
     if ((w & (kReadersMask | kWriterBit)) == 0 || (w & kDeadBit)) return false;
     const uint64_t what = slot_what(e1, tag_of(w));
@@ -2342,8 +2411,7 @@ bool LockTable::fast_holders_dead(uint32_t e1) {
         if (kind < kSlotPending || kind > kSlotReleasing || sl->what.load(std::memory_order_relaxed) != what)
             continue;
         const int32_t pid = sl->owner.load(std::memory_order_acquire);
-        if (pid > 0 && pid != self &&
-            process_state(pid, sl->owner_start.load(std::memory_order_relaxed)) == ProcessState::Gone)
+        if (pid > 0 && pid != self && watch.gone(pid, sl->owner_start.load(std::memory_order_relaxed)))
             return true;
     }
     return false;

@@ -215,7 +215,8 @@ class LockTable {
     int stop_the_world(bool audit, uint32_t keep, bool *repaired);
     void rebuild(std::vector<uint32_t> &woken);
     void note_wait(Stripe *st, int64_t ns);
-    int reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self);
+    struct PidWatch;  // a waiter's pidfds of the processes it watches
+    int reap_entry_if_dead(uint32_t si, uint32_t e1, uint32_t r1, int32_t self, PidWatch &watch);
     void note_high_water();
     uint32_t find(uint32_t bucket, uint64_t hash, const char *key,
                   size_t len) const;
@@ -240,7 +241,7 @@ class LockTable {
     void set_queued(Entry *e);
     void settle_queued(Entry *e);
     bool repair_entry(uint32_t e1, bool free_dead);
-    bool fast_holders_dead(uint32_t e1);
+    bool fast_holders_dead(uint32_t e1, PidWatch &watch);
     int reclaim_idle(uint32_t si, uint32_t want);
     int reclaim_elsewhere(uint32_t si);
     int free_dead_slots(int32_t only);

@@ -657,6 +657,71 @@ TEST(Table, KilledWaitingWriterDoesNotBlockReaders) {
     munmap(flag, sizeof(std::atomic<int>));
 }
 
+// A waiter looks at the process it waits behind again and again (a pidfd
+// opened at the first look, then polled): a holder that was alive at the
+// first looks and is then killed, and left a zombie (not reaped), must be
+// seen as gone by those later looks.
+TEST(Table, HolderSeenAliveThenLeftAZombieIsDead) {
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork_holder(st->table, "zw", Mode::Write, flag);
+    CHECK(wait_flag(flag, 2));
+    std::atomic<int> got{-1};
+    std::thread waiter([&] {
+        LockHandle h;
+        got = static_cast<int>(take("zw", Mode::Write, 10 * 1000000000LL, h));
+        if (got == static_cast<int>(AcquireResult::Acquired)) st->table->release(h);
+    });
+    CHECK(wait_waiting(*st->table, "zw", Mode::Write, 1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // several looks at a live holder
+    CHECK_EQUAL(-1, got.load());
+    kill(kid, SIGKILL);
+    waiter.join();  // the zombie is reaped only after the waiter is let in
+    CHECK_EQUAL(static_cast<int>(AcquireResult::Acquired), got.load());
+    waitpid(kid, nullptr, 0);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
+// One process holds a key and, in another thread, waits first in line for
+// it; it is killed. The waiter behind it finds the waiter ahead gone and
+// then looks at the holders itself (nobody alive is ahead of it to do so).
+TEST(Table, FollowerGetsPastADeadHolderAndTheDeadWaiterAheadOfIt) {
+    auto *flag = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>)));
+    const pid_t kid = fork();
+    if (kid == 0) {
+        HolderInfo info;
+        info.method = "PUT";
+        LockHandle h;
+        if (st->table->acquire("hw", 2, Mode::Write, -1, info, h) != AcquireResult::Acquired) _exit(1);
+        flag->store(1);
+        std::thread second([&] {
+            LockHandle h2;
+            st->table->acquire("hw", 2, Mode::Write, -1, info, h2);  // waits until killed
+        });
+        for (;;) pause();
+    }
+    CHECK(wait_flag(flag, 1));
+    CHECK(wait_waiting(*st->table, "hw", Mode::Write, 1));
+    std::atomic<int> got{-1};
+    std::thread follower([&] {
+        LockHandle h;
+        got = static_cast<int>(take("hw", Mode::Write, 10 * 1000000000LL, h));
+        if (got == static_cast<int>(AcquireResult::Acquired)) st->table->release(h);
+    });
+    CHECK(wait_waiting(*st->table, "hw", Mode::Write, 2));
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));  // a look or two at a live waiter ahead
+    CHECK_EQUAL(-1, got.load());
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    follower.join();
+    CHECK_EQUAL(static_cast<int>(AcquireResult::Acquired), got.load());
+    TableSnapshot s;
+    st->table->snapshot(s);
+    CHECK_EQUAL(0u, s.used);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(flag, sizeof(std::atomic<int>));
+}
+
 TEST(Table, ReusedPidIsNotTheHolder) {
     const uint64_t mine = process_start_time(getpid());
     CHECK(mine != 0);
