@@ -220,6 +220,9 @@ bool client_aborted(void *conn);
 
 int fixups(request_rec *r);
 int strip_fence(request_rec *r);
+// Releases what the child processes the parent reported gone still held
+// (one atomic load when there is nothing new); logged against `r`.
+void reap_reported_exits(request_rec *r, State *st);
 // The values of the request's `form` sources, read from its body (kept for
 // the handler): `values` gets one per form source, in their order ("" where
 // the field is absent). 0 or the HTTP status refusing the request.

@@ -652,6 +652,14 @@ int strip_fence(request_rec *r) {
     return DECLINED;
 }
 
+void reap_reported_exits(request_rec *r, State *st) {
+    // Exits the parent reported: this child releases what they held.
+    const int reaped = st->backend->maintain();
+    if (reaped > 0)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      "PIDLOCK313: released %d lock record(s) of child processes that exited", reaped);
+}
+
 int fixups(request_rec *r) {
     const DirConfig *d = dir_config(r);
     if (d->enabled != 1) return DECLINED;
@@ -663,11 +671,7 @@ int fixups(request_rec *r) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK107: lock table unavailable; refusing to run unlocked");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
-        // Exits the parent reported: this child releases what they held.
-        const int reaped = st->backend->maintain();
-        if (reaped > 0)
-            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                          "PIDLOCK313: released %d lock record(s) of child processes that exited", reaped);
+        reap_reported_exits(r, st);
         const apr_size_t max_len = max_key_len(server_config(r->server));
         const bool initial = ap_is_initial_req(r);
         if (initial && d->keys_all != 1 && d->lease != 1) {

@@ -137,6 +137,10 @@ int status_handler(request_rec *r) {
             ap_allow_methods(r, REPLACE_ALLOW, "GET", "HEAD", "POST", nullptr);
             return HTTP_METHOD_NOT_ALLOWED;
         }
+        // The table as it is once the exits the parent reported are
+        // reaped: no lock of a child known gone (its keys may get no other
+        // request that would reap them).
+        reap_reported_exits(r, st);
         TableSnapshot snap;
         int err = 0;
         if (!st->backend->snapshot(snap, &err)) {
@@ -199,6 +203,7 @@ int mod_status_hook(request_rec *r, int flags) {
     State *st = g_state;
     if (!st || !st->backend) return OK;
     try {
+        reap_reported_exits(r, st);
         TableSnapshot snap;
         if (!st->backend->snapshot(snap, nullptr)) return OK;
         StatusExtra extra;
