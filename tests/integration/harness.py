@@ -44,6 +44,17 @@ MPM_SETTINGS["event"] = MPM_SETTINGS["worker"]
 CRASH_RE = re.compile(r"\[core:crit\]|segfault|exit signal|Segmentation fault", re.I)
 
 
+def status_locations(status_require="ip 127.0.0.1", admin=True):
+    """The status page at /pidlock-status (for `Require status_require`) and,
+    with `admin`, /pidlock-admin, loopback only, where it may break locks."""
+    text = ("<Location /pidlock-status>\n    SetHandler pidlock-status\n    Require %s\n</Location>\n"
+            % status_require)
+    if admin:
+        text += ("<Location /pidlock-admin>\n    SetHandler pidlock-status\n    Require ip 127.0.0.1\n"
+                 "    PidLockStatusActions On\n</Location>\n")
+    return text
+
+
 def build_dir():
     d = os.environ.get("PIDLOCK_BUILD", "build")
     return d if os.path.isabs(d) else os.path.join(REPO, d)

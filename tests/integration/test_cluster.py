@@ -21,7 +21,7 @@ import threading
 import time
 
 import harness
-from harness import REPO, Httpd, check, poll
+from harness import REPO, Httpd, check, poll, status_locations
 from test_startup import WORKER_ONE  # one child of 16 threads
 from test_status import _admin_page, _break
 
@@ -87,16 +87,7 @@ PidLockClusterOnFailure %s
 <Location /mn/v2/object/short/>
     PidLockTimeout %s
 </Location>
-<Location /pidlock-status>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1 10.231.0.0/16
-</Location>
-<Location /pidlock-admin>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-    PidLockStatusActions On
-</Location>
-""" % (cluster, connections, failure, timeout, short_timeout)
+""" % (cluster, connections, failure, timeout, short_timeout) + status_locations("ip 127.0.0.1 10.231.0.0/16")
 
 
 # The MPM the suite runs under (run_cluster_suite sets it per MPM).

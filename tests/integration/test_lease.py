@@ -13,7 +13,7 @@ import re
 import signal
 import time
 
-from harness import MODDIR, Httpd, check, poll, run_on_server
+from harness import MODDIR, Httpd, check, poll, run_on_server, status_locations
 from run import status_json, wait_table_empty
 
 LEASE_CONFIG = r"""
@@ -38,15 +38,7 @@ LEASE_CONFIG = r"""
     PidLock On
     PidLockKey path ^/nolease/(.+)$
 </Location>
-<Location /pidlock-status>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-</Location>
-<Location /pidlock-admin>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-    PidLockStatusActions On
-</Location>
+""" + status_locations() + r"""
 <Location /server-status>
     SetHandler server-status
     Require ip 127.0.0.1

@@ -6,7 +6,7 @@ hold the key's hash (pidlock_key) and the key, and a token only hashed."""
 import json
 import re
 
-from harness import Httpd, check
+from harness import Httpd, check, status_locations
 from run import wait_table_empty
 from test_cluster import Pg, stop_all
 from test_lease import LOCKINFO, TOKEN_RE
@@ -21,16 +21,7 @@ PidLockCluster postgres "%s"
     PidLockLease On
     PidLockLeaseTimeout 60 120
 </Location>
-<Location /pidlock-status>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-</Location>
-<Location /pidlock-admin>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-    PidLockStatusActions On
-</Location>
-"""
+""" + status_locations()
 
 
 def put(h, url, token=None):
