@@ -96,12 +96,6 @@ uint32_t next_pow2(uint32_t v) {
     return p;
 }
 
-void copy_cut(char *dst, size_t cap, const char *src) {
-    const size_t n = src ? strnlen(src, cap - 1) : 0;
-    std::memcpy(dst, src ? src : "", n);
-    dst[n] = '\0';
-}
-
 // The futex word is shared between processes when the region is (no
 // FUTEX_PRIVATE_FLAG). Elsewhere waiting degrades to short sleeps.
 // True if the wait ran out its time (no wake-up, no change seen).
@@ -888,8 +882,9 @@ PIDLOCK_NO_ASAN bool same_bytes(const char *a, const char *b, size_t n) {
     return true;
 }
 
-// copy_cut in one pass, without library calls: the fields are short, and
-// strnlen + memcpy on each cost more than this. Eight bytes at a time where
+// A holder's field: `src` (null: empty) cut to cap - 1 bytes and
+// NUL-terminated, in one pass, without library calls: the fields are short,
+// and strnlen + memcpy on each cost more than this. Eight bytes at a time where
 // such a load stays inside the page its first byte is on (it may read past
 // the string's end, never into a page the string does not touch: the same
 // reasoning as the C library's own string functions, hence no ASan here);
@@ -915,15 +910,22 @@ PIDLOCK_NO_ASAN void copy_short(char *dst, size_t cap, const char *src) {
 }
 }  // namespace
 
-void LockTable::fill_slot(Slot *sl, const HolderInfo &info) {
-    sl->thread = info.thread;
-    sl->request = info.request;
-    sl->has_user = info.user != nullptr;
-    copy_short(sl->method, sizeof sl->method, info.method);
-    copy_short(sl->uri, sizeof sl->uri, info.uri);
-    copy_short(sl->client, sizeof sl->client, info.client);
-    copy_short(sl->user, sizeof sl->user, info.user);
+namespace {
+// Who holds or waits, from `info`, into a fast-path slot or a record: both
+// carry the same holder fields.
+template <typename Holder>
+void fill_holder(Holder *h, const HolderInfo &info) {
+    h->thread = info.thread;
+    h->request = info.request;
+    h->has_user = info.user != nullptr;
+    copy_short(h->method, sizeof h->method, info.method);
+    copy_short(h->uri, sizeof h->uri, info.uri);
+    copy_short(h->client, sizeof h->client, info.client);
+    copy_short(h->user, sizeof h->user, info.user);
 }
+}  // namespace
+
+void LockTable::fill_slot(Slot *sl, const HolderInfo &info) { fill_holder(sl, info); }
 
 // The bucket's chain walked without the mutex: every index is checked and
 // the walk bounded; what it finds is only a candidate (the caller's CAS on
@@ -2006,13 +2008,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash
     r->mode = mode;
     r->pid = pid;
     r->pid_start = pid_start;
-    r->thread = info.thread;
-    r->has_user = info.user != nullptr;
-    copy_cut(r->method, sizeof r->method, info.method);
-    copy_cut(r->uri, sizeof r->uri, info.uri);
-    copy_cut(r->client, sizeof r->client, info.client);
-    copy_cut(r->user, sizeof r->user, info.user);
-    r->request = info.request;
+    fill_holder(r, info);
     PIDLOCK_CRASH_POINT(4);
 
     // Link at the tail: the list is in arrival order, which dispatch() honours.

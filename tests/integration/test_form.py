@@ -619,17 +619,25 @@ def t_release_eos_vs_sent(h):
         s = socket.create_connection((HOST, h.port), timeout=10)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(("GET %sbig.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % prefix).encode())
-            s.recv(4096)
-            time.sleep(0.5)  # the transfer stalls on the client's window
-            r = h.request("PUT", prefix + "big.bin", body=b"x")
-            if expect_busy:
-                check(r.status == 503, "%s: a writer got in while the file was being sent (%d)" % (prefix, r.status))
-            else:
-                check(r.status != 503, "%s: the writer waited for a slow reader (eos)" % prefix)
+            _slow_read_then_write(h, s, prefix, expect_busy, "Connection: close\r\n")
         finally:
             s.close()
     wait_empty(h)
+
+
+def _slow_read_then_write(h, s, prefix, expect_busy, extra_headers=""):
+    """On socket `s` (a small receive buffer), a GET of big.bin under `prefix`
+    that stalls on the client's window, then a PUT on it from another
+    connection: refused (503) while the read holds its lock (`expect_busy`:
+    PidLockRelease sent), let in otherwise (eos)."""
+    s.sendall(("GET %sbig.bin HTTP/1.1\r\nHost: x\r\n%s\r\n" % (prefix, extra_headers)).encode())
+    s.recv(4096)
+    time.sleep(0.5)  # the transfer stalls on the client's window
+    r = h.request("PUT", prefix + "big.bin", body=b"x")
+    if expect_busy:
+        check(r.status == 503, "%s: a writer got in while the file was being sent (%d)" % (prefix, r.status))
+    else:
+        check(r.status != 503, "%s: the writer waited for a slow reader (eos)" % prefix)
 
 
 def read_response(sock):
@@ -667,14 +675,7 @@ def t_release_eos_vs_sent_keepalive(h):
                 st, body = read_response(s)
                 check(st == 200 and body == b"small\n", "%s on a keep-alive connection: %d %r" % (path, st, body))
             check(not held_keys(h), "a lock outlived its request: %r" % held_keys(h))
-            s.sendall(("GET %sbig.bin HTTP/1.1\r\nHost: x\r\n\r\n" % prefix).encode())
-            s.recv(4096)
-            time.sleep(0.5)  # the transfer stalls on the client's window
-            r = h.request("PUT", prefix + "big.bin", body=b"x")
-            if expect_busy:
-                check(r.status == 503, "%s: a writer got in while the file was being sent (%d)" % (prefix, r.status))
-            else:
-                check(r.status != 503, "%s: the writer waited for a slow reader (eos)" % prefix)
+            _slow_read_then_write(h, s, prefix, expect_busy)
         finally:
             s.close()
     wait_empty(h)

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "pidlock_lease.h"
 #include "pidlock_locks.h"
 #include "pidlock_table.h"
 
@@ -88,6 +89,37 @@ struct TableInShm {
         munmap(mem, size);
         munmap(locks_mem, PthreadStripeLocks::region_size(p.stripes));
     }
+};
+
+// A lease table (capacity 4, keys up to 64 bytes) in memory forked children
+// share, with one process-shared pthread mutex; `ok` if it was made.
+struct LeaseTableInShm {
+    LeaseParams p;
+    size_t size = 0;
+    void *mem = nullptr, *mutex_mem = nullptr;
+    PthreadStripeLocks *locks = nullptr;
+    LeaseTable *table = nullptr;
+    bool ok = false;
+    LeaseTableInShm() {
+        p.capacity = 4;
+        p.key_cap = 64;
+        size = LeaseTable::region_size(p);
+        mem = map_shared(size);
+        mutex_mem = map_shared(PthreadStripeLocks::region_size(1));
+        if (!mem || !mutex_mem || PthreadStripeLocks::init(mutex_mem, 1, true) != 0) return;
+        locks = new PthreadStripeLocks(mutex_mem, 1);
+        if (!LeaseTable::format(mem, size, p)) return;
+        table = new LeaseTable(mem, locks);
+        ok = table->valid();
+    }
+    ~LeaseTableInShm() {
+        delete table;
+        delete locks;
+        if (mem) munmap(mem, size);
+        if (mutex_mem) munmap(mutex_mem, PthreadStripeLocks::region_size(1));
+    }
+    LeaseTableInShm(const LeaseTableInShm &) = delete;
+    LeaseTableInShm &operator=(const LeaseTableInShm &) = delete;
 };
 
 }  // namespace pidlock

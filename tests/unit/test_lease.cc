@@ -277,31 +277,14 @@ TEST(LeaseParsers, IfEntityTags) {
 }
 
 TEST_GROUP(LeaseTable) {
-    void *mem = nullptr;
-    PthreadStripeLocks *locks = nullptr;
-    void *mutex_mem = nullptr;
-    LeaseTable *t = nullptr;
-    LeaseParams p;
-    size_t size = 0;
+    LeaseTableInShm shm;
+    void *mem = shm.mem;
+    PthreadStripeLocks *locks = shm.locks;
+    LeaseTable *t = shm.table;
+    LeaseParams p = shm.p;
+    size_t size = shm.size;
 
-    void setup() override {
-        p.capacity = 4;
-        p.key_cap = 64;
-        size = LeaseTable::region_size(p);
-        mem = map_shared(size);
-        mutex_mem = map_shared(PthreadStripeLocks::region_size(1));
-        CHECK_EQUAL(0, PthreadStripeLocks::init(mutex_mem, 1, true));
-        locks = new PthreadStripeLocks(mutex_mem, 1);
-        CHECK(LeaseTable::format(mem, size, p));
-        t = new LeaseTable(mem, locks);
-        CHECK(t->valid());
-    }
-    void teardown() override {
-        delete t;
-        delete locks;
-        munmap(mem, size);
-        munmap(mutex_mem, PthreadStripeLocks::region_size(1));
-    }
+    void setup() override { CHECK(shm.ok); }
     LeaseCounters counters() {
         std::vector<LeaseView> v;
         LeaseCounters c;

@@ -64,35 +64,18 @@ std::string psql_one(const std::string &sql) {
 }  // namespace
 
 TEST_GROUP(LeasePg) {
-    void *mem = nullptr, *mutex_mem = nullptr;
-    PthreadStripeLocks *locks = nullptr;
-    LeaseTable *host = nullptr;
+    LeaseTableInShm shm;
+    LeaseTable *host = shm.table;
     PgLeaseStore *pg = nullptr;
-    LeaseParams p;
-    size_t size = 0;
     std::string k;  // this test's key prefix
 
     void setup() override {
         CHECK_TEXT(pg_conninfo() != nullptr, "PIDLOCK_TEST_PG is not set (tests/run_all.sh sets it)");
-        p.capacity = 4;
-        p.key_cap = 64;
-        size = LeaseTable::region_size(p);
-        mem = map_shared(size);
-        mutex_mem = map_shared(PthreadStripeLocks::region_size(1));
-        CHECK_EQUAL(0, PthreadStripeLocks::init(mutex_mem, 1, true));
-        locks = new PthreadStripeLocks(mutex_mem, 1);
-        CHECK(LeaseTable::format(mem, size, p));
-        host = new LeaseTable(mem, locks);
+        CHECK(shm.ok);
         pg = new PgLeaseStore(pg_conninfo(), 100000, 64, host);
         k = "pgt-" + std::to_string(getpid()) + "-" + std::to_string(rand()) + "-";
     }
-    void teardown() override {
-        delete pg;
-        delete host;
-        delete locks;
-        munmap(mem, size);
-        munmap(mutex_mem, PthreadStripeLocks::region_size(1));
-    }
+    void teardown() override { delete pg; }
 };
 
 TEST(LeasePg, TheRulesOfALease) {
