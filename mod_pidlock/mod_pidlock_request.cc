@@ -139,11 +139,6 @@ bool holds_key(const RequestLocks *rl, const std::string &key) {
 // Notes keys the request now holds; `copy`: their bytes do not live as long
 // as the request's pool, so they are copied there.
 void note_held(RequestLocks *rl, const KeyRef *keys, size_t n, bool copy) {
-    if (!copy && n == 1 && rl->nheld == 0) {  // the common case
-        rl->held[0] = keys[0];
-        rl->nheld = 1;
-        return;
-    }
     if (!copy && rl->nheld + n <= LockSet::kMaxKeys) {
         memcpy(&rl->held[rl->nheld], keys, n * sizeof(KeyRef));
         rl->nheld += static_cast<int>(n);

@@ -67,6 +67,8 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
         }
         return AcquireResult::Busy;
     }
+    // The keys' slots go back where they came from, a rollback's too.
+    set.set_slot_cache(info.slot_cache);
     for (size_t i = 0; i < n; ++i) {
         LockHandle h;
         const AcquireResult res =
@@ -78,7 +80,6 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
         }
         set.slot(i) = pack(h);
         set.set(i + 1, mode);
-        set.set_slot_cache(info.slot_cache);
     }
     if (mode == Mode::Write) set.set_fence(table_->next_fence());
     return AcquireResult::Acquired;
