@@ -211,6 +211,37 @@ uint64_t process_start_time(int32_t pid) {
     return read_proc_stat(pid, &state, &start) ? start : 0;
 }
 
+namespace {
+
+// Whether a process whose main thread is a zombie still has other threads
+// (Threads: in /proc/<pid>/status counts them until each is released). The
+// main thread of a multi-threaded process killed with SIGKILL is often a
+// zombie some milliseconds before the others have exited (they die one by
+// one: httpd's worker and event children); one that called pthread_exit()
+// stays so while the others run on. Unreadable: true (alive), but for a
+// process reaped since its stat was read (no file, or nothing to read).
+bool other_threads_left(int32_t pid) {
+#ifdef __linux__
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
+    FILE *f = std::fopen(path, "re");
+    if (!f) return errno != ENOENT && errno != ESRCH;
+    char buf[4096];
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    if (n == 0) return false;
+    buf[n] = '\0';
+    const char *t = std::strstr(buf, "\nThreads:");
+    if (!t) return true;
+    return std::strtol(t + 9, nullptr, 10) > 1;  // 0: being reaped
+#else
+    (void)pid;
+    return false;
+#endif
+}
+
+}  // namespace
+
 ProcessState process_state(int32_t pid, uint64_t start) {
     if (pid <= 0) return ProcessState::Gone;
     if (kill(pid, 0) != 0 && errno == ESRCH) return ProcessState::Gone;
@@ -219,8 +250,10 @@ ProcessState process_state(int32_t pid, uint64_t start) {
     // Anything unreadable counts as alive: releasing a live holder's lock
     // would be far worse than waiting for the parent to report its exit.
     if (!read_proc_stat(pid, &state, &now_start)) return ProcessState::Alive;
-    if (state == 'Z' || state == 'X' || state == 'x') return ProcessState::Gone;
     if (start != 0 && now_start != start) return ProcessState::Gone;  // pid reused
+    if (state == 'X' || state == 'x') return ProcessState::Gone;
+    // A zombie is gone once all its threads are (what a pidfd's poll says).
+    if (state == 'Z' && !other_threads_left(pid)) return ProcessState::Gone;
     return ProcessState::Alive;
 }
 

@@ -284,8 +284,9 @@ uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len);
 uint64_t siphash13(uint64_t k0, uint64_t k1, const void *data, size_t len);
 uint64_t siphash24(const unsigned char key[16], const void *data, size_t len);
 
-// Liveness of a lock holder's process: gone (no such pid, a zombie, or the
-// pid now belongs to a process started at another time) or alive.
+// Liveness of a lock holder's process: gone (no such pid, a zombie whose
+// threads have all exited, or the pid now belongs to a process started at
+// another time) or alive (a zombie main thread with a thread left counts).
 enum class ProcessState { Alive, Gone };
 ProcessState process_state(int32_t pid, uint64_t start_time);
 // A process's start time in clock ticks since boot (/proc), 0 if unknown.

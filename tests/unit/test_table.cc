@@ -4,6 +4,7 @@
 // table.
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -178,8 +180,15 @@ unsigned holding(const LockView *l) {
 
 TEST_GROUP(Table) {
     SharedTable *st = nullptr;
+    pid_t child = 0;  // a test's forked process, killed here if the test ends early
     void setup() override { st = new SharedTable(64); }
-    void teardown() override { delete st; }
+    void teardown() override {
+        if (child > 0) {
+            kill(child, SIGKILL);
+            waitpid(child, nullptr, 0);
+        }
+        delete st;
+    }
     AcquireResult take(const char *key, Mode m, int64_t timeout_ns, LockHandle &h,
                        BusyReport *rep = nullptr) {
         HolderInfo info;
@@ -720,6 +729,69 @@ TEST(Table, FollowerGetsPastADeadHolderAndTheDeadWaiterAheadOfIt) {
     CHECK_EQUAL(0u, s.used);
     STRCMP_EQUAL("", st->table->check_consistency().c_str());
     munmap(flag, sizeof(std::atomic<int>));
+}
+
+namespace {
+
+// The state letter of process pid's thread-group leader ('?' if unreadable).
+char leader_state(pid_t pid) {
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    FILE *f = std::fopen(path, "re");
+    if (!f) return '?';
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    const char *p = std::strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
+}  // namespace
+
+// A process whose main thread has ended while another of its threads runs
+// on: /proc shows its leader a zombie ('Z'), as it does for a few
+// milliseconds while a killed multi-threaded child (httpd's worker, event)
+// dies thread by thread. It is not gone until its last thread is: the lock
+// that thread holds is neither reaped nor granted to a waiter.
+TEST(Table, ZombieLeaderWithALiveThreadIsNotGone) {
+    auto *shared = static_cast<std::atomic<long> *>(map_shared(2 * sizeof(std::atomic<long>)));
+    std::atomic<long> *flag = shared, *ticks = shared + 1;
+    const pid_t kid = fork();
+    if (kid > 0) child = kid;  // killed by teardown if a check fails
+    if (kid == 0) {
+        std::thread holder([&] {
+            HolderInfo info;
+            info.method = "PUT";
+            LockHandle h;
+            if (st->table->acquire("zl", 2, Mode::Write, -1, info, h) != AcquireResult::Acquired) _exit(1);
+            flag->store(1);
+            for (;;) {  // holds the lock and keeps running
+                ticks->fetch_add(1);
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+        });
+        holder.detach();
+        syscall(SYS_exit, 0);  // this thread (the leader) only
+    }
+    for (int i = 0; i < 5000 && !(flag->load() == 1 && leader_state(kid) == 'Z'); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CHECK_EQUAL(1L, flag->load());
+    CHECK_EQUAL('Z', leader_state(kid));
+    LockHandle h;
+    CHECK(take("zl", Mode::Write, 300 * 1000000LL, h) == AcquireResult::Busy);  // waiters look at it every 25 ms
+    CHECK_EQUAL(0, st->table->reap(0));
+    CHECK_EQUAL(0, st->table->reap(kid));
+    CHECK(process_state(kid, process_start_time(kid)) == ProcessState::Alive);
+    const long before = ticks->load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK(ticks->load() > before);  // its thread did run on all along
+    kill(kid, SIGKILL);
+    waitpid(kid, nullptr, 0);
+    child = 0;
+    CHECK(take("zl", Mode::Write, 5 * 1000000000LL, h) == AcquireResult::Acquired);
+    st->table->release(h);
+    STRCMP_EQUAL("", st->table->check_consistency().c_str());
+    munmap(shared, 2 * sizeof(std::atomic<long>));
 }
 
 TEST(Table, ReusedPidIsNotTheHolder) {
