@@ -78,8 +78,9 @@ static_assert(std::atomic<std::int64_t>::is_always_lock_free, "need lock-free at
 
 enum : std::uint32_t { kEmpty = 0, kClaiming = 1, kReady = 2 };
 
-// Who is inside a PID's handler now: (process id << 1 | is_writer) + 1 per
-// request, 0 when free. Processes rather than counts, so that a child killed
+// Who is inside a PID's handler now: one word per request naming its
+// process (pid and start time) and whether it writes (see occupant()), 0
+// when free. Processes rather than counts, so that a child killed
 // mid-request (the chaos test) is told apart from a live overlap.
 constexpr std::size_t kOccupants = 64;
 
@@ -177,10 +178,19 @@ bool has_flag_arg(request_rec *r, const char *name) {
     return false;
 }
 
-// Gone, or a zombie not yet reaped: its request is over, whatever it left.
-bool process_alive(pid_t pid) {
-    if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-    char path[64], buf[512];
+// A process as the witness knows it: pid and start time (field 22 of
+// /proc/PID/stat, in clock ticks since boot). The start time tells a pid
+// that was reused (pid_max is 32768 here and the chaos test kills ~150
+// children a run) from the process that registered.
+constexpr int kPidBits = 22;  // pid_max is at most 2^22 on Linux
+constexpr std::uint64_t kPidMask = (1ull << kPidBits) - 1;
+constexpr std::uint64_t kStartMask = (1ull << (63 - kPidBits - 1)) - 1;
+
+// One read of /proc/PID/stat; false if it cannot be opened, read or parsed.
+// A stat file opened while the process exists and read after its parent
+// reaped it reads as nothing (read() fails with ESRCH): that is "gone".
+bool read_stat(pid_t pid, char *state, std::uint64_t *start) {
+    char path[64], buf[1024];
     std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
     FILE *f = std::fopen(path, "re");
     if (!f) return false;
@@ -188,19 +198,110 @@ bool process_alive(pid_t pid) {
     std::fclose(f);
     buf[n] = '\0';
     const char *p = std::strrchr(buf, ')');
-    return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+    if (!p || p[1] != ' ' || p[2] == '\0') return false;
+    *state = p[2];
+    int field = 2;
+    for (++p; *p && field < 22; ++p)
+        if (*p == ' ') ++field;
+    if (field != 22 || *p < '0' || *p > '9') return false;
+    *start = std::strtoull(p, nullptr, 10) & kStartMask;
+    return true;
 }
+
+// How many threads process pid still has (Threads: in /proc/PID/status),
+// -1 if unreadable.
+long thread_count(pid_t pid) {
+    char path[64], buf[2048];
+    std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
+    FILE *f = std::fopen(path, "re");
+    if (!f) return -1;
+    const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    const char *t = std::strstr(buf, "\nThreads:");
+    return t ? std::strtol(t + 9, nullptr, 10) : -1;
+}
+
+// This process's start time: set by child_init, before any request.
+std::uint64_t g_my_start = 0;
+
+void child_init(apr_pool_t *, server_rec *) {
+    char state = 0;
+    std::uint64_t start = 0;
+    g_my_start = read_stat(getpid(), &state, &start) ? start : 0;
+}
+
+// An occupant word: (start << 23 | pid << 1 | writer) + 1, 0 when free.
+std::uint64_t occupant(pid_t pid, std::uint64_t start, bool writer) {
+    return (((start & kStartMask) << (kPidBits + 1)) | (static_cast<std::uint64_t>(pid) << 1) | (writer ? 1 : 0)) + 1;
+}
+pid_t occupant_pid(std::uint64_t w) { return static_cast<pid_t>(((w - 1) >> 1) & kPidMask); }
+std::uint64_t occupant_start(std::uint64_t w) { return (w - 1) >> (kPidBits + 1); }
+bool occupant_writes(std::uint64_t w) { return ((w - 1) & 1) != 0; }
+
+// Whether the process that registered an occupant can still run: it is
+// alive while any of its threads is. Only a positive reading says alive:
+// an unreadable stat (the process was reaped between our open and our
+// read: the false OVERLAP of the chaos test), another start time (the pid
+// was reused) or a zombie leader with no other thread left mean gone. A
+// zombie leader with threads left is a killed multi-threaded child still
+// dying thread by thread (worker, event): alive until its last thread is
+// gone, as for the lock table.
+bool process_alive(pid_t pid, std::uint64_t start) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+    char state = 0;
+    std::uint64_t now_start = 0;
+    if (!read_stat(pid, &state, &now_start)) return false;
+    if (start != 0 && now_start != start) return false;
+    if (state == 'X' || state == 'x') return false;
+    if (state == 'Z') return thread_count(pid) > 1;
+    return true;
+}
+
+// The state letter of every thread of pid, from /proc/PID/task/*/stat, as
+// "tid:S tid:Z ..." (for the post-mortem of a violation).
+std::string thread_states(pid_t pid) {
+    std::string out;
+    char dir[64];
+    std::snprintf(dir, sizeof dir, "/proc/%d/task", static_cast<int>(pid));
+    DIR *d = opendir(dir);
+    if (!d) return "(no task dir)";
+    while (struct dirent *e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        char path[384], buf[512];
+        std::snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
+        FILE *f = std::fopen(path, "re");
+        if (!f) continue;
+        const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+        std::fclose(f);
+        buf[n] = '\0';
+        const char *p = std::strrchr(buf, ')');
+        out += std::string(e->d_name) + ":" + (p && p[1] == ' ' ? p[2] : '?') + " ";
+    }
+    closedir(d);
+    return out;
+}
+
+// What a check found: the conflicting occupant and its threads then.
+struct Finding {
+    std::uint64_t w = 0;
+    apr_time_t at = 0;
+    std::string threads;
+};
 
 // Another live occupant whose mode conflicts with ours (a writer with
 // anyone, a reader with a writer).
-bool is_violation(const Slot &s, std::size_t mine, bool write) {
+bool is_violation(const Slot &s, std::size_t mine, bool write, Finding *why) {
     for (std::size_t i = 0; i < kOccupants; ++i) {
         if (i == mine) continue;
         const std::uint64_t w = s.occupants[i].load(std::memory_order_acquire);
         if (w == 0) continue;
-        const bool other_writes = ((w - 1) & 1) != 0;
-        if (!write && !other_writes) continue;
-        if (process_alive(static_cast<pid_t>((w - 1) >> 1))) return true;
+        if (!write && !occupant_writes(w)) continue;
+        const pid_t op = occupant_pid(w);
+        if (process_alive(op, occupant_start(w))) {
+            if (why && why->w == 0) *why = {w, apr_time_now(), thread_states(op)};
+            return true;
+        }
     }
     return false;
 }
@@ -286,7 +387,8 @@ int backend_handler(request_rec *r) {
                       "pidlock-testbackend: slot table full, pid '%s' not checked", pid);
     } else {
         bool violated = false;
-        const std::uint64_t me = ((static_cast<std::uint64_t>(getpid()) << 1) | (write ? 1 : 0)) + 1;
+        Finding found[2];
+        const std::uint64_t me = occupant(getpid(), g_my_start, write);
         std::size_t mine = kOccupants;
         for (std::size_t i = 0; i < kOccupants && mine == kOccupants; ++i) {
             std::uint64_t expected = 0;
@@ -295,10 +397,17 @@ int backend_handler(request_rec *r) {
         if (mine == kOccupants) {
             sh->table_full.fetch_add(1, std::memory_order_relaxed);
         } else {
-            if (is_violation(*s, mine, write)) violated = true;
+            const apr_time_t in_at = apr_time_now();
+            if (is_violation(*s, mine, write, &found[0])) violated = true;
             if (sleep_ms > 0) sleep_until(apr_time_now() + apr_time_from_msec(sleep_ms));
-            if (is_violation(*s, mine, write)) violated = true;
+            if (is_violation(*s, mine, write, &found[1])) violated = true;
             s->occupants[mine].store(0, std::memory_order_release);
+            for (int c = 0; c < 2 && violated; ++c)
+                if (found[c].w)
+                    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                                  "pidlock-testbackend: check %d (%ld us after entry): process %d %s alive; threads %s",
+                                  c + 1, static_cast<long>(found[c].at - in_at), static_cast<int>(occupant_pid(found[c].w)),
+                                  occupant_writes(found[c].w) ? "writer" : "reader", found[c].threads.c_str());
         }
         if (violated) {
             sh->violations.fetch_add(1, std::memory_order_relaxed);
@@ -309,10 +418,11 @@ int backend_handler(request_rec *r) {
             for (std::size_t i = 0; i < kOccupants; ++i) {
                 const std::uint64_t w = s->occupants[i].load(std::memory_order_acquire);
                 if (w == 0) continue;
-                const pid_t op = static_cast<pid_t>((w - 1) >> 1);
+                const pid_t op = occupant_pid(w);
                 ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                              "pidlock-testbackend: occupant %d: process %d %s, %s", static_cast<int>(i), static_cast<int>(op),
-                              ((w - 1) & 1) ? "writer" : "reader", process_alive(op) ? "alive" : "gone");
+                              "pidlock-testbackend: occupant %d: process %d %s, %s; threads %s", static_cast<int>(i),
+                              static_cast<int>(op), occupant_writes(w) ? "writer" : "reader",
+                              process_alive(op, occupant_start(w)) ? "alive" : "gone", thread_states(op).c_str());
             }
         }
     }
@@ -679,6 +789,7 @@ int store_handler(request_rec *r) {
 void register_hooks(apr_pool_t *) {
     ap_hook_handler(store_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_post_config(post_config, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_child_init(child_init, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(backend_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(stats_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(subreq_handler, nullptr, nullptr, APR_HOOK_MIDDLE);

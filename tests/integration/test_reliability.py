@@ -278,6 +278,12 @@ def t_chaos(mpm):
     no overlap among the requests that completed, an empty table after."""
     import os
     import signal
+    # Soak knobs (defaults: the test as it runs in `make test`):
+    # PIDLOCK_CHAOS_SECONDS how long children are killed, PIDLOCK_CHAOS_PAUSE
+    # "min,max" seconds between two kills.
+    seconds = float(os.environ.get("PIDLOCK_CHAOS_SECONDS", "8"))
+    pause = [float(x) for x in os.environ.get("PIDLOCK_CHAOS_PAUSE", "0.3,0.7").split(",")]
+    per_client = int(300 * max(1.0, seconds / 8))
     h = Httpd(mpm=mpm, body=CONFIG, name="chaos-" + mpm)
     try:
         h.start()
@@ -290,7 +296,7 @@ def t_chaos(mpm):
 
         def client(n):
             r2 = random.Random(n)
-            for _ in range(300):
+            for _ in range(per_client):
                 if stop.is_set():
                     break
                 pid = r2.choice(pids)
@@ -309,9 +315,9 @@ def t_chaos(mpm):
         for t in ts:
             t.start()
         kills = 0
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and any(t.is_alive() for t in ts):
-            time.sleep(rnd.uniform(0.3, 0.7))
+            time.sleep(rnd.uniform(pause[0], pause[1]))
             kids = h.child_pids()
             if kids:
                 try:
@@ -547,6 +553,8 @@ for _mpm in ("prefork", "worker", "event"):
                               (lambda m: lambda opts: t_graceful_new_layout(m))(_mpm)))
     RELIABILITY_TESTS.append(("%s/killed_holder_status_only" % _mpm,
                               (lambda m: lambda opts: t_killed_holder_status_only(m))(_mpm)))
+# worker's children are multi-threaded too (they die thread by thread).
+RELIABILITY_TESTS.append(("worker/chaos", lambda opts: t_chaos("worker")))
 for _mpm in ("prefork", "event"):
     RELIABILITY_TESTS += [
         ("%s/killed_holder" % _mpm, (lambda m: lambda opts: t_killed_holder(m))(_mpm)),
