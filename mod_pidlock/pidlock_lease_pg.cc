@@ -321,22 +321,25 @@ LeaseOutcome PgLeaseStore::steal(const std::string &key, const LeaseRequest &req
     Rows r;
     // One statement: the old lease ends and the new one begins (`old` is
     // the statement's snapshot, before `ins`; two steals at once both end
-    // in one lease, the later one's).
+    // in one lease, the later one's). A key without a lease gets one only
+    // if the cluster holds fewer than `capacity`, as a LOCK would.
     if (!exec("WITH old AS (SELECT " COLS " FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2::bigint"
               "), ins AS (INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
-              " VALUES (('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
+              " SELECT ('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
               " decode($1, 'hex'), sha256(convert_to($3, 'UTF8')), $4, $5, $6, $7, $8::integer, $2::bigint,"
-              " $2::bigint, $2::bigint + $8::bigint * 1000000)"
+              " $2::bigint, $2::bigint + $8::bigint * 1000000"
+              " WHERE EXISTS (SELECT 1 FROM old)"
+              " OR (SELECT count(*) FROM pidlock_leases WHERE expires_us > $2::bigint) < $9::bigint"
               " ON CONFLICT (key_hash, key) DO UPDATE SET token_hash = EXCLUDED.token_hash, id = EXCLUDED.id,"
               " owner = EXCLUDED.owner, usr = EXCLUDED.usr, client = EXCLUDED.client,"
               " timeout_s = EXCLUDED.timeout_s, granted_us = EXCLUDED.granted_us, idle_us = EXCLUDED.idle_us,"
               " expires_us = EXCLUDED.expires_us RETURNING " COLS ")"
               " SELECT ins.*, old.* FROM ins LEFT JOIN old ON true",
               {hex(key), std::to_string(now_us), lease_token_urn(fresh), lease_token_id(fresh), req.owner, req.user,
-               req.client, std::to_string(req.timeout_s)},
+               req.client, std::to_string(req.timeout_s), std::to_string(capacity_)},
               r))
         return LeaseOutcome::Error;
-    if (r.rows.empty()) return LeaseOutcome::Error;
+    if (r.rows.empty()) return LeaseOutcome::Full;
     view_from(r.rows[0], 0, key, now_view);
     *had_old = !r.rows[0][8].empty();
     if (*had_old) view_from(r.rows[0], 8, key, old);
