@@ -148,6 +148,21 @@ void PgLeaseStore::count(LeaseCounters delta) {
     if (host_) host_->add_counts(delta);
 }
 
+bool PgLeaseStore::sweep(const std::string *key, int64_t now_us, LeaseCounters *c) {
+    Rows r;
+    // One host's DELETE gets each row: each expiry is counted once.
+    const bool ok = key ? exec("DELETE FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us <= $2 RETURNING 1",
+                               {hex(*key), std::to_string(now_us)}, r)
+                        : exec("DELETE FROM pidlock_leases WHERE expires_us <= $1 RETURNING 1",
+                               {std::to_string(now_us)}, r);
+    if (!ok) return false;
+    LeaseCounters d;
+    d.expired = r.rows.size();
+    if (d.expired) count(d);
+    if (c) c->expired += d.expired;
+    return true;
+}
+
 uint32_t PgLeaseStore::used() const {
     auto *self = const_cast<PgLeaseStore *>(this);
     std::lock_guard<std::mutex> g(mu_);
@@ -208,8 +223,10 @@ LeaseOutcome PgLeaseStore::lock(const std::string &key, const std::vector<LeaseT
         count(d);
         return found && match ? LeaseOutcome::Forbidden : LeaseOutcome::Stale;
     }
-    // A new lease, if the key has none alive (an expired one is replaced)
-    // and the cluster holds fewer than `capacity`.
+    // A new lease, if the key has none alive and the cluster holds fewer
+    // than `capacity`. An expired one goes first, counted; the INSERT also
+    // replaces one that expired since.
+    if (!sweep(&key, now_us)) return LeaseOutcome::Error;
     Rows r;
     if (!exec("INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
               " SELECT ('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
@@ -318,6 +335,7 @@ LeaseOutcome PgLeaseStore::steal(const std::string &key, const LeaseRequest &req
                                  int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) {
     if (key.empty() || key.size() > key_cap_) return LeaseOutcome::Error;
     std::lock_guard<std::mutex> g(mu_);
+    if (!sweep(&key, now_us)) return LeaseOutcome::Error;
     Rows r;
     // One statement: the old lease ends and the new one begins (`old` is
     // the statement's snapshot, before `ins`; two steals at once both end
@@ -355,6 +373,8 @@ bool PgLeaseStore::snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCo
     uint32_t live_host = 0;
     if (host_ && !host_->summary(now_us, &live_host, c)) return false;
     std::lock_guard<std::mutex> g(mu_);
+    // Expired rows go first, counted, as in summary().
+    if (!sweep(nullptr, now_us, &c)) return false;
     Rows r;
     if (!exec("SELECT encode(key, 'hex'), " COLS " FROM pidlock_leases WHERE expires_us > $1 ORDER BY granted_us",
               {std::to_string(now_us)}, r))

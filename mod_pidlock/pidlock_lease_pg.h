@@ -61,6 +61,9 @@ class PgLeaseStore final : public LeaseStore {
     bool renew_with(const std::string &key, const std::vector<LeaseToken> &tokens, const std::string &user,
                     uint32_t timeout_s, int64_t now_us, LeaseView *view, bool *renewed);
     void count(LeaseCounters delta);
+    // Deletes the expired leases (the key's, or all) and counts them
+    // expired (and in `*c`).
+    bool sweep(const std::string *key, int64_t now_us, LeaseCounters *c = nullptr);  // under mu_
 
     std::string conninfo_;
     uint32_t capacity_, key_cap_;
