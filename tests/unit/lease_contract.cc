@@ -2,10 +2,15 @@
 // every store): grant then others locked; renew by LOCK and by use; reads
 // with the token renew; lazy expiry by idleness; unlock rules; a token bound
 // to its user; steal and operator release; full is an answer; leases outlive
-// the object (a restart, another process); one grant per key and no more
-// than the capacity among forked processes, each with its own object.
+// the object (a restart, another process); among forked processes, each
+// with its own object and all starting at once: one grant per key, no more
+// than the capacity, one holder at a time (a witness in shared memory).
+#include <atomic>
+#include <random>
 #include <string>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "concurrency.h"
 // Last: CppUTest's TestHarness.h must follow the standard headers.
@@ -250,6 +255,18 @@ void RestartKeepsDeadlines(LeaseStoreTest &t) {
     CHECK(LeaseOutcome::Free == again->check_write(k, {}, false, "", kT0 + 30 * kSec, nullptr));
 }
 
+namespace {
+
+// A forked child's own store, connected (used() asks a database), so that
+// the racers start together.
+std::unique_ptr<LeaseStore> ready_store(LeaseStoreTest &t) {
+    std::unique_ptr<LeaseStore> s = t.another();
+    s->used();
+    return s;
+}
+
+}  // namespace
+
 void OneGrantPerKeyAmongProcesses(LeaseStoreTest &t) {
     // Eight processes, each with its own object, race for the same keys:
     // exactly one LOCK is granted per key, whatever the interleaving. In
@@ -257,11 +274,13 @@ void OneGrantPerKeyAmongProcesses(LeaseStoreTest &t) {
     for (int batch = 0; batch < 4; ++batch) {
         const int base = batch * static_cast<int>(kCapacity);
         std::unique_ptr<LeaseStore> mine;  // each child's own
-        const std::vector<int> wins = race_forked(8, kCapacity, [&](int proc, int round) {
-            if (!mine) mine = t.another();
-            return mine->lock(t.key("race" + std::to_string(base + round)), {}, req("kid"),
-                              token_of(static_cast<uint8_t>(proc)), kT0, nullptr) == LeaseOutcome::Granted;
-        });
+        const std::vector<int> wins = race_forked(
+            8, kCapacity,
+            [&](int proc, int round) {
+                return mine->lock(t.key("race" + std::to_string(base + round)), {}, req("kid"),
+                                  token_of(static_cast<uint8_t>(proc)), kT0, nullptr) == LeaseOutcome::Granted;
+            },
+            [&](int) { mine = ready_store(t); });
         for (int round = 0; round < static_cast<int>(kCapacity); ++round) {
             CHECK_EQUAL(1, wins[static_cast<size_t>(round)]);
             CHECK(LeaseOutcome::Released ==
@@ -274,13 +293,52 @@ void CapacityHoldsAmongProcesses(LeaseStoreTest &t) {
     // Eight processes race for one key a round, twenty rounds: the first
     // kCapacity rounds have one winner each, the rest none (full).
     std::unique_ptr<LeaseStore> mine;  // each child's own
-    const std::vector<int> wins = race_forked(8, 20, [&](int proc, int round) {
-        if (!mine) mine = t.another();
-        return mine->lock(t.key("race" + std::to_string(round)), {}, req("kid"), token_of(static_cast<uint8_t>(proc)),
-                          kT0, nullptr) == LeaseOutcome::Granted;
-    });
+    const std::vector<int> wins = race_forked(
+        8, 20,
+        [&](int proc, int round) {
+            return mine->lock(t.key("race" + std::to_string(round)), {}, req("kid"),
+                              token_of(static_cast<uint8_t>(proc)), kT0, nullptr) == LeaseOutcome::Granted;
+        },
+        [&](int) { mine = ready_store(t); });
     for (int round = 0; round < 20; ++round)
         CHECK_EQUAL(round < static_cast<int>(kCapacity) ? 1 : 0, wins[static_cast<size_t>(round)]);
+}
+
+void OneHolderAtATimeAmongProcesses(LeaseStoreTest &t) {
+    // Eight processes, each with its own object, take one key, hold it a
+    // random while and give it back, over and over: a witness in shared
+    // memory sees how many hold it at once (more than one: a double grant).
+    struct Witness {
+        std::atomic<int> holders, most;
+    };
+    auto *w = static_cast<Witness *>(map_shared(sizeof(Witness)));
+    CHECK(w != nullptr);
+    const std::string k = t.key("one");
+    std::unique_ptr<LeaseStore> mine;  // each child's own
+    std::mt19937 rng;
+    const std::vector<int> grants = race_forked(
+        8, 300,
+        [&](int proc, int) {
+            const LeaseToken own = token_of(static_cast<uint8_t>(proc));
+            if (mine->lock(k, {}, req("kid"), own, kT0, nullptr) != LeaseOutcome::Granted) return false;
+            const int now = ++w->holders;
+            for (int most = w->most.load(); now > most && !w->most.compare_exchange_weak(most, now);) {}
+            hold_briefly(rng);
+            --w->holders;
+            return mine->unlock(k, own, "", kT0, nullptr) == LeaseOutcome::Released;
+        },
+        [&](int proc) {
+            mine = ready_store(t);
+            rng.seed(static_cast<unsigned>(proc));
+        });
+    int granted = 0;
+    for (int g : grants) {
+        CHECK(g >= 0);
+        granted += g;
+    }
+    CHECK(granted > 0);
+    CHECK_EQUAL(1, w->most.load());
+    munmap(w, sizeof(Witness));
 }
 
 }  // namespace lease_contract

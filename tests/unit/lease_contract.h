@@ -65,7 +65,8 @@ struct LeaseStoreTest : public Utest {
     X(GROUP, FullIsAnAnswer)                \
     X(GROUP, RestartKeepsDeadlines)         \
     X(GROUP, OneGrantPerKeyAmongProcesses)  \
-    X(GROUP, CapacityHoldsAmongProcesses)
+    X(GROUP, CapacityHoldsAmongProcesses)   \
+    X(GROUP, OneHolderAtATimeAmongProcesses)
 
 #define LEASE_CONTRACT_DECLARE(GROUP, NAME) void NAME(LeaseStoreTest &t);
 LEASE_CONTRACT_SCENARIOS(LEASE_CONTRACT_DECLARE, unused)
