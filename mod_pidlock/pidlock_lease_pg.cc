@@ -127,6 +127,23 @@ bool PgLeaseStore::exec(const char *sql, const std::vector<std::string> &params,
     return false;
 }
 
+bool PgLeaseStore::exec_adding(const char *sql, const std::vector<std::string> &params, Rows &out) {
+    // Statement-level snapshots: without the lock, two grants on different
+    // keys at once both count the leases before either adds its own, and
+    // both get in past the capacity. The two-int lock space is apart from
+    // the bigint one of the cluster tier's key locks and SQL jobs (1885955180
+    // is 'pidl').
+    Rows none;
+    if (!exec("BEGIN", {}, none)) return false;
+    if (exec("SELECT pg_advisory_xact_lock(1885955180, 1)", {}, none) && exec(sql, params, out) &&
+        exec("COMMIT", {}, none))
+        return true;
+    const std::string why = error_;
+    exec("ROLLBACK", {}, none);
+    error_ = why;
+    return false;
+}
+
 namespace {
 
 void view_from(const std::vector<std::string> &row, size_t at, const std::string &key, LeaseView *v) {
@@ -228,7 +245,7 @@ LeaseOutcome PgLeaseStore::lock(const std::string &key, const std::vector<LeaseT
     // replaces one that expired since.
     if (!sweep(&key, now_us)) return LeaseOutcome::Error;
     Rows r;
-    if (!exec("INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
+    if (!exec_adding("INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
               " SELECT ('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
               " decode($1, 'hex'), sha256(convert_to($3, 'UTF8')), $4, $5, $6, $7, $8::integer, $2::bigint,"
               " $2::bigint, $2::bigint + $8::bigint * 1000000"
@@ -341,7 +358,7 @@ LeaseOutcome PgLeaseStore::steal(const std::string &key, const LeaseRequest &req
     // the statement's snapshot, before `ins`; two steals at once both end
     // in one lease, the later one's). A key without a lease gets one only
     // if the cluster holds fewer than `capacity`, as a LOCK would.
-    if (!exec("WITH old AS (SELECT " COLS " FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2::bigint"
+    if (!exec_adding("WITH old AS (SELECT " COLS " FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2::bigint"
               "), ins AS (INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
               " SELECT ('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
               " decode($1, 'hex'), sha256(convert_to($3, 'UTF8')), $4, $5, $6, $7, $8::integer, $2::bigint,"
