@@ -66,7 +66,8 @@ struct LeaseStoreTest : public Utest {
     X(GROUP, RestartKeepsDeadlines)         \
     X(GROUP, OneGrantPerKeyAmongProcesses)  \
     X(GROUP, CapacityHoldsAmongProcesses)   \
-    X(GROUP, OneHolderAtATimeAmongProcesses)
+    X(GROUP, OneHolderAtATimeAmongProcesses) \
+    X(GROUP, CapacityHoldsForDistinctKeys)
 
 #define LEASE_CONTRACT_DECLARE(GROUP, NAME) void NAME(LeaseStoreTest &t);
 LEASE_CONTRACT_SCENARIOS(LEASE_CONTRACT_DECLARE, unused)
