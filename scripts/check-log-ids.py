@@ -25,12 +25,6 @@ LEVEL = re.compile(r"APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG|TRACE
 COMPOSED = re.compile(r'"PIDLOCK%s')
 COMPOSED_ID = re.compile(r'"(\d{3})"')
 
-# Ids knowingly logged at more than one call site: listed on every run, not
-# failed. Remove an entry once the code gives each site an id of its own.
-SHARED = {
-    "455": "a stale lease token: 412 for a write or LOCK (answer_refusal), 409 for UNLOCK (answer_unlock)",
-}
-
 # docs/messages.md levels, as httpd prints them, and the APLOG_ names.
 DOC_LEVELS = {"emerg": "EMERG", "alert": "ALERT", "crit": "CRIT", "error": "ERR", "warn": "WARNING",
               "notice": "NOTICE", "info": "INFO", "debug": "DEBUG"}
@@ -323,11 +317,7 @@ def main():
         for m in re.finditer(r'"(PIDLOCK\d{3}):', text):
             if "ap_log" not in text[max(0, m.start() - 300):m.start()]:
                 sites.setdefault(m.group(1)[7:], []).append("%s:%d" % (name, text.count("\n", 0, m.start()) + 1))
-    dup = {k: v for k, v in sites.items() if len(v) > 1 and k not in SHARED}
-    for k in sorted(SHARED):
-        if len(sites.get(k, [])) > 1:
-            print("NOTE PIDLOCK%s at %d call sites, listed as shared in check-log-ids.py (%s): %s"
-                  % (k, len(sites[k]), SHARED[k], ", ".join(sites[k])))
+    dup = {k: v for k, v in sites.items() if len(v) > 1}
     for k, v in sorted(dup.items()):
         print("FAIL PIDLOCK%s at %d call sites: %s" % (k, len(v), ", ".join(v)))
     for w in missing:
