@@ -476,17 +476,22 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
             return answer_busy(r, status, nullptr, 1.0,
                                "The server is switching to a new release; try again shortly.\n");
         }
+        // The key as a JSON string (control bytes escaped), its first 64
+        // bytes: which key is contended, without a client's bytes raw in the log.
+        std::string key;
+        json_string(key, rep.key.substr(0, 64));
         if (rep.too_many_waiting) {
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                          "PIDLOCK314: %s lock on key of %" APR_SIZE_T_FMT " bytes refused at once: %u/%u "
-                          "requests already wait (PidLockMaxWaiters); answering %d",
-                          mode_name(mode), rep.key.size(), rep.waiting_read, rep.waiting_write, status);
+                          "PIDLOCK314: %s lock on key %s (%" APR_SIZE_T_FMT " bytes) refused at once: %u readers "
+                          "and %u writers already wait (PidLockMaxWaiters); answering %d",
+                          mode_name(mode), key.c_str(), rep.key.size(), rep.waiting_read, rep.waiting_write,
+                          status);
             return answer_busy(r, status, &rep, 0.0, nullptr);
         }
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "PIDLOCK102: %s lock on key of %" APR_SIZE_T_FMT " bytes not had within %.3f s "
-                      "(held %s by %u, %u/%u waiting); answering %d",
-                      mode_name(mode), rep.key.size(), timeout_s, mode_name(rep.held_mode),
+                      "PIDLOCK102: %s lock on key %s (%" APR_SIZE_T_FMT " bytes) not had within %.3f s "
+                      "(held %s by %u; %u readers and %u writers waiting); answering %d",
+                      mode_name(mode), key.c_str(), rep.key.size(), timeout_s, mode_name(rep.held_mode),
                       rep.holders, rep.waiting_read, rep.waiting_write, status);
         return answer_busy(r, status, &rep, timeout_s, nullptr);
     }

@@ -252,6 +252,8 @@ def t_busy_timeout(h, opts):
     check(holder["r"].status == 200, "holder PUT -> %r" % holder["r"])
     after = status_json(h)["counters"]["timeouts"]
     check(after >= before + 2, "counters.timeouts %d -> %d (expected +2)" % (before, after))
+    check('PIDLOCK102: read lock on key "k1" (2 bytes) not had within 0.300 s (held write by 1;' in h.read_log(),
+          "the busy answer's log line does not name the key")
     wait_table_empty(h)
 
 
