@@ -36,7 +36,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 import harness  # noqa: E402
-from httpd_bench import BENCH_MPM, SLEEP_MS, SLOW_CONNS, SLOW_LUA, stop_checked, wrk  # noqa: E402
+from httpd_bench import BENCH_MPM, SLEEP_MS, SLOW_CONNS, SLOW_LOCATION, SLOW_LUA, stop_checked, wrk  # noqa: E402
 
 PG_SH = os.path.join(HERE, "pg.sh")
 SQL = os.path.join(HERE, "..", "conf", "pidlock-cluster.sql")
@@ -46,13 +46,7 @@ BODY = """
 %(cluster)s
 PidLockClusterConnections %(conns)d
 PidLockMaxWaiters 64 auto
-<Location /slow/>
-    SetHandler pidlock-testbackend
-    PidLock On
-    PidLockKey header X-Test-Pid
-    PidLockTimeout 20
-</Location>
-"""
+""" + SLOW_LOCATION.replace("%", "%%")
 
 
 class NaiveHttpd(harness.Httpd):

@@ -48,18 +48,22 @@ DocumentRoot {root}/htdocs
 </Location>
 """
 
-# 32 connections on 2 PIDs put up to 32 requests on one key: above the
-# default PidLockMaxWaiters (16), which would answer some of them 503 at once;
-# this part measures the serialization, not that limit.
-SLOW_BODY = """
-PidLockMaxWaiters 64
-<Location /slow/>
+# The slow backend under a lock, its PID from a header (shared with
+# cluster_bench.py).
+SLOW_LOCATION = """<Location /slow/>
     SetHandler pidlock-testbackend
     PidLock On
     PidLockKey header X-Test-Pid
     PidLockTimeout 20
 </Location>
-<Location /slowoff/>
+"""
+
+# 32 connections on 2 PIDs put up to 32 requests on one key: above the
+# default PidLockMaxWaiters (16), which would answer some of them 503 at once;
+# this part measures the serialization, not that limit.
+SLOW_BODY = """
+PidLockMaxWaiters 64
+""" + SLOW_LOCATION + """<Location /slowoff/>
     SetHandler pidlock-testbackend
     PidLock Off
 </Location>

@@ -288,7 +288,7 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
         return answer(r, HTTP_NO_CONTENT, std::string(), nullptr);
     case LeaseOutcome::Mismatch:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "PIDLOCK455: UNLOCK on key %s with a token that is not its lease; answering 409",
+                      "PIDLOCK488: UNLOCK on key %s with a token that is not its lease; answering 409",
                       shown_key(key).c_str());
         return answer(r, HTTP_CONFLICT, "That lock token is not this key's lease.\n", "text/plain; charset=utf-8");
     case LeaseOutcome::Forbidden:

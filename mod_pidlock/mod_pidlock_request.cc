@@ -444,7 +444,10 @@ int answer_busy(request_rec *r, int status, const BusyReport *rep, double timeou
 
 namespace {
 
-HolderInfo holder_info(request_rec *r, uint64_t request, ConnLocks *cl) {
+// Who asks, for the table: the request `r` (its initial request's number
+// `request`) on connection `cl`; `slot_cache`: where its holder slot is
+// kept between requests (null: not kept).
+HolderInfo holder_info(request_rec *r, uint64_t request, const ConnLocks *cl, SlotCache *slot_cache) {
     HolderInfo info;
     info.method = r->method;
     info.uri = r->unparsed_uri;
@@ -455,7 +458,7 @@ HolderInfo holder_info(request_rec *r, uint64_t request, ConnLocks *cl) {
     info.client_fd = cl->fd;
     info.client_gone = client_aborted;  // an HTTP/2 stream reset shows here, not on the socket
     info.client_gone_arg = r->connection;
-    info.slot_cache = &cl->cache;
+    info.slot_cache = slot_cache;
     return info;
 }
 
@@ -473,17 +476,22 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
             return answer_busy(r, status, nullptr, 1.0,
                                "The server is switching to a new release; try again shortly.\n");
         }
+        // The key as a JSON string (control bytes escaped), its first 64
+        // bytes: which key is contended, without a client's bytes raw in the log.
+        std::string key;
+        json_string(key, rep.key.substr(0, 64));
         if (rep.too_many_waiting) {
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                          "PIDLOCK314: %s lock on key of %" APR_SIZE_T_FMT " bytes refused at once: %u/%u "
-                          "requests already wait (PidLockMaxWaiters); answering %d",
-                          mode_name(mode), rep.key.size(), rep.waiting_read, rep.waiting_write, status);
+                          "PIDLOCK314: %s lock on key %s (%" APR_SIZE_T_FMT " bytes) refused at once: %u readers "
+                          "and %u writers already wait (PidLockMaxWaiters); answering %d",
+                          mode_name(mode), key.c_str(), rep.key.size(), rep.waiting_read, rep.waiting_write,
+                          status);
             return answer_busy(r, status, &rep, 0.0, nullptr);
         }
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "PIDLOCK102: %s lock on key of %" APR_SIZE_T_FMT " bytes not had within %.3f s "
-                      "(held %s by %u, %u/%u waiting); answering %d",
-                      mode_name(mode), rep.key.size(), timeout_s, mode_name(rep.held_mode),
+                      "PIDLOCK102: %s lock on key %s (%" APR_SIZE_T_FMT " bytes) not had within %.3f s "
+                      "(held %s by %u; %u readers and %u writers waiting); answering %d",
+                      mode_name(mode), key.c_str(), rep.key.size(), timeout_s, mode_name(rep.held_mode),
                       rep.holders, rep.waiting_read, rep.waiting_write, status);
         return answer_busy(r, status, &rep, timeout_s, nullptr);
     }
@@ -577,8 +585,8 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
     BusyReport rep;
     int err = 0;
     if (!rl->request) rl->request = next_request_number();
-    HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection));
-    info.slot_cache = nullptr;  // the initial request's release gives it back
+    // No slot cache: the initial request's release would give it back.
+    const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection), nullptr);
     const AcquireResult res =
         st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns, info, set, &rep, &err);
     if (res != AcquireResult::Acquired)
@@ -606,10 +614,9 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     BusyReport rep;
     int err = 0;
     ConnLocks *cl = conn_locks(r->connection);
-    HolderInfo info = holder_info(r, rl->request, cl);
     // PidLockMaxHold: the watchdog's thread may release these locks, and a
     // connection's slot cache is for its own thread only.
-    if (d->max_hold_ms > 0) info.slot_cache = nullptr;
+    const HolderInfo info = holder_info(r, rl->request, cl, d->max_hold_ms > 0 ? nullptr : &cl->cache);
     const AcquireResult res =
         deadline_ns ? st->backend->acquire_all(keys, n, mode, deadline_ns, info, rl->first, &rep, &err)
                     : st->backend->acquire_within(keys, n, mode, timeout_ns, info, rl->first, &rep, &err);

@@ -91,8 +91,8 @@ std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers) {
             }
             if (sc.timeout_s > srv.httpd_timeout_s && once("306 " + where)) {
                 std::snprintf(buf, sizeof buf,
-                              "PIDLOCK306: PidLockTimeout %.3g at %s is longer than httpd's Timeout "
-                              "%.3g for %s: clients may give up before the lock is had. Lower "
+                              "PIDLOCK306: PidLockTimeout %g at %s is longer than httpd's Timeout "
+                              "%g for %s: clients may give up before the lock is had. Lower "
                               "PidLockTimeout or raise Timeout.",
                               sc.timeout_s, where.c_str(), srv.httpd_timeout_s, srv.name.c_str());
                 out.push_back({false, buf});
@@ -100,8 +100,8 @@ std::vector<Finding> check_scopes(const std::vector<ServerScopes> &servers) {
             const double backend_s = srv.proxy_timeout_s >= 0 ? srv.proxy_timeout_s : srv.httpd_timeout_s;
             if (sc.max_hold_s > 0 && backend_s < sc.max_hold_s && once("307 " + where)) {
                 std::snprintf(buf, sizeof buf,
-                              "PIDLOCK307: PidLockMaxHold %.3g at %s is longer than the backend timeout "
-                              "%.3g (%s) for %s: httpd may answer 504 and release the lock while a backend "
+                              "PIDLOCK307: PidLockMaxHold %g at %s is longer than the backend timeout "
+                              "%g (%s) for %s: httpd may answer 504 and release the lock while a backend "
                               "still writes. Raise the backend timeout above PidLockMaxHold, or have the "
                               "application check PidLock-Fence.",
                               sc.max_hold_s, where.c_str(), backend_s,

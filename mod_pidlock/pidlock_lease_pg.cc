@@ -127,6 +127,23 @@ bool PgLeaseStore::exec(const char *sql, const std::vector<std::string> &params,
     return false;
 }
 
+bool PgLeaseStore::exec_adding(const char *sql, const std::vector<std::string> &params, Rows &out) {
+    // Statement-level snapshots: without the lock, two grants on different
+    // keys at once both count the leases before either adds its own, and
+    // both get in past the capacity. The two-int lock space is apart from
+    // the bigint one of the cluster tier's key locks and SQL jobs (1885955180
+    // is 'pidl').
+    Rows none;
+    if (!exec("BEGIN", {}, none)) return false;
+    if (exec("SELECT pg_advisory_xact_lock(1885955180, 1)", {}, none) && exec(sql, params, out) &&
+        exec("COMMIT", {}, none))
+        return true;
+    const std::string why = error_;
+    exec("ROLLBACK", {}, none);
+    error_ = why;
+    return false;
+}
+
 namespace {
 
 void view_from(const std::vector<std::string> &row, size_t at, const std::string &key, LeaseView *v) {
@@ -146,6 +163,21 @@ void view_from(const std::vector<std::string> &row, size_t at, const std::string
 
 void PgLeaseStore::count(LeaseCounters delta) {
     if (host_) host_->add_counts(delta);
+}
+
+bool PgLeaseStore::sweep(const std::string *key, int64_t now_us, LeaseCounters *c) {
+    Rows r;
+    // One host's DELETE gets each row: each expiry is counted once.
+    const bool ok = key ? exec("DELETE FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us <= $2 RETURNING 1",
+                               {hex(*key), std::to_string(now_us)}, r)
+                        : exec("DELETE FROM pidlock_leases WHERE expires_us <= $1 RETURNING 1",
+                               {std::to_string(now_us)}, r);
+    if (!ok) return false;
+    LeaseCounters d;
+    d.expired = r.rows.size();
+    if (d.expired) count(d);
+    if (c) c->expired += d.expired;
+    return true;
 }
 
 uint32_t PgLeaseStore::used() const {
@@ -208,10 +240,12 @@ LeaseOutcome PgLeaseStore::lock(const std::string &key, const std::vector<LeaseT
         count(d);
         return found && match ? LeaseOutcome::Forbidden : LeaseOutcome::Stale;
     }
-    // A new lease, if the key has none alive (an expired one is replaced)
-    // and the cluster holds fewer than `capacity`.
+    // A new lease, if the key has none alive and the cluster holds fewer
+    // than `capacity`. An expired one goes first, counted; the INSERT also
+    // replaces one that expired since.
+    if (!sweep(&key, now_us)) return LeaseOutcome::Error;
     Rows r;
-    if (!exec("INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
+    if (!exec_adding("INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
               " SELECT ('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
               " decode($1, 'hex'), sha256(convert_to($3, 'UTF8')), $4, $5, $6, $7, $8::integer, $2::bigint,"
               " $2::bigint, $2::bigint + $8::bigint * 1000000"
@@ -318,25 +352,29 @@ LeaseOutcome PgLeaseStore::steal(const std::string &key, const LeaseRequest &req
                                  int64_t now_us, LeaseView *old, bool *had_old, LeaseView *now_view) {
     if (key.empty() || key.size() > key_cap_) return LeaseOutcome::Error;
     std::lock_guard<std::mutex> g(mu_);
+    if (!sweep(&key, now_us)) return LeaseOutcome::Error;
     Rows r;
     // One statement: the old lease ends and the new one begins (`old` is
     // the statement's snapshot, before `ins`; two steals at once both end
-    // in one lease, the later one's).
-    if (!exec("WITH old AS (SELECT " COLS " FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2::bigint"
+    // in one lease, the later one's). A key without a lease gets one only
+    // if the cluster holds fewer than `capacity`, as a LOCK would.
+    if (!exec_adding("WITH old AS (SELECT " COLS " FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2::bigint"
               "), ins AS (INSERT INTO pidlock_leases AS l (key_hash, key, token_hash, " COLS ")"
-              " VALUES (('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
+              " SELECT ('x' || encode(substr(sha256(decode($1, 'hex')), 1, 8), 'hex'))::bit(64)::bigint,"
               " decode($1, 'hex'), sha256(convert_to($3, 'UTF8')), $4, $5, $6, $7, $8::integer, $2::bigint,"
-              " $2::bigint, $2::bigint + $8::bigint * 1000000)"
+              " $2::bigint, $2::bigint + $8::bigint * 1000000"
+              " WHERE EXISTS (SELECT 1 FROM old)"
+              " OR (SELECT count(*) FROM pidlock_leases WHERE expires_us > $2::bigint) < $9::bigint"
               " ON CONFLICT (key_hash, key) DO UPDATE SET token_hash = EXCLUDED.token_hash, id = EXCLUDED.id,"
               " owner = EXCLUDED.owner, usr = EXCLUDED.usr, client = EXCLUDED.client,"
               " timeout_s = EXCLUDED.timeout_s, granted_us = EXCLUDED.granted_us, idle_us = EXCLUDED.idle_us,"
               " expires_us = EXCLUDED.expires_us RETURNING " COLS ")"
               " SELECT ins.*, old.* FROM ins LEFT JOIN old ON true",
               {hex(key), std::to_string(now_us), lease_token_urn(fresh), lease_token_id(fresh), req.owner, req.user,
-               req.client, std::to_string(req.timeout_s)},
+               req.client, std::to_string(req.timeout_s), std::to_string(capacity_)},
               r))
         return LeaseOutcome::Error;
-    if (r.rows.empty()) return LeaseOutcome::Error;
+    if (r.rows.empty()) return LeaseOutcome::Full;
     view_from(r.rows[0], 0, key, now_view);
     *had_old = !r.rows[0][8].empty();
     if (*had_old) view_from(r.rows[0], 8, key, old);
@@ -352,6 +390,8 @@ bool PgLeaseStore::snapshot(int64_t now_us, std::vector<LeaseView> &out, LeaseCo
     uint32_t live_host = 0;
     if (host_ && !host_->summary(now_us, &live_host, c)) return false;
     std::lock_guard<std::mutex> g(mu_);
+    // Expired rows go first, counted, as in summary().
+    if (!sweep(nullptr, now_us, &c)) return false;
     Rows r;
     if (!exec("SELECT encode(key, 'hex'), " COLS " FROM pidlock_leases WHERE expires_us > $1 ORDER BY granted_us",
               {std::to_string(now_us)}, r))

@@ -7,7 +7,8 @@
 // tokens stored as their SHA-256 only; expiry by wall-clock deadlines
 // (microseconds, the caller's clock); every grant, renewal, release and
 // steal is one statement (atomic in PostgreSQL, whatever other hosts do at
-// once); one connection per process, opened on first use, used by one
+// once; a grant or steal that may add a lease runs in a transaction under
+// one advisory lock of the cluster's, so the capacity holds); one connection per process, opened on first use, used by one
 // thread at a time, reopened after a failure. Counters are the host's (kept
 // in its lease table, `counters_of`). A database that cannot be reached
 // gives Error (the caller answers 503).
@@ -55,12 +56,19 @@ class PgLeaseStore final : public LeaseStore {
     struct Rows;
     bool ready();  // under mu_
     bool exec(const char *sql, const std::vector<std::string> &params, Rows &out);  // under mu_
+    // exec() of a statement that may add a lease (it counts the live ones
+    // first): one at a time across the cluster, in a transaction holding
+    // an advisory lock.
+    bool exec_adding(const char *sql, const std::vector<std::string> &params, Rows &out);  // under mu_
     // The key's live lease, with whether one of `tokens` is its token.
     bool current(const std::string &key, const std::vector<LeaseToken> &tokens, int64_t now_us, bool *found,
                  bool *match, LeaseView *view);
     bool renew_with(const std::string &key, const std::vector<LeaseToken> &tokens, const std::string &user,
                     uint32_t timeout_s, int64_t now_us, LeaseView *view, bool *renewed);
     void count(LeaseCounters delta);
+    // Deletes the expired leases (the key's, or all) and counts them
+    // expired (and in `*c`).
+    bool sweep(const std::string *key, int64_t now_us, LeaseCounters *c = nullptr);  // under mu_
 
     std::string conninfo_;
     uint32_t capacity_, key_cap_;

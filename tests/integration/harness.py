@@ -194,6 +194,18 @@ class Httpd:
 
     # ------------------------------------------------------------- lifecycle
     def start(self, timeout=20):
+        # free_port() only finds a port that was free: another test process
+        # may take it before httpd binds it (suites run side by side). Then
+        # httpd exits at once (and never writes our pid file): a new port.
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except HttpdError as e:
+                if attempt == 2 or "Address already in use" not in str(e):
+                    raise
+                self.port = free_port()
+
+    def _start(self, timeout):
         if self.proc is not None:
             raise HttpdError("already started")
         self.write_config()

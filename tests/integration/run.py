@@ -7,14 +7,16 @@
 Env: PIDLOCK_BUILD (default: build, relative to the repo root) holds
 mod_pidlock.so and mod_pidlock_testbackend.so.
 
-Prints `PASS <mpm>/<name>` or `FAIL <mpm>/<name>: reason` per test and finally
-`integration: N passed, M failed`; exits 1 when M > 0.
+Prints `PASS <mpm>/<name> (T s)` or `FAIL <mpm>/<name>: reason (T s)` per test
+(T: the time since the previous result) and finally `integration: N passed,
+M failed`; exits 1 when M > 0.
 """
 
 import argparse
 import os
 import random
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -22,7 +24,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Httpd, HttpdError, KeepAliveClient, TestFailure, build_dir,  # noqa: E402
+from harness import (Httpd, HttpdError, KeepAliveClient, TestFailure, build_dir, status_locations,  # noqa: E402
                      check, poll)
 
 MPMS = ("prefork", "worker", "event")
@@ -72,11 +74,7 @@ CONFIG = r"""
     </IfModule>
 </Location>
 <IfModule pidlock_module>
-<Location /pidlock-status>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-</Location>
-</IfModule>
+""" + status_locations(admin=False) + r"""</IfModule>
 <Location /stats>
     SetHandler pidlock-testbackend-stats
 </Location>
@@ -254,6 +252,8 @@ def t_busy_timeout(h, opts):
     check(holder["r"].status == 200, "holder PUT -> %r" % holder["r"])
     after = status_json(h)["counters"]["timeouts"]
     check(after >= before + 2, "counters.timeouts %d -> %d (expected +2)" % (before, after))
+    check('PIDLOCK102: read lock on key "k1" (2 bytes) not had within 0.300 s (held write by 1;' in h.read_log(),
+          "the busy answer's log line does not name the key")
     wait_table_empty(h)
 
 
@@ -345,14 +345,20 @@ class Results:
         self.passed = 0
         self.failed = 0
         self.verbose = verbose
+        self.last = time.monotonic()
 
     def record(self, name, err=None):
+        # The time since the previous result: the test's, with its server's
+        # start where it has one (to find the slow ones).
+        now = time.monotonic()
+        took = " (%.1f s)" % (now - self.last)
+        self.last = now
         if err is None:
             self.passed += 1
-            print("PASS %s" % name, flush=True)
+            print("PASS %s%s" % (name, took), flush=True)
         else:
             self.failed += 1
-            print("FAIL %s: %s" % (name, " ".join(str(err).split())[:1500]), flush=True)
+            print("FAIL %s: %s%s" % (name, " ".join(str(err).split())[:1500], took), flush=True)
 
 
 def run_mpm(mpm, opts, res):
@@ -396,6 +402,48 @@ def run_mpm(mpm, opts, res):
             h.cleanup()
 
 
+def run_cluster_suites(mpms, opts, res):
+    """The cluster suite under each MPM, the MPMs side by side: a process
+    each (test_cluster keeps its MPM in a module global), each with its own
+    PostgreSQL, servers and network namespace numbers. Most of their time
+    is spent waiting (sessions, keepalives, timeouts), not computing. The
+    output of each is shown whole once it ends, its results counted here."""
+    import subprocess
+    procs = []
+    for mpm in mpms:
+        cmd = [sys.executable, os.path.abspath(__file__), "--cluster-only", "--mpm", mpm]
+        for t in opts.tests or []:
+            cmd += ["--test", t]
+        out = tempfile.TemporaryFile(mode="w+")
+        procs.append((mpm, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                            env=dict(os.environ, PIDLOCK_CLUSTER_SLICE=str(MPMS.index(mpm)))),
+                      out))
+    deadline = time.monotonic() + 1200
+    for mpm, p, out in procs:
+        try:
+            rc = p.wait(max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+            res.record("cluster/%s" % mpm, "the suite did not end within 20 minutes")
+        out.seek(0)
+        summary = False
+        for line in out:
+            line = line.rstrip("\n")
+            if line.startswith("integration: "):
+                summary = True
+                continue
+            print(line, flush=True)
+            if line.startswith("PASS "):
+                res.passed += 1
+            elif line.startswith("FAIL "):
+                res.failed += 1
+        out.close()
+        if not summary:
+            res.record("cluster/%s" % mpm, "no result line (exit %d)" % rc)
+    res.last = time.monotonic()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mpm", action="append", choices=MPMS)
@@ -404,8 +452,16 @@ def main():
                     help="do not load mod_pidlock (only harness/backend checks run)")
     ap.add_argument("--keep", action="store_true", help="keep server roots")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--cluster-only", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args()
     res = Results(opts.verbose)
+    if opts.cluster_only:
+        # One MPM's cluster suite, for run_cluster_suites().
+        from test_cluster import run_cluster_suite
+        for mpm in opts.mpm or MPMS:
+            run_cluster_suite(mpm, res.record, opts.tests)
+        print("integration: %d passed, %d failed" % (res.passed, res.failed))
+        return 1 if res.failed else 0
     for so in (["mod_pidlock.so"] if opts.pidlock else []) + ["mod_pidlock_testbackend.so"]:
         if not os.path.exists(os.path.join(build_dir(), so)):
             res.record("setup", "%s missing in %s" % (so, build_dir()))
@@ -440,9 +496,7 @@ def main():
         from test_davclients import run_davclient_suite
         for mpm in opts.mpm or MPMS:
             run_davclient_suite(mpm, res.record, opts.tests)
-        from test_cluster import run_cluster_suite
-        for mpm in opts.mpm or MPMS:
-            run_cluster_suite(mpm, res.record, opts.tests)
+        run_cluster_suites(opts.mpm or MPMS, opts, res)
         from test_lease_cluster import run_lease_cluster_suite
         run_lease_cluster_suite(opts.mpm or MPMS, res.record, opts.tests)
     print("integration: %d passed, %d failed" % (res.passed, res.failed))

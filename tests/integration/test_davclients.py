@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 
-from harness import MODDIR, Httpd, check, poll
+from harness import MODDIR, Httpd, check, poll, status_locations
 from run import status_json, wait_table_empty
 
 STORE_CONFIG = r"""
@@ -22,11 +22,7 @@ STORE_CONFIG = r"""
     PidLockKey path ^/store/(.+)$
     PidLockLease On
 </Location>
-<Location /pidlock-status>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-</Location>
-"""
+""" + status_locations(admin=False)
 DAV_CONFIG = r"""
 LoadModule dav_module {moddir}/mod_dav.so
 LoadModule dav_fs_module {moddir}/mod_dav_fs.so

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from harness import HOST, MODDIR, Httpd, check, poll, read_to_close, run_on_server
+from harness import HOST, MODDIR, Httpd, check, poll, read_to_close, run_on_server, status_locations
 
 FNV_OFFSET = 1469598103934665603
 FNV_PRIME = 1099511628211
@@ -137,11 +137,7 @@ Alias /static-off/ {root}/static/
 <Location /gone/>
     Redirect gone
 </Location>
-<Location /pidlock-status>
-    SetHandler pidlock-status
-    Require ip 127.0.0.1
-</Location>
-<Location /stats>
+""" + status_locations(admin=False) + r"""<Location /stats>
     SetHandler pidlock-testbackend-stats
 </Location>
 """

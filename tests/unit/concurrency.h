@@ -4,6 +4,7 @@
 #define PIDLOCK_TEST_CONCURRENCY_H
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <random>
@@ -34,14 +35,25 @@ inline void hold_briefly(std::mt19937 &rng) {
 }
 
 // `procs` forked processes each call try_win(proc, round) for rounds
-// 0..rounds-1; returns, per round, how many calls said they won (-1 in
+// 0..rounds-1, all starting once every one is ready (`ready(proc)` first,
+// e.g. to connect); returns, per round, how many calls said they won (-1 in
 // every round if a process failed).
-inline std::vector<int> race_forked(int procs, int rounds, const std::function<bool(int, int)> &try_win) {
-    auto *wins = static_cast<std::atomic<int> *>(map_shared(sizeof(std::atomic<int>) * rounds));
+inline std::vector<int> race_forked(int procs, int rounds, const std::function<bool(int, int)> &try_win,
+                                    const std::function<void(int)> &ready = nullptr) {
+    // wins[0..rounds-1], then the count of processes ready to start.
+    const size_t bytes = sizeof(std::atomic<int>) * static_cast<size_t>(rounds + 1);
+    auto *wins = static_cast<std::atomic<int> *>(map_shared(bytes));
+    std::atomic<int> &started = wins[rounds];
     std::vector<pid_t> kids;
     for (int n = 0; n < procs; ++n) {
         const pid_t pid = fork();
         if (pid == 0) {
+            if (ready) ready(n);
+            ++started;
+            // Bounded: a sibling that died before it was ready fails the
+            // race (its exit status), it does not hang it.
+            const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+            while (started.load() < procs && std::chrono::steady_clock::now() < give_up) sched_yield();
             for (int round = 0; round < rounds; ++round)
                 if (try_win(n, round)) ++wins[round];
             _exit(0);
@@ -57,7 +69,7 @@ inline std::vector<int> race_forked(int procs, int rounds, const std::function<b
     std::vector<int> out(static_cast<size_t>(rounds), -1);
     if (ok)
         for (int round = 0; round < rounds; ++round) out[static_cast<size_t>(round)] = wins[round].load();
-    munmap(wins, sizeof(std::atomic<int>) * rounds);
+    munmap(wins, bytes);
     return out;
 }
 

@@ -110,6 +110,15 @@ TEST(Checks, ScopeWarnings) {
     CHECK_EQUAL(1u, f.size());
     CHECK(f[0].message.find("PIDLOCK306") == 0);
     CHECK(f[0].message.find("120") != std::string::npos);
+    // Seconds as written (not 3.6e+03).
+    main.scopes.back().timeout_s = 3600;
+    main.httpd_timeout_s = 1200;
+    f = check_scopes({main});
+    CHECK_EQUAL(1u, f.size());
+    CHECK(f[0].message.find("PidLockTimeout 3600 at httpd.conf:20 is longer than httpd's Timeout 1200 ") !=
+          std::string::npos);
+    main.scopes.back().timeout_s = 120;
+    main.httpd_timeout_s = 60;
     // A scope inherited by two hosts is reported once.
     ServerScopes vhost = main;
     vhost.name = "virtual host a";

@@ -1,41 +1,28 @@
-// Edit leases: tokens, the If / Timeout / Lock-Token / owner parsers, and the
-// lease table with an injected clock, in one process and over fork()ed ones.
-#include <cstdlib>
+// Edit leases: tokens, the If / Timeout / Lock-Token / owner parsers, the
+// lease table with an injected clock (the LeaseStore contract of
+// lease_contract.cc, in one process and over fork()ed ones, and what only
+// the shared region has), and rendering.
+#include <cctype>
 #include <cstring>
-#include <set>
+#include <memory>
 #include <string>
 #include <vector>
-
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "concurrency.h"
 #include "pidlock_lease.h"
 #include "pidlock_locks.h"
+#include "lease_contract.h"
 
 #include "CppUTest/TestHarness.h"
 
 using namespace pidlock;
+using lease_contract::kSec;
+using lease_contract::req;
+using lease_contract::token_of;
 
 namespace {
 
-LeaseToken token_of(uint8_t seed) {
-    uint8_t raw[16];
-    for (int i = 0; i < 16; ++i) raw[i] = static_cast<uint8_t>(seed * 31 + i * 7);
-    return lease_token_from_random(raw);
-}
-
-constexpr int64_t kSec = 1000000;
 constexpr int64_t kT0 = 1800000000LL * kSec;  // 2027
-
-LeaseRequest req(const char *owner, const char *user = "", uint32_t timeout = 60) {
-    LeaseRequest r;
-    r.owner = owner;
-    r.user = user;
-    r.client = "192.0.2.1";
-    r.timeout_s = timeout;
-    return r;
-}
 
 }  // namespace
 
@@ -201,9 +188,6 @@ TEST(LeaseParsers, OwnerRefusesEntitiesAndBrokenXml) {
     for (const char *b : bad) CHECK_FALSE_TEXT(parse_lock_owner(b, 256, o), b);
 }
 
-// ------------------------------------------------------------------ table
-
-
 TEST(LeaseParsers, LockInfoScopeAndType) {
     LockInfo i;
     CHECK(parse_lock_info("<D:lockinfo xmlns:D='DAV:'><D:lockscope><D:exclusive/></D:lockscope>"
@@ -276,7 +260,12 @@ TEST(LeaseParsers, IfEntityTags) {
     CHECK(verdict("(<DAV:no-lock> Not [\"a\"])", held, nullptr) == IfVerdict::False);
 }
 
-TEST_GROUP(LeaseTable) {
+// ------------------------------------------------------------------ table
+
+// The host's shared table: the LeaseStore contract (lease_contract.h), and
+// what only a region in shared memory has (attach checks, scribbling, fields
+// cut to their slots).
+TEST_GROUP_BASE(LeaseTable, lease_contract::LeaseStoreTest) {
     LeaseTableInShm shm;
     void *mem = shm.mem;
     PthreadStripeLocks *locks = shm.locks;
@@ -284,14 +273,18 @@ TEST_GROUP(LeaseTable) {
     LeaseParams p = shm.p;
     size_t size = shm.size;
 
-    void setup() override { CHECK(shm.ok); }
-    LeaseCounters counters() {
-        std::vector<LeaseView> v;
-        LeaseCounters c;
-        CHECK(t->snapshot(kT0, v, c));
-        return c;
+    void setup() override {
+        CHECK(shm.ok);
+        CHECK_EQUAL(lease_contract::kCapacity, p.capacity);
+        CHECK_EQUAL(lease_contract::kKeyCap, p.key_cap);
     }
+    LeaseStore &store() override { return *t; }
+    std::unique_ptr<LeaseStore> another() override { return std::unique_ptr<LeaseStore>(new LeaseTable(mem, locks)); }
+    std::string key(const std::string &name) const override { return name; }
+    bool used_follows_the_clock() const override { return true; }
 };
+
+LEASE_CONTRACT_TESTS(LeaseTable)
 
 // Another process may scribble the region after this one attached: the
 // header's capacity and slot size are never read again, and lengths read
@@ -339,176 +332,6 @@ TEST(LeaseTable, RegionChecks) {
     CHECK_FALSE(LeaseTable::format(mem, 16, p));
 }
 
-TEST(LeaseTable, GrantThenOthersLocked) {
-    LeaseView v;
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("pid1", {}, req("ann"), a, kT0, &v));
-    CHECK_EQUAL("pid1", v.key);
-    CHECK_EQUAL("ann", v.owner);
-    CHECK_EQUAL(kT0 + 60 * kSec, v.expires_us);
-    CHECK_EQUAL(lease_token_id(a), v.id);
-    LeaseView other;
-    CHECK(LeaseOutcome::Locked == t->lock("pid1", {}, req("bo"), token_of(2), kT0 + kSec, &other));
-    CHECK_EQUAL("ann", other.owner);
-    // Writes: none without the token, none with another, one with it.
-    CHECK(LeaseOutcome::Locked == t->check_write("pid1", {}, false, "", kT0 + kSec, &other));
-    CHECK(LeaseOutcome::Stale == t->check_write("pid1", {token_of(2)}, false, "", kT0 + kSec, &other));
-    CHECK(LeaseOutcome::Stale == t->check_write("pid1", {}, true, "", kT0 + kSec, &other));
-    CHECK(LeaseOutcome::Allowed == t->check_write("pid1", {token_of(2), a}, false, "", kT0 + 2 * kSec, &other));
-    // Other keys are free; a token on a key without a lease is stale.
-    CHECK(LeaseOutcome::Free == t->check_write("pid2", {}, false, "", kT0, nullptr));
-    CHECK(LeaseOutcome::Stale == t->check_write("pid2", {a}, false, "", kT0, nullptr));
-    const LeaseCounters c = counters();
-    CHECK_EQUAL(1u, c.granted);
-    CHECK_EQUAL(1u, c.renewed);
-    CHECK_EQUAL(5u, c.refusals);
-}
-
-TEST(LeaseTable, RenewByLockAndByUse) {
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 60), a, kT0, nullptr));
-    LeaseView v;
-    LeaseRequest r = req("", "", 120);
-    CHECK(LeaseOutcome::Renewed == t->lock("k", {a}, r, token_of(9), kT0 + 50 * kSec, &v));
-    CHECK_EQUAL(120u, v.timeout_s);
-    CHECK_EQUAL(kT0 + 170 * kSec, v.expires_us);
-    CHECK_EQUAL("ann", v.owner);
-    CHECK(LeaseOutcome::Allowed == t->check_write("k", {a}, false, "", kT0 + 160 * kSec, &v));
-    CHECK_EQUAL(kT0 + 280 * kSec, v.expires_us);
-    CHECK_EQUAL(kT0 + 160 * kSec, v.idle_since_us);
-    CHECK_EQUAL(kT0, v.granted_us);
-    CHECK(LeaseOutcome::Stale == t->lock("k", {token_of(2)}, r, token_of(9), kT0 + 161 * kSec, &v));
-}
-
-TEST(LeaseTable, ReadsWithTheTokenRenew) {
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann", 10), a, kT0, nullptr));
-    t->touch("k", {token_of(2)}, "ann", kT0 + 5 * kSec);
-    t->touch("k", {a}, "bo", kT0 + 5 * kSec);
-    std::vector<LeaseView> v;
-    LeaseCounters c;
-    CHECK(t->snapshot(kT0 + 5 * kSec, v, c));
-    CHECK_EQUAL(kT0 + 10 * kSec, v[0].expires_us);
-    t->touch("k", {a}, "ann", kT0 + 5 * kSec);
-    CHECK(t->snapshot(kT0 + 5 * kSec, v, c));
-    CHECK_EQUAL(kT0 + 15 * kSec, v[0].expires_us);
-    CHECK_EQUAL(0u, c.refusals);
-    CHECK_EQUAL(1u, c.renewed);
-}
-
-TEST(LeaseTable, ExpiryByIdlenessIsLazy) {
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 10), a, kT0, nullptr));
-    CHECK(LeaseOutcome::Locked == t->check_write("k", {}, false, "", kT0 + 9 * kSec, nullptr));
-    CHECK_EQUAL(1u, t->used());
-    // Past the deadline: gone at the next access, and the old token is stale.
-    CHECK(LeaseOutcome::Stale == t->check_write("k", {a}, false, "", kT0 + 10 * kSec, nullptr));
-    CHECK_EQUAL(0u, t->used());
-    CHECK(LeaseOutcome::Free == t->check_write("k", {}, false, "", kT0 + 11 * kSec, nullptr));
-    CHECK_EQUAL(1u, counters().expired);
-    CHECK(LeaseOutcome::Stale == t->lock("k", {a}, req(""), token_of(2), kT0 + 11 * kSec, nullptr));
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("bo"), token_of(2), kT0 + 11 * kSec, nullptr));
-}
-
-TEST(LeaseTable, SummarySweepsAndCounts) {
-    CHECK(LeaseOutcome::Granted == t->lock("a", {}, req("ann", "", 10), token_of(1), kT0, nullptr));
-    CHECK(LeaseOutcome::Granted == t->lock("b", {}, req("bo", "", 100), token_of(2), kT0, nullptr));
-    uint32_t live = 0;
-    LeaseCounters c;
-    CHECK(t->summary(kT0 + kSec, &live, c));
-    CHECK_EQUAL(2u, live);
-    CHECK_EQUAL(2u, c.granted);
-    CHECK(t->summary(kT0 + 20 * kSec, &live, c));  // a idled out
-    CHECK_EQUAL(1u, live);
-    CHECK_EQUAL(1u, c.expired);
-    const auto lines = lease_auto_lines(live, t->capacity(), c);
-    CHECK_EQUAL(8u, lines.size());
-    CHECK_EQUAL("Leases", lines[0].first);
-    CHECK_EQUAL(1u, lines[0].second);
-    CHECK_EQUAL("LeaseCapacity", lines[1].first);
-    CHECK_EQUAL(t->capacity(), lines[1].second);
-    CHECK_EQUAL("LeasesExpired", lines[5].first);
-    CHECK_EQUAL(1u, lines[5].second);
-}
-
-TEST(LeaseTable, UnlockRules) {
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann"), a, kT0, nullptr));
-    CHECK(LeaseOutcome::Mismatch == t->unlock("k", token_of(2), "ann", kT0, nullptr));
-    CHECK(LeaseOutcome::Mismatch == t->unlock("other", a, "ann", kT0, nullptr));
-    CHECK(LeaseOutcome::Forbidden == t->unlock("k", a, "bo", kT0, nullptr));
-    CHECK(LeaseOutcome::Forbidden == t->unlock("k", a, "", kT0, nullptr));
-    CHECK(LeaseOutcome::Released == t->unlock("k", a, "ann", kT0, nullptr));
-    CHECK(LeaseOutcome::Mismatch == t->unlock("k", a, "ann", kT0, nullptr));
-    CHECK(LeaseOutcome::Stale == t->check_write("k", {a}, false, "ann", kT0, nullptr));
-    CHECK_EQUAL(1u, counters().released);
-}
-
-TEST(LeaseTable, TokenBoundToUser) {
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "ann"), a, kT0, nullptr));
-    CHECK(LeaseOutcome::Forbidden == t->check_write("k", {a}, false, "bo", kT0, nullptr));
-    CHECK(LeaseOutcome::Forbidden == t->lock("k", {a}, req("", "bo"), token_of(3), kT0, nullptr));
-    CHECK(LeaseOutcome::Allowed == t->check_write("k", {a}, false, "ann", kT0, nullptr));
-    // A lease taken without a user binds to none.
-    const LeaseToken b = token_of(2);
-    CHECK(LeaseOutcome::Granted == t->lock("k2", {}, req("x"), b, kT0, nullptr));
-    CHECK(LeaseOutcome::Allowed == t->check_write("k2", {b}, false, "anyone", kT0, nullptr));
-}
-
-TEST(LeaseTable, StealAndReleaseByOperator) {
-    const LeaseToken a = token_of(1), op = token_of(7);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann"), a, kT0, nullptr));
-    LeaseView old, now;
-    bool had = false;
-    CHECK(LeaseOutcome::Granted == t->steal("k", req("operator", "admin"), op, kT0 + kSec, &old, &had, &now));
-    CHECK(had);
-    CHECK_EQUAL("ann", old.owner);
-    CHECK_EQUAL("operator", now.owner);
-    CHECK_EQUAL(lease_token_id(op), now.id);
-    CHECK(LeaseOutcome::Stale == t->check_write("k", {a}, false, "", kT0 + 2 * kSec, nullptr));
-    CHECK(LeaseOutcome::Allowed == t->check_write("k", {op}, false, "admin", kT0 + 2 * kSec, nullptr));
-    CHECK(LeaseOutcome::Released == t->release("k", kT0 + 3 * kSec, &old));
-    CHECK_EQUAL("operator", old.owner);
-    CHECK(LeaseOutcome::NotHeld == t->release("k", kT0 + 3 * kSec, &old));
-    CHECK(LeaseOutcome::Stale == t->check_write("k", {op}, false, "admin", kT0 + 3 * kSec, nullptr));
-    // Steal of a free key grants.
-    CHECK(LeaseOutcome::Granted == t->steal("free", req("op"), token_of(8), kT0, &old, &had, &now));
-    CHECK_FALSE(had);
-    const LeaseCounters c = counters();
-    CHECK_EQUAL(1u, c.stolen);
-    CHECK_EQUAL(1u, c.released);
-    CHECK_EQUAL(3u, c.granted);
-}
-
-TEST(LeaseTable, FullIsAnAnswer) {
-    for (uint8_t i = 0; i < 4; ++i)
-        CHECK(LeaseOutcome::Granted == t->lock("k" + std::to_string(i), {}, req("x"), token_of(i), kT0, nullptr));
-    CHECK(LeaseOutcome::Full == t->lock("k9", {}, req("x"), token_of(9), kT0, nullptr));
-    LeaseView old, now;
-    bool had;
-    CHECK(LeaseOutcome::Full == t->steal("k9", req("x"), token_of(9), kT0, &old, &had, &now));
-    // Expiry makes room.
-    CHECK(LeaseOutcome::Granted == t->lock("k9", {}, req("x"), token_of(9), kT0 + 61 * kSec, nullptr));
-    CHECK_EQUAL(1u, t->used());
-    CHECK(LeaseOutcome::Error == t->lock(std::string(65, 'x'), {}, req("x"), token_of(9), kT0, nullptr));
-}
-
-TEST(LeaseTable, RestartKeepsDeadlines) {
-    const LeaseToken a = token_of(1);
-    CHECK(LeaseOutcome::Granted == t->lock("k", {}, req("ann", "", 30), a, kT0, nullptr));
-    // A graceful restart: the region stays, a new object attaches to it.
-    LeaseTable again(mem, locks);
-    CHECK(again.valid());
-    std::vector<LeaseView> v;
-    LeaseCounters c;
-    CHECK(again.snapshot(kT0 + 29 * kSec, v, c));
-    CHECK_EQUAL(1u, v.size());
-    CHECK_EQUAL(kT0 + 30 * kSec, v[0].expires_us);
-    CHECK(LeaseOutcome::Locked == again.check_write("k", {}, false, "", kT0 + 29 * kSec, nullptr));
-    CHECK(LeaseOutcome::Free == again.check_write("k", {}, false, "", kT0 + 30 * kSec, nullptr));
-}
-
 TEST(LeaseTable, OwnerAndFieldsCut) {
     LeaseRequest r = req("");
     r.owner = std::string(1000, 'o');
@@ -519,17 +342,6 @@ TEST(LeaseTable, OwnerAndFieldsCut) {
     CHECK_EQUAL(kLeaseOwnerCap, v.owner.size());
     CHECK_EQUAL(kUserCap, v.user.size());
     CHECK_EQUAL(kClientCap, v.client.size());
-}
-
-TEST(LeaseTable, OneGrantAmongForkedProcesses) {
-    // Eight processes race for one key, twenty rounds: exactly one wins
-    // each round, whatever the interleaving.
-    const std::vector<int> wins = race_forked(8, 20, [&](int proc, int round) {
-        return t->lock("race" + std::to_string(round), {}, req("kid"), token_of(static_cast<uint8_t>(proc)), kT0,
-                       nullptr) == LeaseOutcome::Granted;
-    });
-    // Capacity 4: the first four rounds have one winner each, the rest none.
-    for (int round = 0; round < 20; ++round) CHECK_EQUAL(round < 4 ? 1 : 0, wins[static_cast<size_t>(round)]);
 }
 
 TEST_GROUP(LeaseRender){};
