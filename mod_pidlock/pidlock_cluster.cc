@@ -1,6 +1,7 @@
 #include "pidlock_cluster.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -231,6 +232,26 @@ std::string key_for_log(const char *p, size_t n) {
 
 }  // namespace
 
+class PgPool;
+
+namespace {
+
+// The pools of this process, for the fork handlers: a fork()ed child gets a
+// copy of each pool, whose mutex another thread may hold and whose
+// condition variables may count the parent's waiters (its monitor thread):
+// the child's first signal could wait for a waiter that does not exist
+// there, for ever. So the prepare handler holds every pool's mutex across
+// fork() (no pool is mid-update when it is copied), and in the child each
+// pool gets fresh condition variables and forgets its parent's sessions and
+// thread.
+std::mutex g_pools_mu;
+std::vector<PgPool *> *g_pools = nullptr;
+void pools_prepare();
+void pools_parent();
+void pools_child();
+
+}  // namespace
+
 // One process's connections: at most max_connections, opened on demand,
 // each leased to one request at a time (a lease holds at most one open
 // transaction). The mutex guards the slots' bookkeeping only; the libpq work
@@ -255,10 +276,20 @@ class PgPool {
     enum class Got { Ok, Timeout, Unreachable };
 
     PgPool(const ClusterOptions &opt, ClusterStats *stats)
-        : opt_(opt), stats_(stats), owner_(getpid()), conns_(opt.max_connections ? opt.max_connections : 1) {}
+        : opt_(opt), stats_(stats), owner_(getpid()), conns_(opt.max_connections ? opt.max_connections : 1) {
+        static std::once_flag handlers;
+        std::call_once(handlers, [] { pthread_atfork(pools_prepare, pools_parent, pools_child); });
+        std::lock_guard<std::mutex> g(g_pools_mu);
+        if (!g_pools) g_pools = new std::vector<PgPool *>();
+        g_pools->push_back(this);
+    }
 
     ~PgPool() {
-        if (getpid() != owner_) return;  // a forked copy: the sessions are the parent's
+        {
+            std::lock_guard<std::mutex> g(g_pools_mu);
+            if (g_pools) g_pools->erase(std::remove(g_pools->begin(), g_pools->end(), this), g_pools->end());
+        }
+        if (getpid() != owner_) return;  // a copy the fork handler did not see: the sessions are another's
         if (monitor_) {
             {
                 std::lock_guard<std::mutex> lk(mu_);
@@ -275,6 +306,22 @@ class PgPool {
             }
     }
 
+    // The fork handlers (see g_pools): held across fork(), released in the
+    // parent; in the child, fresh condition variables (the copies may count
+    // the parent's waiters), the mutex released by the thread that forked,
+    // and the parent's sessions forgotten: a fork()ed process must not talk
+    // on them (no Terminate message on a socket the parent still uses).
+    void fork_prepare() { mu_.lock(); }
+    void fork_parent() { mu_.unlock(); }
+    void fork_child() {
+        new (&cv_) std::condition_variable();
+        new (&monitor_cv_) std::condition_variable();
+        for (Conn &c : conns_) c = Conn();
+        monitor_ = nullptr;  // the parent's thread does not exist here
+        owner_ = getpid();
+        mu_.unlock();
+    }
+
     void log(int level, const std::string &msg) {
         if (opt_.log) opt_.log(opt_.log_ctx, level, msg.c_str());
     }
@@ -283,7 +330,6 @@ class PgPool {
     // allows). *index is its slot.
     Got lease(int64_t deadline, size_t *index, bool *fresh, std::string *why) {
         std::unique_lock<std::mutex> lk(mu_);
-        adopt_after_fork();
         bool counted = false;
         for (;;) {
             // An idle open connection first, else an empty slot to open.
@@ -470,15 +516,6 @@ class PgPool {
     }
     static constexpr int64_t kCancelGraceNs = 2000LL * 1000000;
 
-    // A fork()ed process must not talk on its parent's sessions: it forgets
-    // them (no Terminate message on a socket the parent still uses).
-    void adopt_after_fork() {
-        const pid_t me = getpid();
-        if (me == owner_) return;
-        for (Conn &c : conns_) c = Conn();
-        monitor_ = nullptr;  // the parent's thread does not exist here
-        owner_ = me;
-    }
 
     // An idle connection has nothing to say: anything readable is the
     // server ending it (restart, terminate) or a notice.
@@ -612,6 +649,28 @@ class PgPool {
     std::thread *monitor_ = nullptr;  // this process's (a forked copy forgets it)
     bool stop_ = false;
 };
+
+namespace {
+
+void pools_prepare() {
+    g_pools_mu.lock();
+    if (g_pools)
+        for (PgPool *p : *g_pools) p->fork_prepare();
+}
+
+void pools_parent() {
+    if (g_pools)
+        for (PgPool *p : *g_pools) p->fork_parent();
+    g_pools_mu.unlock();
+}
+
+void pools_child() {
+    if (g_pools)
+        for (PgPool *p : *g_pools) p->fork_child();
+    g_pools_mu.unlock();
+}
+
+}  // namespace
 
 // -------------------------------------------------------- ClusterBackend
 

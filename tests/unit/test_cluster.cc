@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "pidlock_backend.h"
@@ -617,4 +618,45 @@ TEST(Cluster, ConninfoIsCheckedByLibpq) {
     CHECK_FALSE(cluster_conninfo_valid("host=/tmp nonsense_option=1", &why));
     CHECK(why.find("nonsense_option") != std::string::npos);
     CHECK_FALSE(cluster_conninfo_valid("host='unterminated", &why));
+}
+
+// A process that used the tier (its pool's monitor thread now waits on its
+// condition variable) and then fork()s: the child's first lock must not
+// hang on the parent's waiter, copied into the child's condition variable
+// with the rest of the pool (it did, in pthread_cond_signal, about one
+// fork in three, in the contract suite's forked crossing run).
+TEST(Cluster, ForkedChildOfAProcessThatLockedTakesLocks) {
+    Host a(options());
+    for (int round = 0; round < 6; ++round) {
+        LockSet s;
+        CHECK(take(a.lb(), "fork-parent", Mode::Write, uncontended(), s) == AcquireResult::Acquired);
+        CHECK_EQUAL(0, a.lb().release_all(s));
+        // The monitor thread is back in its wait.
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        const pid_t pid = fork();
+        if (pid == 0) {
+            alarm(60);  // should the wait below give up first: never left behind
+            int bad = 0;
+            for (int i = 0; i < 3; ++i) {
+                LockSet c;
+                if (take(a.lb(), "fork-child", Mode::Write, uncontended(), c) != AcquireResult::Acquired ||
+                    a.lb().release_all(c) != 0)
+                    ++bad;
+            }
+            _exit(bad);
+        }
+        CHECK(pid > 0);
+        int st = 0;
+        pid_t got = 0;
+        for (int i = 0; i < 300 && got == 0; ++i) {  // up to 30 s
+            got = waitpid(pid, &st, WNOHANG);
+            if (got == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        if (got == 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            FAIL("a forked child hung taking its first lock");
+        }
+        CHECK_TEXT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a forked child failed to lock");
+    }
 }

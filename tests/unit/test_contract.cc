@@ -245,29 +245,6 @@ std::vector<uint64_t> holder_requests(const LockView *l) {
 
 // A deadlock must fail the run, not hang it: past its time the watchdog
 // ends the process (a forked worker, or the test run) with a message.
-class Watchdog {
-  public:
-    explicit Watchdog(unsigned seconds) {
-        old_ = std::signal(SIGALRM, fire);
-        alarm(seconds);
-    }
-    ~Watchdog() {
-        alarm(0);
-        std::signal(SIGALRM, old_);
-    }
-    static void fire(int) {
-        static const char msg[] = "test_contract: watchdog fired: a deadlock or a lost wakeup\n";
-        (void)!write(2, msg, sizeof msg - 1);
-        _exit(3);
-    }
-
-  private:
-    void (*old_)(int);
-};
-// Generous: a deadlock never ends, so the bound only has to outlast a slow
-// honest run (PostgreSQL round trips under ASan on a loaded machine took
-// more than the 10 s a forked worker used to get).
-constexpr unsigned kWatchdogSeconds = 90;
 
 // ---------------------------------------------------------- the witness
 
@@ -281,6 +258,48 @@ struct Witness {
     std::atomic<int> mixed;        // a reader and a writer inside one key
     std::atomic<int> misordered;   // sort_keys gave another order than key_less
     std::atomic<long> ops, refused;
+};
+
+// A deadlock never ends; a slow honest run (PostgreSQL round trips under
+// ASan on a loaded machine) still completes operations. So the watchdog
+// fires only when no worker has finished an operation (taken or refused)
+// for kStallSeconds: it kills the forked workers, says so and ends the test
+// binary. A fixed bound on the whole run failed honest runs under load.
+constexpr int kStallSeconds = 30;
+
+class StallWatch {
+  public:
+    StallWatch(const Witness *w, const std::vector<pid_t> &kids) : w_(w), kids_(kids) {
+        thread_ = std::thread([this] { watch(); });
+    }
+    ~StallWatch() {
+        stop_ = true;
+        thread_.join();
+    }
+
+  private:
+    void watch() {
+        long last = -1;
+        auto since = std::chrono::steady_clock::now();
+        while (!stop_) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            const long now_ops = w_->ops.load() + w_->refused.load();
+            const auto now = std::chrono::steady_clock::now();
+            if (now_ops != last) {
+                last = now_ops;
+                since = now;
+            } else if (now - since > std::chrono::seconds(kStallSeconds)) {
+                for (pid_t k : kids_) kill(k, SIGKILL);
+                static const char msg[] = "test_contract: no operation finished for 30 s: a deadlock or a lost wakeup\n";
+                (void)!write(2, msg, sizeof msg - 1);
+                _exit(3);
+            }
+        }
+    }
+    const Witness *w_;
+    const std::vector<pid_t> &kids_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
 };
 
 void raise_to(std::atomic<int> &a, int v) {
@@ -363,24 +382,26 @@ WitnessResult run_witness(LockBackend &lb, bool forked, int workers, int ops, Pa
     CHECK(w != nullptr);
     WitnessResult r;
     {
-        Watchdog dog(kWatchdogSeconds);
         if (forked) {
             std::vector<pid_t> kids;
             for (int i = 0; i < workers; ++i) {
                 const pid_t pid = fork();
                 if (pid == 0) {
-                    alarm(kWatchdogSeconds / 2);
+                    alarm(600);  // should this binary die without killing it
                     witness_worker(&lb, w, static_cast<unsigned>(i), ops, pattern);
                     _exit(0);
                 }
                 if (pid > 0) kids.push_back(pid);
                 else ++r.failed_workers;
             }
+            const StallWatch watch(w, kids);
             for (pid_t k : kids) {
                 int st = 0;
                 if (waitpid(k, &st, 0) != k || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ++r.failed_workers;
             }
         } else {
+            const std::vector<pid_t> none;
+            const StallWatch watch(w, none);
             std::vector<std::thread> ts;
             for (int i = 0; i < workers; ++i)
                 ts.emplace_back(witness_worker, &lb, w, static_cast<unsigned>(i), ops, pattern);
