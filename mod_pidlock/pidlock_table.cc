@@ -219,7 +219,8 @@ namespace {
 // zombie some milliseconds before the others have exited (they die one by
 // one: httpd's worker and event children); one that called pthread_exit()
 // stays so while the others run on. Unreadable: true (alive), but for a
-// process reaped since its stat was read (no file, or nothing to read).
+// process reaped since its stat was read (no file, or a read that fails
+// with ESRCH).
 bool other_threads_left(int32_t pid) {
 #ifdef __linux__
     char path[64];
@@ -227,9 +228,13 @@ bool other_threads_left(int32_t pid) {
     FILE *f = std::fopen(path, "re");
     if (!f) return errno != ENOENT && errno != ESRCH;
     char buf[4096];
+    errno = 0;
     const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    const int read_errno = errno;
     std::fclose(f);
-    if (n == 0) return false;
+    // Nothing to read: reaped since it was opened (ESRCH); any other
+    // failure says nothing, and counts as alive.
+    if (n == 0) return read_errno != ESRCH;
     buf[n] = '\0';
     const char *t = std::strstr(buf, "\nThreads:");
     if (!t) return true;
