@@ -1,5 +1,7 @@
 #include "pidlock_lease.h"
 
+#include "pidlock_cluster.h"  // sha256
+
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -523,6 +525,26 @@ void copy_cut(char *dst, uint16_t *len, size_t cap, const std::string &s) {
     std::memcpy(dst, s.data(), n);
     *len = static_cast<uint16_t>(n);
 }
+
+// The user a lease is bound to, as a slot keeps it (at most kUserCap
+// bytes): the name itself if it fits; a longer one (a certificate's DN, say)
+// as its first bytes, "…#" and 16 hex digits of its SHA-256. Cut alone, the
+// full name would never match its own lease again, and two names with the
+// same first bytes would share one.
+std::string stored_user(const std::string &user) {
+    if (user.size() <= kUserCap) return user;
+    unsigned char d[32];
+    sha256(user.data(), user.size(), d);
+    static const char hexd[] = "0123456789abcdef";
+    std::string tail = "\xE2\x80\xA6#";
+    for (int i = 0; i < 8; ++i) {
+        tail += hexd[d[i] >> 4];
+        tail += hexd[d[i] & 15];
+    }
+    size_t n = kUserCap - tail.size();
+    while (n > 0 && (static_cast<unsigned char>(user[n]) & 0xC0) == 0x80) --n;  // whole UTF-8 sequences
+    return user.substr(0, n) + tail;
+}
 }  // namespace
 
 uint32_t LeaseTable::layout_version() { return kLeaseVersion; }
@@ -617,7 +639,7 @@ void LeaseTable::fill(uint32_t i, const std::string &key, const LeaseRequest &re
     s->key_len = static_cast<uint32_t>(key.size());
     std::memcpy(s->token, t.b, 16);
     copy_cut(s->owner, &s->owner_len, kLeaseOwnerCap, req.owner);
-    copy_cut(s->user, &s->user_len, kUserCap, req.user);
+    copy_cut(s->user, &s->user_len, kUserCap, stored_user(req.user));
     copy_cut(s->client, &s->client_len, kClientCap, req.client);
     s->granted_us = now_us;
     s->timeout_s = req.timeout_s ? req.timeout_s : 1;
@@ -661,8 +683,9 @@ bool LeaseTable::matches(uint32_t i, const std::vector<LeaseToken> &tokens) cons
 
 bool LeaseTable::user_ok(uint32_t i, const std::string &user) const {
     const Slot *s = slot(i);
-    return s->user_len == 0 ||
-           (user.size() == s->user_len && s->user_len <= kUserCap && !std::memcmp(user.data(), s->user, s->user_len));
+    if (s->user_len == 0) return true;  // bound to no user
+    const std::string u = stored_user(user);
+    return u.size() == s->user_len && s->user_len <= kUserCap && !std::memcmp(u.data(), s->user, s->user_len);
 }
 
 LeaseOutcome LeaseTable::lock(const std::string &key, const std::vector<LeaseToken> &tokens,

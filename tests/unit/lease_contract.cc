@@ -198,6 +198,24 @@ void TokenBoundToUser(LeaseStoreTest &t) {
     CHECK(LeaseOutcome::Allowed == s.check_write(k2, {b}, false, "anyone", kT0, nullptr));
 }
 
+// A user name longer than a table slot keeps (a certificate's DN, say) is
+// bound whole: its own lease is its own, and a name with the same first
+// bytes is another user.
+void LongUserNameIsBoundWhole(LeaseStoreTest &t) {
+    LeaseStore &s = t.store();
+    const std::string k = t.key("k");
+    const std::string ann = "CN=ann," + std::string(100, 'o') + ",DC=example";
+    std::string twin = ann;
+    twin.back() = 'X';
+    const LeaseToken a = token_of(1);
+    CHECK(LeaseOutcome::Granted == s.lock(k, {}, req("ann", ann.c_str()), a, kT0, nullptr));
+    CHECK(LeaseOutcome::Allowed == s.check_write(k, {a}, false, ann, kT0, nullptr));
+    CHECK(LeaseOutcome::Renewed == s.lock(k, {a}, req("ann", ann.c_str()), token_of(3), kT0, nullptr));
+    CHECK(LeaseOutcome::Forbidden == s.check_write(k, {a}, false, twin, kT0, nullptr));
+    CHECK(LeaseOutcome::Forbidden == s.unlock(k, a, twin, kT0, nullptr));
+    CHECK(LeaseOutcome::Released == s.unlock(k, a, ann, kT0, nullptr));
+}
+
 void StealAndReleaseByOperator(LeaseStoreTest &t) {
     LeaseStore &s = t.store();
     const std::string k = t.key("k");

@@ -61,6 +61,7 @@ struct LeaseStoreTest : public Utest {
     X(GROUP, SummarySweepsAndCounts)        \
     X(GROUP, UnlockRules)                   \
     X(GROUP, TokenBoundToUser)              \
+    X(GROUP, LongUserNameIsBoundWhole)      \
     X(GROUP, StealAndReleaseByOperator)     \
     X(GROUP, FullIsAnAnswer)                \
     X(GROUP, RestartKeepsDeadlines)         \
