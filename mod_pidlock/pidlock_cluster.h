@@ -20,6 +20,7 @@
 #include <string>
 
 #include "pidlock_backend.h"
+#include "pidlock_sha256.h"
 
 namespace pidlock {
 
@@ -27,8 +28,6 @@ namespace pidlock {
 // SHA-256, big-endian, as a signed bigint. Fixed: other hosts and the
 // application's own SQL compute the same number.
 int64_t cluster_key(const char *bytes, size_t len);
-// SHA-256 of `len` bytes into `out` (32 bytes).
-void sha256(const void *data, size_t len, unsigned char out[32]);
 
 // The counters of the cluster tier, summed over every process that attaches:
 // one slot per live process (claimed on first use, freed by free_process()

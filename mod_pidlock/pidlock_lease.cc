@@ -1,6 +1,6 @@
 #include "pidlock_lease.h"
 
-#include "pidlock_cluster.h"  // sha256
+#include "pidlock_sha256.h"
 
 #include <algorithm>
 #include <cctype>
