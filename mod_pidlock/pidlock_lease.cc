@@ -535,12 +535,7 @@ std::string stored_user(const std::string &user) {
     if (user.size() <= kUserCap) return user;
     unsigned char d[32];
     sha256(user.data(), user.size(), d);
-    static const char hexd[] = "0123456789abcdef";
-    std::string tail = "\xE2\x80\xA6#";
-    for (int i = 0; i < 8; ++i) {
-        tail += hexd[d[i] >> 4];
-        tail += hexd[d[i] & 15];
-    }
+    const std::string tail = "\xE2\x80\xA6#" + hex_bytes(std::string(reinterpret_cast<const char *>(d), 8));
     size_t n = kUserCap - tail.size();
     while (n > 0 && (static_cast<unsigned char>(user[n]) & 0xC0) == 0x80) --n;  // whole UTF-8 sequences
     return user.substr(0, n) + tail;

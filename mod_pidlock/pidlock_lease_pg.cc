@@ -5,6 +5,8 @@
 
 #include <libpq-fe.h>
 
+#include "pidlock_render.h"  // hex_bytes
+
 namespace pidlock {
 
 const char *const kLeaseTableSql =
@@ -23,17 +25,6 @@ namespace {
 #define COLS "id, owner, usr, client, timeout_s, granted_us, idle_us, expires_us"
 // The SHA-256 of each token of a text[] parameter.
 #define TOKEN_IN(n) "token_hash IN (SELECT sha256(convert_to(t, 'UTF8')) FROM unnest(" n "::text[]) t)"
-
-std::string hex(const std::string &s) {
-    static const char *d = "0123456789abcdef";
-    std::string o;
-    o.reserve(s.size() * 2);
-    for (unsigned char c : s) {
-        o.push_back(d[c >> 4]);
-        o.push_back(d[c & 15]);
-    }
-    return o;
-}
 
 std::string unhex(const char *s) {
     std::string o;
@@ -169,7 +160,7 @@ bool PgLeaseStore::sweep(const std::string *key, int64_t now_us, LeaseCounters *
     Rows r;
     // One host's DELETE gets each row: each expiry is counted once.
     const bool ok = key ? exec("DELETE FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us <= $2 RETURNING 1",
-                               {hex(*key), std::to_string(now_us)}, r)
+                               {hex_bytes(*key), std::to_string(now_us)}, r)
                         : exec("DELETE FROM pidlock_leases WHERE expires_us <= $1 RETURNING 1",
                                {std::to_string(now_us)}, r);
     if (!ok) return false;
@@ -196,7 +187,7 @@ bool PgLeaseStore::current(const std::string &key, const std::vector<LeaseToken>
                            bool *found, bool *match, LeaseView *view) {
     Rows r;
     if (!exec("SELECT " TOKEN_IN("$3") ", " COLS " FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2",
-              {hex(key), std::to_string(now_us), token_array(tokens)}, r))
+              {hex_bytes(key), std::to_string(now_us), token_array(tokens)}, r))
         return false;
     *found = !r.rows.empty();
     *match = *found && r.rows[0][0] == "t";
@@ -213,7 +204,7 @@ bool PgLeaseStore::renew_with(const std::string &key, const std::vector<LeaseTok
               " expires_us = $2 + (CASE WHEN $4::integer > 0 THEN $4::integer ELSE timeout_s END)::bigint * 1000000"
               " WHERE " KEY_MATCH " AND expires_us > $2 AND " TOKEN_IN("$3") " AND (usr = '' OR usr = $5)"
               " RETURNING " COLS,
-              {hex(key), std::to_string(now_us), token_array(tokens), std::to_string(timeout_s), user}, r))
+              {hex_bytes(key), std::to_string(now_us), token_array(tokens), std::to_string(timeout_s), user}, r))
         return false;
     *renewed = !r.rows.empty();
     if (*renewed) view_from(r.rows[0], 0, key, view);
@@ -255,7 +246,7 @@ LeaseOutcome PgLeaseStore::lock(const std::string &key, const std::vector<LeaseT
               " timeout_s = EXCLUDED.timeout_s, granted_us = EXCLUDED.granted_us, idle_us = EXCLUDED.idle_us,"
               " expires_us = EXCLUDED.expires_us WHERE l.expires_us <= $2::bigint"
               " RETURNING " COLS,
-              {hex(key), std::to_string(now_us), lease_token_urn(fresh), lease_token_id(fresh), req.owner, req.user,
+              {hex_bytes(key), std::to_string(now_us), lease_token_urn(fresh), lease_token_id(fresh), req.owner, req.user,
                req.client, std::to_string(req.timeout_s), std::to_string(capacity_)},
               r))
         return LeaseOutcome::Error;
@@ -279,7 +270,7 @@ LeaseOutcome PgLeaseStore::unlock(const std::string &key, const LeaseToken &toke
     Rows r;
     if (!exec("DELETE FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2 AND " TOKEN_IN("$3")
               " AND (usr = '' OR usr = $4) RETURNING " COLS,
-              {hex(key), std::to_string(now_us), token_array({token}), user}, r))
+              {hex_bytes(key), std::to_string(now_us), token_array({token}), user}, r))
         return LeaseOutcome::Error;
     if (!r.rows.empty()) {
         view_from(r.rows[0], 0, key, view);
@@ -338,7 +329,7 @@ LeaseOutcome PgLeaseStore::release(const std::string &key, int64_t now_us, Lease
     std::lock_guard<std::mutex> g(mu_);
     Rows r;
     if (!exec("DELETE FROM pidlock_leases WHERE " KEY_MATCH " AND expires_us > $2 RETURNING " COLS,
-              {hex(key), std::to_string(now_us)}, r))
+              {hex_bytes(key), std::to_string(now_us)}, r))
         return LeaseOutcome::Error;
     if (r.rows.empty()) return LeaseOutcome::NotHeld;
     view_from(r.rows[0], 0, key, old);
@@ -370,7 +361,7 @@ LeaseOutcome PgLeaseStore::steal(const std::string &key, const LeaseRequest &req
               " timeout_s = EXCLUDED.timeout_s, granted_us = EXCLUDED.granted_us, idle_us = EXCLUDED.idle_us,"
               " expires_us = EXCLUDED.expires_us RETURNING " COLS ")"
               " SELECT ins.*, old.* FROM ins LEFT JOIN old ON true",
-              {hex(key), std::to_string(now_us), lease_token_urn(fresh), lease_token_id(fresh), req.owner, req.user,
+              {hex_bytes(key), std::to_string(now_us), lease_token_urn(fresh), lease_token_id(fresh), req.owner, req.user,
                req.client, std::to_string(req.timeout_s), std::to_string(capacity_)},
               r))
         return LeaseOutcome::Error;

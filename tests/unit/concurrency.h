@@ -75,31 +75,43 @@ inline std::vector<int> race_forked(int procs, int rounds, const std::function<b
 
 namespace pidlock {
 
+// `n` process-shared pthread stripe mutexes in memory forked children
+// share; `locks` is null if they could not be made.
+struct StripeLocksInShm {
+    uint32_t n;
+    void *mem;
+    PthreadStripeLocks *locks = nullptr;
+    explicit StripeLocksInShm(uint32_t count) : n(count), mem(map_shared(PthreadStripeLocks::region_size(count))) {
+        if (mem && PthreadStripeLocks::init(mem, n, true) == 0) locks = new PthreadStripeLocks(mem, n);
+    }
+    ~StripeLocksInShm() {
+        delete locks;
+        if (mem) munmap(mem, PthreadStripeLocks::region_size(n));
+    }
+    StripeLocksInShm(const StripeLocksInShm &) = delete;
+    StripeLocksInShm &operator=(const StripeLocksInShm &) = delete;
+};
+
 // A lock table in memory forked children share, with process-shared
 // pthread stripe mutexes.
 struct TableInShm {
     TableParams p;
     size_t size = 0;
-    void *mem = nullptr, *locks_mem = nullptr;
-    PthreadStripeLocks *locks = nullptr;
+    void *mem = nullptr;
+    StripeLocksInShm stripes;
     LockTable *table = nullptr;
-    explicit TableInShm(uint32_t capacity, uint32_t stripes = 4, uint32_t key_cap = 64) {
+    explicit TableInShm(uint32_t capacity, uint32_t nstripes = 4, uint32_t key_cap = 64) : stripes(nstripes) {
         p.capacity = capacity;
         p.key_cap = key_cap;
-        p.stripes = stripes;
+        p.stripes = nstripes;
         size = LockTable::region_size(p);
         mem = map_shared(size);
-        locks_mem = map_shared(PthreadStripeLocks::region_size(stripes));
-        PthreadStripeLocks::init(locks_mem, stripes, true);
-        locks = new PthreadStripeLocks(locks_mem, stripes);
         LockTable::format(mem, size, p);
-        table = new LockTable(mem, size, p, locks);
+        table = new LockTable(mem, size, p, stripes.locks);
     }
     ~TableInShm() {
         delete table;
-        delete locks;
         munmap(mem, size);
-        munmap(locks_mem, PthreadStripeLocks::region_size(p.stripes));
     }
 };
 
@@ -108,8 +120,8 @@ struct TableInShm {
 struct LeaseTableInShm {
     LeaseParams p;
     size_t size = 0;
-    void *mem = nullptr, *mutex_mem = nullptr;
-    PthreadStripeLocks *locks = nullptr;
+    void *mem = nullptr;
+    StripeLocksInShm mutex{1};
     LeaseTable *table = nullptr;
     bool ok = false;
     LeaseTableInShm() {
@@ -117,18 +129,13 @@ struct LeaseTableInShm {
         p.key_cap = 64;
         size = LeaseTable::region_size(p);
         mem = map_shared(size);
-        mutex_mem = map_shared(PthreadStripeLocks::region_size(1));
-        if (!mem || !mutex_mem || PthreadStripeLocks::init(mutex_mem, 1, true) != 0) return;
-        locks = new PthreadStripeLocks(mutex_mem, 1);
-        if (!LeaseTable::format(mem, size, p)) return;
-        table = new LeaseTable(mem, locks);
+        if (!mem || !mutex.locks || !LeaseTable::format(mem, size, p)) return;
+        table = new LeaseTable(mem, mutex.locks);
         ok = table->valid();
     }
     ~LeaseTableInShm() {
         delete table;
-        delete locks;
         if (mem) munmap(mem, size);
-        if (mutex_mem) munmap(mutex_mem, PthreadStripeLocks::region_size(1));
     }
     LeaseTableInShm(const LeaseTableInShm &) = delete;
     LeaseTableInShm &operator=(const LeaseTableInShm &) = delete;

@@ -76,7 +76,7 @@ TEST(FastPath, StoppedChildInsideAStripeBlocksNeitherFastPathNorParent) {
     CHECK(waitpid(kid, &status, WUNTRACED) == kid && WIFSTOPPED(status));
     STRCMP_EQUAL("ok", bounded(
                            [&] {
-                               LockTable t(s.mem, s.size, s.p, s.locks);
+                               LockTable t(s.mem, s.size, s.p, s.stripes.locks);
                                HolderInfo i;
                                for (int n = 0; n < 1000; ++n) {
                                    LockHandle x;
@@ -87,7 +87,7 @@ TEST(FastPath, StoppedChildInsideAStripeBlocksNeitherFastPathNorParent) {
                                uint64_t published = 0;
                                for (int n = 0; n < 200; ++n) {
                                    if (!LockTable::check_region(s.mem, s.size, s.p)) return 3;
-                                   LockTable again(s.mem, s.size, s.p, s.locks);
+                                   LockTable again(s.mem, s.size, s.p, s.stripes.locks);
                                    if (!again.valid()) return 4;
                                    ExitList::publish(exits, published, 5000 + n);
                                }
@@ -98,7 +98,7 @@ TEST(FastPath, StoppedChildInsideAStripeBlocksNeitherFastPathNorParent) {
     // The twin: a path that takes the mutex is stuck behind the stopped child.
     STRCMP_EQUAL("hung", bounded(
                              [&] {
-                                 LockTable t(s.mem, s.size, s.p, s.locks);
+                                 LockTable t(s.mem, s.size, s.p, s.stripes.locks);
                                  return t.reap(0) >= 0 ? 0 : 1;
                              },
                              300)

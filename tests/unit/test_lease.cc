@@ -268,7 +268,7 @@ TEST(LeaseParsers, IfEntityTags) {
 TEST_GROUP_BASE(LeaseTable, lease_contract::LeaseStoreTest) {
     LeaseTableInShm shm;
     void *mem = shm.mem;
-    PthreadStripeLocks *locks = shm.locks;
+    PthreadStripeLocks *locks = shm.mutex.locks;
     LeaseTable *t = shm.table;
     LeaseParams p = shm.p;
     size_t size = shm.size;
