@@ -46,7 +46,13 @@ BASE      = -std=c++17 $(WARN) -g $(INCS) $(DEFS)
 # The module's code: position independent (linked into a shared object),
 # hidden but for pidlock_module, and -fno-gnu-unique: no STB_GNU_UNIQUE
 # symbol pins an old copy in memory, so a graceful restart loads a new build.
-MOD_FLAGS = $(BASE) -O2 -fPIC -fvisibility=hidden -fno-gnu-unique $(CPPFLAGS) $(CXXFLAGS)
+# Link-time optimization: the request path crosses the glue, the backend and
+# the table, and LTO inlines across them (callgrind: about 100 instructions
+# a request fewer). Fat objects, so that links without LTO (the unit tests
+# over the crash-point core) still find ordinary code in them.
+LTO       = -flto=auto -ffat-lto-objects
+MOD_FLAGS = $(BASE) -O2 -fPIC -fvisibility=hidden -fno-gnu-unique $(LTO) $(CPPFLAGS) $(CXXFLAGS)
+MOD_LINK  = -O2 $(LTO) -fPIC
 TEST_FLAGS = $(BASE) -O1 -Imod_pidlock -DPIDLOCK_CRASH_POINTS $(CPPFLAGS) $(CXXFLAGS)
 SAN_FLAGS = $(BASE) -O1 -Imod_pidlock -DPIDLOCK_CRASH_POINTS -fsanitize=address,undefined \
             -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -180,14 +186,14 @@ $(FUZZ_LIB): $(FUZZ_CORE)
 # apxs compiles only C, so g++ links; the version script exports
 # pidlock_module alone (tests/run_all.sh checks it).
 $(MODULE): $(GLUE_OBJS) $(CORE_LIB) mod_pidlock/pidlock.map
-	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(GLUE_OBJS) $(CORE_LIB) -lpq
+	$(CXX) -shared $(MOD_LINK) -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(GLUE_OBJS) $(CORE_LIB) -lpq
 $(MODULE_L2): $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a mod_pidlock/pidlock.map
-	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a -lpq
+	$(CXX) -shared $(MOD_LINK) -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(layout2_GLUE) $(BUILD)/libpidlock_layout2.a -lpq
 $(NAIVE): $(naive_GLUE) $(BUILD)/libpidlock_naive.a mod_pidlock/pidlock.map
-	$(CXX) -shared -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(naive_GLUE) $(BUILD)/libpidlock_naive.a -lpq
+	$(CXX) -shared $(MOD_LINK) -Wl,--version-script=mod_pidlock/pidlock.map $(LDFLAGS) -o $@ $(naive_GLUE) $(BUILD)/libpidlock_naive.a -lpq
 
 $(BACKEND): $(BACKEND_OBJ)
-	$(CXX) -shared $(LDFLAGS) -o $@ $^
+	$(CXX) -shared $(MOD_LINK) $(LDFLAGS) -o $@ $^
 
 $(UNIT): $(UNIT_OBJS) $(CRASH_LIB)
 	$(CXX) $(LDFLAGS) -o $@ $(UNIT_OBJS) $(CRASH_LIB) $(UNIT_LIBS)
@@ -197,7 +203,7 @@ $(UNIT_SAN): $(SAN_OBJS)
 
 # The PostgreSQL advisory-lock rows of the bench (libpq, as the module).
 $(BENCH): $(BENCH_OBJ) $(CORE_LIB)
-	$(CXX) $(LDFLAGS) -o $@ $^ -lapr-1 -lpq -lpthread
+	$(CXX) $(MOD_LINK) $(LDFLAGS) -o $@ $^ -lapr-1 -lpq -lpthread
 
 # libFuzzer (clang) over key extraction and the renderers, the form-body
 # scanner, the lease parsers: one binary per tests/fuzz/fuzz_*.cc. The seed

@@ -267,7 +267,7 @@ int form_keys(const DirConfig *d, request_rec *r, apr_size_t max_len, std::vecto
             apr_status_t brv = apr_bucket_read(b, &data, &len, APR_BLOCK_READ);
             if (brv != APR_SUCCESS) {
                 apr_brigade_cleanup(c->tmp);
-                ap_log_rerror(APLOG_MARK, APLOG_INFO, brv, r, "PIDLOCK125: reading the request body for a form key failed");
+                ap_log_rerror(APLOG_MARK, APLOG_INFO, brv, r, "PIDLOCK125: a bucket of the request body could not be read while looking for a form key");
                 return HTTP_BAD_REQUEST;
             }
             if (ok) ok = c->scanner->feed(data, len);

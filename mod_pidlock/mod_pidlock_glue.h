@@ -141,8 +141,27 @@ struct State {
     LeaseStore *leases;            // null where no scope has PidLockLease On
     StripeLocks *lease_locks;
     apr_global_mutex_t **lease_mutex;
+    // The host table's exit list reader (null: none attached): maintain()
+    // is called only when it says exits are pending.
+    const ExitReader *exits_reader;
+    // == backend when that is the host's table alone (no cluster tier):
+    // the request path then calls it directly (TableBackend is final), so
+    // the link-time optimizer can inline its single-key path.
+    TableBackend *direct;
 };
 extern State *g_state;
+
+// The request path's calls on `b`: direct where it is the plain table.
+inline AcquireResult acquire_within_on(LockBackend *b, const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
+                                       const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
+    if (g_state && b == g_state->direct)
+        return g_state->direct->acquire_within(keys, n, mode, timeout_ns, info, set, report, err);
+    return b->acquire_within(keys, n, mode, timeout_ns, info, set, report, err);
+}
+inline int release_all_on(LockBackend *b, LockSet &set) {
+    if (g_state && b == g_state->direct) return g_state->direct->release_all(set);
+    return b->release_all(set);
+}
 
 // ------------------------------------------------------------------ hooks
 

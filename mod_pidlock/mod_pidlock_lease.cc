@@ -257,8 +257,8 @@ int answer_lock(request_rec *r, const DirConfig *d, LeaseStore *t, const std::st
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: the lease store failed%s; answering 503",
-                      failure_of(t).c_str());
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK450: LOCK on key %s: the lease store failed%s; answering 503",
+                      shown_key(key).c_str(), failure_of(t).c_str());
         return store_failed(r);
     }
     apr_table_setn(r->headers_out, "Timeout", apr_psprintf(r->pool, "Second-%u", v.timeout_s));
@@ -294,8 +294,9 @@ int answer_unlock(request_rec *r, LeaseStore *t, const std::string &key) {
     case LeaseOutcome::Forbidden:
         return answer_refusal(r, out, v, key);
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK473: the lease store failed%s; answering 503",
-                      failure_of(t).c_str());
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "PIDLOCK473: UNLOCK on key %s: the lease store failed%s; answering 503",
+                      shown_key(key).c_str(), failure_of(t).c_str());
         return store_failed(r);
     }
 }
@@ -417,7 +418,8 @@ int lease_gate(request_rec *r, const DirConfig *d, Mode mode, const std::vector<
                     if (rl) release_locks(rl);
                     if (out == LeaseOutcome::Error) {
                         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                                      "PIDLOCK475: the lease store failed%s; answering 503", failure_of(t).c_str());
+                                      "PIDLOCK475: %s on key %s: checking its lease failed in the lease store%s; "
+                                      "answering 503", r->method, shown_key(k).c_str(), failure_of(t).c_str());
                         return store_failed(r);
                     }
                     return answer_refusal(r, out, v, k);

@@ -422,6 +422,7 @@ bool setup_cluster(server_rec *s, apr_pool_t *pconf, const MpmFacts &mpm, State 
     opt.log_ctx = s;
     st->cluster = new (apr_palloc(pconf, sizeof(ClusterBackend))) ClusterBackend(st->local, st->cluster_stats, opt);
     st->backend = st->cluster;
+    st->direct = nullptr;
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                  "PIDLOCK410: cluster tier on: every lock is also taken in PostgreSQL, at most %u "
                  "connection(s) per child, on failure %s",
@@ -482,6 +483,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
         auto *tb = new (apr_palloc(pconf, sizeof(TableBackend)))
             TableBackend(st->thread_backend ? "thread" : "shared", st->table);
         st->backend = tb;
+        st->direct = tb;
         if (!st->table->valid()) {
             ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, "PIDLOCK015: the retained lock table is not valid");
             return HTTP_INTERNAL_SERVER_ERROR;
@@ -494,6 +496,7 @@ int post_config(apr_pool_t *pconf, apr_pool_t *, apr_pool_t *ptemp, server_rec *
             st->exits = apr_shm_baseaddr_get(rd->exits_shm);
             st->exits_published = &rd->exits_published;
             tb->attach_exits(st->exits);
+            st->exits_reader = &tb->exit_reader();
         }
         if (!st->thread_backend && rd->gate_shm) {
             st->gate = apr_shm_baseaddr_get(rd->gate_shm);

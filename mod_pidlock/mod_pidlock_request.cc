@@ -40,7 +40,7 @@ const char *const kFenceHeader = "PidLock-Fence";
 void release_locks_now(RequestLocks *rl) {
     if (rl->released) return;
     for (int i = rl->nsets; i-- > 0;) {
-        const int rc = rl->backend->release_all(rl->set(i));
+        const int rc = release_all_on(rl->backend, rl->set(i));
         if (rc != 0) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, rc, rl->r, "PIDLOCK105: releasing a lock failed");
             return;  // the pool cleanup tries again
@@ -76,23 +76,27 @@ ap_filter_rec_t *g_release_filter = nullptr;
 namespace {
 
 // Out of the filter's way: most brigades pass with nothing to release.
-__attribute__((noinline)) void release_at_eos_bucket(ConnLocks *cl, apr_bucket_brigade *bb) {
+__attribute__((noinline)) apr_status_t release_at_eos_bucket(ap_filter_t *f, apr_bucket_brigade *bb) {
+    auto *cl = static_cast<ConnLocks *>(f->ctx);
     // The EOS ends a brigade: look from its end.
     for (apr_bucket *b = APR_BRIGADE_LAST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_PREV(b)) {
         if (APR_BUCKET_IS_EOS(b)) {
             RequestLocks *rl = cl->current;
             cl->current = nullptr;
             release_locks(rl);
-            return;
+            break;
         }
     }
+    return ap_pass_brigade(f->next, bb);
 }
 
 }  // namespace
 
+// Both ways end in a tail call: a brigade with nothing to release costs a
+// load and a test (a connection's brigades all pass here).
 apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb) {
-    auto *cl = static_cast<ConnLocks *>(f->ctx);
-    if (cl->current) release_at_eos_bucket(cl, bb);
+    if (__builtin_expect(static_cast<ConnLocks *>(f->ctx)->current != nullptr, 0))
+        return release_at_eos_bucket(f, bb);
     return ap_pass_brigade(f->next, bb);
 }
 
@@ -619,12 +623,17 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     const HolderInfo info = holder_info(r, rl->request, cl, d->max_hold_ms > 0 ? nullptr : &cl->cache);
     const AcquireResult res =
         deadline_ns ? st->backend->acquire_all(keys, n, mode, deadline_ns, info, rl->first, &rep, &err)
-                    : st->backend->acquire_within(keys, n, mode, timeout_ns, info, rl->first, &rep, &err);
+                    : acquire_within_on(st->backend, keys, n, mode, timeout_ns, info, rl->first, &rep, &err);
     if (res != AcquireResult::Acquired)
         return answer_not_acquired(r, d, res, mode, rep, static_cast<double>(timeout_ns) / 1e9, err,
                                    st->backend->capacity());
     rl->nsets = 1;
-    note_held(rl, keys, n, !stable);
+    if (n == 1 && stable) {  // the common case, inline
+        rl->held[0] = keys[0];
+        rl->nheld = 1;
+    } else {
+        note_held(rl, keys, n, !stable);
+    }
     ap_set_module_config(r->request_config, &pidlock_module, rl);
     // PidLockRelease sent: the pool cleanup alone, when httpd ends the
     // request after its last byte went to the connection.
@@ -655,6 +664,8 @@ int strip_fence(request_rec *r) {
 }
 
 void reap_reported_exits(request_rec *r, State *st) {
+    // Nothing published since the last look (the common case): one load.
+    if (!st->exits_reader || !st->exits_reader->pending()) return;
     // Exits the parent reported: this child releases what they held.
     const int reaped = st->backend->maintain();
     if (reaped > 0)

@@ -153,6 +153,9 @@ class TableBackend final : public LockBackend {
 
     // Set up by the glue. The exit list to read (null: none, as in tests).
     void attach_exits(const void *region) { exits_.attach(region); }
+    // The exit list's reader: its pending() says, inline, whether
+    // maintain() has anything to do.
+    const ExitReader &exit_reader() const { return exits_; }
     // The upgrade gate (null: none): while it is closed, acquire_all waits
     // for it within the deadline, then answers Busy with report->draining.
     void attach_gate(const void *region) { gate_.attach(region); }

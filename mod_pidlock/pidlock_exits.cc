@@ -1,5 +1,6 @@
 #include "pidlock_exits.h"
 
+#include <cstddef>
 #include <cstring>
 
 namespace pidlock {
@@ -12,6 +13,8 @@ struct Ring {
 };
 
 constexpr size_t kSlack = 64;
+// ExitReader::pending() reads the count as the ring's first word.
+static_assert(offsetof(Ring, count) == 0, "the count leads the ring");
 
 Ring *ring_at(const void *region) {
     const uintptr_t v = reinterpret_cast<uintptr_t>(region);

@@ -45,6 +45,13 @@ class ExitReader {
     // Some, pids[0..n) (n <= ExitList::kSlots); or Lost, some were missed
     // and every process must be checked.
     Poll poll(int32_t *pids, size_t &n);
+    // True if poll() may find something: one load of the published count
+    // (the first word of the segment's ring) and a compare, inline, for the
+    // request path; false when nothing is attached.
+    bool pending() const {
+        return ring_ && static_cast<const std::atomic<uint64_t> *>(ring_)->load(std::memory_order_acquire) !=
+                            seen_.load(std::memory_order_relaxed);
+    }
 
   private:
     const void *ring_ = nullptr;

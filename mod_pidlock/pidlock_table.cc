@@ -950,16 +950,25 @@ PIDLOCK_NO_ASAN void copy_short(char *dst, size_t cap, const char *src) {
 
 namespace {
 // Who holds or waits, from `info`, into a fast-path slot or a record: both
-// carry the same holder fields.
+// carry the same holder fields. `info`'s fields are read once, before the
+// first store: a char store may alias anything, so the compiler would
+// otherwise read each one back from the caller's frame after the copies
+// before it, and such a load behind stores into the table costs up to
+// 20 ns where its address matches one of theirs in the low 12 bits (the
+// uncontended benchmark ran at 45 or 60 ns by where the caller's stack
+// lay; with the fields read first, 40 ns wherever it lies).
 template <typename Holder>
 void fill_holder(Holder *h, const HolderInfo &info) {
-    h->thread = info.thread;
-    h->request = info.request;
-    h->has_user = info.user != nullptr;
-    copy_short(h->method, sizeof h->method, info.method);
-    copy_short(h->uri, sizeof h->uri, info.uri);
-    copy_short(h->client, sizeof h->client, info.client);
-    copy_short(h->user, sizeof h->user, info.user);
+    const char *const method = info.method, *const uri = info.uri, *const client = info.client,
+                      *const user = info.user;
+    const uint64_t thread = info.thread, request = info.request;
+    h->thread = thread;
+    h->request = request;
+    h->has_user = user != nullptr;
+    copy_short(h->method, sizeof h->method, method);
+    copy_short(h->uri, sizeof h->uri, uri);
+    copy_short(h->client, sizeof h->client, client);
+    copy_short(h->user, sizeof h->user, user);
 }
 }  // namespace
 

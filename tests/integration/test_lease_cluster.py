@@ -111,7 +111,8 @@ def t_store_unreachable(mpm):
         r = h.request("GET", url, headers={"X-Test-Pid": "lc"})
         check(r.status == 200, "GET -> %d" % r.status)
         log = h.read_log()
-        check("PIDLOCK450: the lease store failed: " in log and "PIDLOCK475" in log, "failures not logged")
+        check(re.search(r"PIDLOCK450: LOCK on key \S+: the lease store failed: ", log) is not None
+              and "PIDLOCK475" in log, "failures not logged")
         wait_table_empty(h)
     finally:
         h.stop()

@@ -455,12 +455,19 @@ def t_max_waiters(mpm):
         st = status_json(h)
         waiting = [lk["waiting_read"] + lk["waiting_write"] for lk in st["locks"] if lk["key"] == "hot"]
         refused = st["counters"].get("refused_waiters", 0)
+        gone = st["counters"].get("client_gone", 0)
         print("# %s: unrelated URL answered in %.0f ms with 70 clients piled on a held key; "
-              "%s waiting on it, %d refused at once" % (mpm, took * 1000, waiting, refused))
+              "%s waiting on it, %d refused at once, %d left the queue (client gone)"
+              % (mpm, took * 1000, waiting, refused, gone))
         check(r.status == 200, "unrelated URL: %d" % r.status)
         check(took < 1.0, "unrelated URL took %.2f s" % took)
         check(not waiting or waiting[0] <= 16, "%s waiting on the held key" % waiting)
-        check(refused >= 70 - 16 - 10, "only %d refused at once" % refused)
+        # Every client closed at once: a request is refused at the limit, or
+        # (on a loaded machine, more of them) seen gone while it waited. How
+        # the 70 split between the two depends on timing; that the limit
+        # refused some, and that few requests were neither, does not.
+        check(refused >= 1, "none refused at once (PidLockMaxWaiters did not apply)")
+        check(refused + gone >= 70 - 16 - 10, "only %d refused and %d gone" % (refused, gone))
         held.wait(30)
         wait_table_empty(h, timeout=30)
     finally:
