@@ -22,21 +22,6 @@ void sort_keys(std::vector<std::string> &keys) {
 
 namespace {
 
-// A table handle in a LockSet slot: record and stripe in one word, the
-// allocation token in the other, the mode in the set.
-LockSet::Slot pack(const LockHandle &h) {
-    return LockSet::Slot{(static_cast<uint64_t>(h.stripe) << 32) | h.record, h.token};
-}
-
-LockHandle unpack(const LockSet::Slot &s, Mode m) {
-    LockHandle h;
-    h.record = static_cast<uint32_t>(s.a);
-    h.stripe = static_cast<uint32_t>(s.a >> 32);
-    h.token = s.b;
-    h.mode = h.record ? m : Mode::None;
-    return h;
-}
-
 // What is left of the wait for the table's relative timeout: <0 for ever,
 // 0 not at all.
 int64_t timeout_until(int64_t deadline_ns) {
@@ -85,24 +70,7 @@ AcquireResult TableBackend::acquire_all(const KeyRef *keys, size_t n, Mode mode,
     return AcquireResult::Acquired;
 }
 
-AcquireResult TableBackend::acquire_within(const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
-                                           const HolderInfo &info, LockSet &set, BusyReport *report, int *err) {
-    // Several keys, or the upgrade gate closed: one deadline for it all.
-    if (n != 1 || mode == Mode::None || !gate_.is_open())
-        return acquire_all(keys, n, mode, timeout_ns < 0 ? kNoDeadline : monotonic_ns() + timeout_ns, info, set,
-                           report, err);
-    set.clear();
-    LockHandle h;
-    const AcquireResult res = table_->acquire(keys[0].data, keys[0].len, mode, timeout_ns, info, h, report, err);
-    if (res != AcquireResult::Acquired) return res;
-    set.slot(0) = pack(h);
-    set.set(1, mode);
-    set.set_slot_cache(info.slot_cache);
-    if (mode == Mode::Write) set.set_fence(table_->next_fence());
-    return AcquireResult::Acquired;
-}
-
-int TableBackend::release_all(LockSet &set) {
+int TableBackend::release_several(LockSet &set) {
     int first_err = 0;
     size_t keep = 0;  // slots still held after an error, kept at the front
     for (size_t i = set.size(); i-- > 0;) {

@@ -21,6 +21,7 @@
 
 #include "pidlock_exits.h"
 #include "pidlock_gate.h"
+#include "pidlock_table.h"
 #include "pidlock_types.h"
 
 namespace pidlock {
@@ -127,7 +128,6 @@ class LockBackend {
     virtual int maintain() { return 0; }
 };
 
-class LockTable;
 
 // Today's two backends: the lock table over a region and stripes the caller
 // provides (shared memory + APR mutexes, or heap + pthread mutexes).
@@ -140,10 +140,34 @@ class TableBackend final : public LockBackend {
                               const HolderInfo &info, LockSet &set, BusyReport *report,
                               int *err) override;
     // One key: its timeout goes to the table as it is (the table reads the
-    // clock only if it has to wait); several share one deadline.
+    // clock only if it has to wait); several share one deadline. Inline: the
+    // request path calls it directly (State::direct).
     AcquireResult acquire_within(const KeyRef *keys, size_t n, Mode mode, int64_t timeout_ns,
-                                 const HolderInfo &info, LockSet &set, BusyReport *report, int *err) override;
-    int release_all(LockSet &set) override;
+                                 const HolderInfo &info, LockSet &set, BusyReport *report, int *err) override {
+        // Several keys, or the upgrade gate closed: one deadline for it all.
+        if (n != 1 || mode == Mode::None || !gate_.is_open())
+            return acquire_all(keys, n, mode, timeout_ns < 0 ? kNoDeadline : monotonic_ns() + timeout_ns, info,
+                               set, report, err);
+        set.clear();
+        LockHandle h;
+        const AcquireResult res = table_->acquire(keys[0].data, keys[0].len, mode, timeout_ns, info, h, report, err);
+        if (res != AcquireResult::Acquired) return res;
+        set.slot(0) = pack(h);
+        set.set(1, mode);
+        set.set_slot_cache(info.slot_cache);
+        if (mode == Mode::Write) set.set_fence(table_->next_fence());
+        return AcquireResult::Acquired;
+    }
+    // One key held (the common case) inline, else release_several().
+    int release_all(LockSet &set) override {
+        if (set.size() != 1) return release_several(set);
+        LockHandle h = unpack(set.slot(0), set.mode());
+        const int rc = table_->release(h, set.slot_cache());
+        if (rc != 0) return rc;  // still held: a later call tries again
+        set.clear();
+        return 0;
+    }
+    int release_several(LockSet &set);
     int break_key(const KeyRef &key) override;
     bool snapshot(TableSnapshot &out, int *err) override;
     void count(Counter c) override;
@@ -166,6 +190,20 @@ class TableBackend final : public LockBackend {
     void set_generation(uint32_t g) { generation_ = g; }
 
   private:
+    // A table handle in a LockSet slot: record and stripe in one word, the
+    // allocation token in the other, the mode in the set.
+    static LockSet::Slot pack(const LockHandle &h) {
+        return LockSet::Slot{(static_cast<uint64_t>(h.stripe) << 32) | h.record, h.token};
+    }
+    static LockHandle unpack(const LockSet::Slot &s, Mode m) {
+        LockHandle h;
+        h.record = static_cast<uint32_t>(s.a);
+        h.stripe = static_cast<uint32_t>(s.a >> 32);
+        h.token = s.b;
+        h.mode = h.record ? m : Mode::None;
+        return h;
+    }
+
     const char *name_;
     LockTable *table_;
     ExitReader exits_;

@@ -47,8 +47,7 @@ void GateReader::attach(const void *region) {
 // Anything but "closed" counts as open: a child that scribbles on the word
 // can only let its own generation in early, which it could do anyway by
 // not asking; it cannot shut anyone out for longer than the parent does.
-bool GateReader::is_open() {
-    if (open_.load(std::memory_order_acquire)) return true;
+bool GateReader::look_open() {
     if (word(gate_)->load(std::memory_order_acquire) == kClosed) return false;
     open_.store(true, std::memory_order_release);
     return true;

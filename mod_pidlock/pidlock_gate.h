@@ -32,13 +32,15 @@ class UpgradeGate {
 class GateReader {
   public:
     void attach(const void *region);
-    // True if there is no gate or it has been seen open.
-    bool is_open();
+    // True if there is no gate or it has been seen open (one load, inline,
+    // once it has).
+    bool is_open() { return open_.load(std::memory_order_acquire) || look_open(); }
     // Waits (sleeping in short slices) until the gate opens or
     // `deadline_ns` (monotonic_ns()) passes; true if open.
     bool wait_open(int64_t deadline_ns);
 
   private:
+    bool look_open();
     const void *gate_ = nullptr;
     std::atomic<bool> open_{true};
 };

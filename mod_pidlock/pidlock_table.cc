@@ -135,15 +135,16 @@ void forget_pid() {
     g_pid.store(0, std::memory_order_relaxed);
     g_start.store(0, std::memory_order_relaxed);
 }
-int32_t cached_pid() {
-    int32_t pid = g_pid.load(std::memory_order_relaxed);
-    if (pid == 0) {
-        static std::once_flag once;
-        std::call_once(once, [] { pthread_atfork(nullptr, nullptr, forget_pid); });
-        pid = static_cast<int32_t>(getpid());
-        g_pid.store(pid, std::memory_order_relaxed);
-    }
+__attribute__((noinline)) int32_t first_pid() {
+    static std::once_flag once;
+    std::call_once(once, [] { pthread_atfork(nullptr, nullptr, forget_pid); });
+    const int32_t pid = static_cast<int32_t>(getpid());
+    g_pid.store(pid, std::memory_order_relaxed);
     return pid;
+}
+inline int32_t cached_pid() {
+    const int32_t pid = g_pid.load(std::memory_order_relaxed);
+    return pid ? pid : first_pid();
 }
 
 uint64_t cached_start() {
@@ -767,7 +768,9 @@ LockTable::~LockTable() {
 
 LockTable::Slot *LockTable::slot(uint32_t s1) const { return slots_arr_ + (s1 - 1); }
 
-uint32_t LockTable::take_slot(int32_t pid, SlotCache *cache) {
+// The connection's cached slot, inline (the request path's common case);
+// the rest out of line.
+inline __attribute__((always_inline)) uint32_t LockTable::take_slot(int32_t pid, SlotCache *cache) {
     if (cache) {
         const uint32_t s1 = cache->slot;
         if (s1 && cache->table == this && cache->serial == serial_ && cache->pid == pid) {
@@ -775,6 +778,10 @@ uint32_t LockTable::take_slot(int32_t pid, SlotCache *cache) {
             return s1;
         }
     }
+    return take_slot_elsewhere(pid);
+}
+
+uint32_t LockTable::take_slot_elsewhere(int32_t pid) {
     for (ThreadSlots::One &o : t_slots.one) {
         if (o.table == this && o.serial == serial_ && o.pid == pid && o.s1) {
             const uint32_t s1 = o.s1;
@@ -833,16 +840,18 @@ void LockTable::unown_slot(Slot *sl, int32_t pid) {
     sl->owner.store(0, std::memory_order_release);
 }
 
-void LockTable::give_slot(uint32_t s1, int32_t pid, SlotCache *cache) {
-    if (cache) {
-        if (cache->slot == 0 && cache->pid != kCacheClosed) {
-            *cache = SlotCache{this, serial_, pid, s1};
-            return;
-        }
-        if (cache->table == this && cache->serial == serial_ && cache->pid == pid) {
-            pool_push(s1);  // it holds one of ours already
-            return;
-        }
+inline __attribute__((always_inline)) void LockTable::give_slot(uint32_t s1, int32_t pid, SlotCache *cache) {
+    if (cache && cache->slot == 0 && cache->pid != kCacheClosed) {
+        *cache = SlotCache{this, serial_, pid, s1};
+        return;
+    }
+    give_slot_elsewhere(s1, pid, cache);
+}
+
+void LockTable::give_slot_elsewhere(uint32_t s1, int32_t pid, SlotCache *cache) {
+    if (cache && cache->table == this && cache->serial == serial_ && cache->pid == pid) {
+        pool_push(s1);  // it holds one of ours already
+        return;
     }
     ThreadSlots::One *spare = nullptr;
     for (ThreadSlots::One &o : t_slots.one) {
@@ -927,7 +936,7 @@ PIDLOCK_NO_ASAN bool same_bytes(const char *a, const char *b, size_t n) {
 // the string's end, never into a page the string does not touch: the same
 // reasoning as the C library's own string functions, hence no ASan here);
 // the bytes of the last word after the NUL are stored too, and never read.
-PIDLOCK_NO_ASAN void copy_short(char *dst, size_t cap, const char *src) {
+PIDLOCK_NO_ASAN inline __attribute__((always_inline)) void copy_short(char *dst, size_t cap, const char *src) {
     size_t i = 0;
     if (src) {
 #if PIDLOCK_WORDWISE
@@ -958,7 +967,7 @@ namespace {
 // uncontended benchmark ran at 45 or 60 ns by where the caller's stack
 // lay; with the fields read first, 40 ns wherever it lies).
 template <typename Holder>
-void fill_holder(Holder *h, const HolderInfo &info) {
+PIDLOCK_NO_ASAN void fill_holder(Holder *h, const HolderInfo &info) {
     const char *const method = info.method, *const uri = info.uri, *const client = info.client,
                       *const user = info.user;
     const uint64_t thread = info.thread, request = info.request;
@@ -972,12 +981,14 @@ void fill_holder(Holder *h, const HolderInfo &info) {
 }
 }  // namespace
 
-void LockTable::fill_slot(Slot *sl, const HolderInfo &info) { fill_holder(sl, info); }
+inline __attribute__((always_inline)) void LockTable::fill_slot(Slot *sl, const HolderInfo &info) {
+    fill_holder(sl, info);
+}
 
 // The bucket's chain walked without the mutex: every index is checked and
 // the walk bounded; what it finds is only a candidate (the caller's CAS on
 // the word, whose tag changes on reuse, decides).
-uint32_t LockTable::lookup(uint32_t bucket, uint64_t hash, size_t len) const {
+inline __attribute__((always_inline)) uint32_t LockTable::lookup(uint32_t bucket, uint64_t hash, size_t len) const {
     uint32_t e1 = __atomic_load_n(&buckets_[bucket], __ATOMIC_ACQUIRE);
     for (uint32_t steps = 0; e1 != 0 && e1 <= slots_ && steps < 64; ++steps) {
         const Entry *e = entry(e1);
@@ -992,8 +1003,9 @@ uint32_t LockTable::lookup(uint32_t bucket, uint64_t hash, size_t len) const {
 // One fast attempt on entry e1 with slot s1: 1 acquired (h filled), 0 the
 // word says the slow path must decide (queued, repair, dead, held against
 // us), -1 the entry is not this key any more.
-int LockTable::try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint32_t si,
-                        const char *key, size_t len, uint64_t hash) {
+inline __attribute__((always_inline)) int LockTable::try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h,
+                                                             uint32_t si, const char *key, size_t len,
+                                                             uint64_t hash) {
     Entry *e = entry(e1);
     Slot *sl = slot(s1);
     for (int spins = 0; spins < 16; ++spins) {
@@ -2184,7 +2196,7 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash
 // A fast-path hold: the slot says what it holds; the word is decremented by
 // CAS, without the mutex unless the entry is being repaired (then under it,
 // once the repair is done) or has records (then waiters are dispatched).
-int LockTable::release_fast(LockHandle &h, SlotCache *cache) {
+inline __attribute__((always_inline)) int LockTable::release_fast(LockHandle &h, SlotCache *cache) {
     const LockHandle mine = h;
     h = LockHandle();
     const uint32_t s1 = mine.record & ~LockHandle::kSlotBit;

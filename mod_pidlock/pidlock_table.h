@@ -227,7 +227,9 @@ class LockTable {
     Slot *slot(uint32_t s1) const;
     uint32_t lookup(uint32_t bucket, uint64_t hash, size_t len) const;
     uint32_t take_slot(int32_t pid, SlotCache *cache);
+    uint32_t take_slot_elsewhere(int32_t pid);
     void give_slot(uint32_t s1, int32_t pid, SlotCache *cache);
+    void give_slot_elsewhere(uint32_t s1, int32_t pid, SlotCache *cache);
     void pool_push(uint32_t s1);
     void unown_slot(Slot *sl, int32_t pid);
     static void give_back(LockTable *t, uint32_t s1, int32_t pid);
