@@ -35,7 +35,8 @@ rm -f "$pgdir.err"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD -- mod_pidlock bench 2>/dev/null || commit="$commit + uncommitted changes"
+# The run's own outputs (bench/results) are being rewritten: not a change.
+git diff --quiet HEAD -- mod_pidlock bench ':!bench/results' 2>/dev/null || commit="$commit + uncommitted changes"
 {
     echo "# mod_pidlock benchmarks ($MODE mode)"
     echo
