@@ -14,6 +14,10 @@
 
 #include <pthread.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -46,12 +50,13 @@ namespace {
 
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
 // 4: the lock-free fast path (state word per entry, holder slots).
+// 5: the header says which bucket hash the table uses (AES or SipHash-1-3).
 // A test build (-DPIDLOCK_LAYOUT_BUMP=N) has another layout version, as a
 // new release with a changed table would: the upgrade test needs two.
 #ifndef PIDLOCK_LAYOUT_BUMP
 #define PIDLOCK_LAYOUT_BUMP 0
 #endif
-constexpr uint32_t kLayoutVersion = 4 + PIDLOCK_LAYOUT_BUMP;
+constexpr uint32_t kLayoutVersion = 5 + PIDLOCK_LAYOUT_BUMP;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
 
@@ -416,6 +421,108 @@ uint64_t siphash24(const unsigned char key[16], const void *data, size_t len) {
     return siphash24(load_le64(key), load_le64(key + 8), data, len);
 }
 
+// ------------------------------------------------------------ AES hash
+//
+// The bucket hash where the CPU has AES instructions: each 16-byte block
+// of the key, xored with a secret seed of its own and the length, goes
+// through three AES rounds under secret round keys; the blocks' results
+// are xored and go through one more round. This is the construction Go's
+// runtime uses for its maps' hash-flooding defence (aeshash): without the
+// 128-bit secrets, which bucket a key lands in is not predictable. It costs
+// about a sixth of SipHash-1-3 for the short keys of the request path.
+// Keys of 1-16 bytes are one block (zero-padded), 17-32 two (the first and
+// the last 16 bytes, overlapping), 33-64 four; longer keys use SipHash-1-3.
+#if defined(__x86_64__)
+namespace {
+
+// A key of 1-16 bytes that ends less than 16 bytes before the end of its
+// page, copied into a block (rare: out of the common path's frame).
+__attribute__((target("sse2"), noinline, cold)) __m128i load_partial_copy(const unsigned char *p, size_t n) {
+    alignas(16) unsigned char buf[16] = {};
+    std::memcpy(buf, p, n);
+    return _mm_load_si128(reinterpret_cast<const __m128i *>(buf));
+}
+
+// The key's 1-16 bytes in one block, zero above: one load where the 16
+// bytes from `p` stay on pages the key touches (the same reasoning as
+// within_page), else a copy.
+__attribute__((target("sse2"))) PIDLOCK_NO_ASAN inline __m128i load_partial(const unsigned char *p, size_t n) {
+    alignas(16) static const unsigned char kMask[32] = {
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const uintptr_t first = reinterpret_cast<uintptr_t>(p);
+    if (__builtin_expect(((first + 15) >> 12) != ((first + n - 1) >> 12), 0)) return load_partial_copy(p, n);
+    const __m128i m = _mm_loadu_si128(reinterpret_cast<const __m128i *>(kMask + 16 - n));
+    return _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)), m);
+}
+
+__attribute__((target("aes,sse2"))) inline __m128i aes_lane(__m128i block, __m128i seed, __m128i r0, __m128i r1,
+                                                           __m128i r2) {
+    __m128i x = _mm_xor_si128(block, seed);
+    x = _mm_aesenc_si128(x, r0);
+    x = _mm_aesenc_si128(x, r1);
+    return _mm_aesenc_si128(x, r2);
+}
+
+// The i-th 128-bit secret: unaligned loads, as a LockTable may live in
+// memory aligned to 8 bytes only (an APR pool).
+__attribute__((target("sse2"))) inline __m128i secret(const AesHashKey &key, int i) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i *>(key.k + 2 * i));
+}
+
+}  // namespace
+
+__attribute__((target("aes,sse2"))) PIDLOCK_NO_ASAN uint64_t aes_hash(const AesHashKey &key, const void *data,
+                                                                     size_t len) {
+    const auto *in = static_cast<const unsigned char *>(data);
+    // The length, in the low word of every lane's seed: keys of different
+    // lengths start from different states.
+    const __m128i l = _mm_cvtsi64_si128(static_cast<long long>(len));
+    const __m128i r0 = secret(key, 4), r1 = secret(key, 5), r2 = secret(key, 6);
+    __m128i h;
+    if (len <= 16) {
+        if (len == 0) return 0;
+        h = aes_lane(load_partial(in, len), _mm_xor_si128(secret(key, 0), l), r0, r1, r2);
+    } else if (len <= 32) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + len - 16));
+        h = _mm_xor_si128(aes_lane(a, _mm_xor_si128(secret(key, 0), l), r0, r1, r2),
+                          aes_lane(b, _mm_xor_si128(secret(key, 1), l), r0, r1, r2));
+    } else if (len <= 64) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + 16));
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + len - 32));
+        const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + len - 16));
+        h = _mm_xor_si128(_mm_xor_si128(aes_lane(a, _mm_xor_si128(secret(key, 0), l), r0, r1, r2),
+                                        aes_lane(b, _mm_xor_si128(secret(key, 1), l), r0, r1, r2)),
+                          _mm_xor_si128(aes_lane(c, _mm_xor_si128(secret(key, 2), l), r0, r1, r2),
+                                        aes_lane(d, _mm_xor_si128(secret(key, 3), l), r0, r1, r2)));
+    } else {
+        return siphash13(key.sip[0], key.sip[1], data, len);
+    }
+    h = _mm_aesenc_si128(h, secret(key, 7));
+    return static_cast<uint64_t>(_mm_cvtsi128_si64(h));
+}
+
+bool aes_hash_available() { return __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse2"); }
+#else
+uint64_t aes_hash(const AesHashKey &key, const void *data, size_t len) {
+    return siphash13(key.sip[0], key.sip[1], data, len);
+}
+bool aes_hash_available() { return false; }
+#endif
+
+// The AES hash's secrets, from the table's 128-bit key: SipHash-2-4 of a
+// counter under it, so every process derives the same ones.
+void derive_aes_hash_key(uint64_t k0, uint64_t k1, AesHashKey &out) {
+    for (uint64_t i = 0; i < sizeof out.k / sizeof(uint64_t); ++i) {
+        const uint64_t m = 0x7069646c6f636b00ull | i;  // "pidlock" + i
+        out.k[i] = siphash24(k0, k1, &m, sizeof m);
+    }
+    out.sip[0] = k0;
+    out.sip[1] = k1;
+}
+
 int64_t wall_clock_us() {
     // The coarse clock (a few ms of resolution) costs a quarter of the precise
     // one; "held since" is shown to the millisecond at best.
@@ -432,10 +539,16 @@ int64_t monotonic_ns() { return mono_ns(); }
 // against what the attacher expects); where things are is computed from
 // the parameters by layout(), never read from here.
 namespace {
+constexpr uint32_t kHashSip = 0, kHashAes = 1;
+// Tests only (LockTable::prefer_siphash): tables formatted from now on use
+// SipHash-1-3 even where AES instructions exist.
+bool g_prefer_siphash = false;
+
 struct HeaderFixed {
     uint32_t magic;
     uint32_t layout_version;
     uint32_t capacity, key_cap, stripes, nbuckets, slots;
+    uint32_t hash_kind;  // the bucket hash: kHashSip or kHashAes
     uint64_t total_size;
     uint64_t sip[2];  // the key of the bucket hash, random per full start
 };
@@ -612,6 +725,7 @@ bool LockTable::format(void *base, size_t size, const TableParams &p, const unsi
     f.total_size = l.end;
     f.sip[0] = load_le64(key);
     f.sip[1] = load_le64(key + 8);
+    f.hash_kind = !g_prefer_siphash && aes_hash_available() ? kHashAes : kHashSip;
     char *b = static_cast<char *>(base);
     Entry *entries = reinterpret_cast<Entry *>(b + l.entries_off);
     Record *records = reinterpret_cast<Record *>(b + l.records_off);
@@ -641,7 +755,7 @@ bool LockTable::format(void *base, size_t size, const TableParams &p, const unsi
 // Reads the fixed header fields once (a copy: whatever another process
 // writes meanwhile, each is looked at once) and checks them. Nothing the
 // header says is followed: where things are comes from layout().
-bool LockTable::read_header(void *base, size_t size, TableParams &p, uint64_t sip[2]) {
+bool LockTable::read_header(void *base, size_t size, TableParams &p, HashSeed &seed) {
     if (!base) return false;
     const auto *h = static_cast<const Header *>(align_base(base));
     HeaderFixed f;
@@ -655,15 +769,19 @@ bool LockTable::read_header(void *base, size_t size, TableParams &p, uint64_t si
     if (!layout(p, &l)) return false;
     if (f.nbuckets != l.nbuckets || f.slots != l.slots || f.total_size != l.end) return false;
     if (size != 0 && size < l.end + kRegionSlack) return false;
-    sip[0] = f.sip[0];
-    sip[1] = f.sip[1];
+    // A table made by a process with AES instructions is not shared with
+    // one without: they would put a key in different buckets.
+    if (f.hash_kind != kHashSip && (f.hash_kind != kHashAes || !aes_hash_available())) return false;
+    seed.sip[0] = f.sip[0];
+    seed.sip[1] = f.sip[1];
+    seed.kind = f.hash_kind;
     return true;
 }
 
 bool LockTable::check_region(void *base, size_t size, const TableParams &expect) {
     TableParams got;
-    uint64_t sip[2];
-    return read_header(base, size, got, sip) && got.capacity == expect.capacity &&
+    HashSeed seed;
+    return read_header(base, size, got, seed) && got.capacity == expect.capacity &&
            got.key_cap == expect.key_cap && got.stripes == expect.stripes;
 }
 
@@ -708,20 +826,20 @@ ThreadSlots::~ThreadSlots() {
 
 LockTable::LockTable(void *base, StripeLocks *locks) : locks_(locks) {
     TableParams p;
-    uint64_t sip[2];
-    if (read_header(base, 0, p, sip)) attach(base, p, sip);
+    HashSeed seed;
+    if (read_header(base, 0, p, seed)) attach(base, p, seed);
 }
 
 LockTable::LockTable(void *base, size_t size, const TableParams &expect, StripeLocks *locks)
     : locks_(locks) {
     TableParams p;
-    uint64_t sip[2];
-    if (read_header(base, size, p, sip) && p.capacity == expect.capacity && p.key_cap == expect.key_cap &&
+    HashSeed seed;
+    if (read_header(base, size, p, seed) && p.capacity == expect.capacity && p.key_cap == expect.key_cap &&
         p.stripes == expect.stripes)
-        attach(base, p, sip);
+        attach(base, p, seed);
 }
 
-void LockTable::attach(void *base, const TableParams &p, const uint64_t sip[2]) {
+void LockTable::attach(void *base, const TableParams &p, const HashSeed &seed) {
     {
         std::lock_guard<std::mutex> g(g_registry_mu);
         if (!g_registry) g_registry = new std::vector<std::pair<LockTable *, uint64_t>>();
@@ -742,11 +860,19 @@ void LockTable::attach(void *base, const TableParams &p, const uint64_t sip[2]) 
     records_ = reinterpret_cast<Record *>(base_ + l.records_off);
     keys_ = base_ + l.keys_off;
     slots_arr_ = reinterpret_cast<Slot *>(base_ + l.slots_off);
-    sip_[0] = sip[0];
-    sip_[1] = sip[1];
+    sip_[0] = seed.sip[0];
+    sip_[1] = seed.sip[1];
+    aes_ = seed.kind == kHashAes;
+    if (aes_) derive_aes_hash_key(sip_[0], sip_[1], aes_key_);
 }
 
-uint64_t LockTable::hash(const char *key, size_t len) const { return siphash13(sip_[0], sip_[1], key, len); }
+void LockTable::prefer_siphash(bool on) { g_prefer_siphash = on; }
+
+bool LockTable::uses_aes_hash() const { return aes_; }
+
+uint64_t LockTable::hash(const char *key, size_t len) const {
+    return aes_ ? aes_hash(aes_key_, key, len) : siphash13(sip_[0], sip_[1], key, len);
+}
 
 // ----------------------------------------------------------- holder slots
 //

@@ -64,6 +64,16 @@ struct LockHandle {
     static constexpr uint32_t kSlotBit = 0x80000000u;
 };
 
+// The bucket hash where the CPU has AES instructions (aes_hash_available()):
+// four secret 128-bit seeds and four round keys (k), derived from the
+// table's 128-bit key (sip) by derive_aes_hash_key; keys over 64 bytes
+// are hashed with SipHash-1-3 under `sip`. Every process of a table
+// derives the same secrets, so they all put a key in the same bucket.
+struct AesHashKey {
+    uint64_t k[16];
+    uint64_t sip[2];
+};
+
 class LockTable {
   public:
     static constexpr uint32_t kDefaultStripes = 32;
@@ -95,6 +105,10 @@ class LockTable {
     LockTable(const LockTable &) = delete;
     LockTable &operator=(const LockTable &) = delete;
     bool valid() const { return hdr_ != nullptr; }
+    // The bucket hash format() chose: AES where the CPU has it (and no test
+    // asked for SipHash-1-3 with prefer_siphash), else SipHash-1-3.
+    bool uses_aes_hash() const;
+    static void prefer_siphash(bool on);
     const TableParams &params() const { return params_; }
 
     // PidLockMaxWaiters: at most `per_key` requests wait on one key and at
@@ -189,8 +203,12 @@ class LockTable {
     void wake_up(const Wakeups &w);
 
     static bool layout(const TableParams &p, void *out);
-    static bool read_header(void *base, size_t size, TableParams &p, uint64_t sip[2]);
-    void attach(void *base, const TableParams &p, const uint64_t sip[2]);
+    struct HashSeed {
+        uint64_t sip[2];
+        uint32_t kind;
+    };
+    static bool read_header(void *base, size_t size, TableParams &p, HashSeed &seed);
+    void attach(void *base, const TableParams &p, const HashSeed &seed);
     uint64_t hash(const char *key, size_t len) const;
     AcquireResult acquire_once(const char *key, size_t len, uint64_t hash, Mode mode, int64_t deadline,
                                const HolderInfo &info, uint32_t s1, LockHandle &h, BusyReport *report,
@@ -271,6 +289,9 @@ class LockTable {
     uint64_t serial_ = 0;
     char *keys_ = nullptr;
     uint64_t sip_[2] = {0, 0};
+    // The bucket hash: AES (aes_key_) if the table says so, else SipHash-1-3.
+    bool aes_ = false;
+    AesHashKey aes_key_{};
     uint32_t max_wait_key_ = 0, max_wait_total_ = 0;
     int crash_at_ = 0;
 };
@@ -285,6 +306,10 @@ uint64_t siphash24(uint64_t k0, uint64_t k1, const void *data, size_t len);
 // the cost of 2-4 on the fast path.
 uint64_t siphash13(uint64_t k0, uint64_t k1, const void *data, size_t len);
 uint64_t siphash24(const unsigned char key[16], const void *data, size_t len);
+
+void derive_aes_hash_key(uint64_t k0, uint64_t k1, AesHashKey &out);
+uint64_t aes_hash(const AesHashKey &key, const void *data, size_t len);
+bool aes_hash_available();
 
 // Liveness of a lock holder's process: gone (no such pid, a zombie whose
 // threads have all exited, or the pid now belongs to a process started at

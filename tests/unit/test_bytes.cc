@@ -18,31 +18,11 @@
 #include "pidlock_table.h"
 
 #include "CppUTest/TestHarness.h"
+#include "guarded_pages.h"
 
 using namespace pidlock;
 
 namespace {
-
-// Two pages, the second inaccessible: at_end(s) places s so that its last
-// byte is the first page's last byte.
-struct PageEnd {
-    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    char *base = nullptr;
-    PageEnd() {
-        void *m = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED) FAIL("mmap");
-        base = static_cast<char *>(m);
-        if (mprotect(base + page, page, PROT_NONE) != 0) FAIL("mprotect");
-    }
-    ~PageEnd() { munmap(base, 2 * page); }
-    // `with_nul`: the NUL is the last byte.
-    const char *at_end(const std::string &s, bool with_nul) {
-        const size_t n = s.size() + (with_nul ? 1 : 0);
-        char *p = base + page - n;
-        std::memcpy(p, s.c_str(), n);
-        return p;
-    }
-};
 
 std::string random_text(std::mt19937 &rng, size_t n) {
     std::string s(n, 'a');
@@ -85,13 +65,13 @@ TEST(Bytes, WordHelpersFindTheFirstMatch) {
     uint64_t w;
     std::memcpy(&w, b, 8);
     LONGS_EQUAL(1, __builtin_ctzll(zero_bytes(w)) >> 3);
-    PageEnd pe;
-    CHECK(within_page(pe.base + pe.page - 8));
-    CHECK(!within_page(pe.base + pe.page - 7));
+    GuardedPage pe;
+    CHECK(within_page(pe.base + 2 * pe.page - 8));
+    CHECK(!within_page(pe.base + 2 * pe.page - 7));
 }
 
-TEST(Bytes, SipHashTailAtPageEnd) {
-    PageEnd pe;
+TEST(Bytes, SipHashTailAtGuardedPage) {
+    GuardedPage pe;
     std::mt19937 rng(7);
     for (size_t n = 0; n <= 40; ++n) {
         const std::string s = random_text(rng, n);
@@ -104,8 +84,8 @@ TEST(Bytes, SipHashTailAtPageEnd) {
     }
 }
 
-TEST(Bytes, PathKeyScanAtPageEnd) {
-    PageEnd pe;
+TEST(Bytes, PathKeyScanAtGuardedPage) {
+    GuardedPage pe;
     std::mt19937 rng(8);
     std::string scratch;
     for (size_t n = 1; n <= 30; ++n) {
@@ -137,11 +117,11 @@ TEST(Bytes, PathKeyScanAtPageEnd) {
           KeyStatus::Absent);
 }
 
-TEST(Bytes, HolderFieldsAndKeysAtPageEnd) {
+TEST(Bytes, HolderFieldsAndKeysAtGuardedPage) {
     TableInShm s(8, 2);
     LockTable &t = *s.table;
     {
-        PageEnd a, b, c, d, e;
+        GuardedPage a, b, c, d, e;
         std::mt19937 rng(9);
         for (size_t n = 1; n <= 20; ++n) {
             const std::string key = random_text(rng, n);
