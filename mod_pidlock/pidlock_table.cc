@@ -51,12 +51,15 @@ namespace {
 constexpr uint32_t kMagic = 0x504c4b31;  // "PLK1"
 // 4: the lock-free fast path (state word per entry, holder slots).
 // 5: the header says which bucket hash the table uses (AES or SipHash-1-3).
+// 6: the AES hash takes the length into its first round key (5's, in the
+//    seeds, let keys of other lengths collide whatever the secret): a
+//    table of 5 would put keys in other buckets, so it is not shared.
 // A test build (-DPIDLOCK_LAYOUT_BUMP=N) has another layout version, as a
 // new release with a changed table would: the upgrade test needs two.
 #ifndef PIDLOCK_LAYOUT_BUMP
 #define PIDLOCK_LAYOUT_BUMP 0
 #endif
-constexpr uint32_t kLayoutVersion = 5 + PIDLOCK_LAYOUT_BUMP;
+constexpr uint32_t kLayoutVersion = 6 + PIDLOCK_LAYOUT_BUMP;
 
 enum RecordState : uint8_t { kFree = 0, kWaiting = 1, kHolding = 2 };
 
@@ -424,14 +427,26 @@ uint64_t siphash24(const unsigned char key[16], const void *data, size_t len) {
 // ------------------------------------------------------------ AES hash
 //
 // The bucket hash where the CPU has AES instructions: each 16-byte block
-// of the key, xored with a secret seed of its own and the length, goes
-// through three AES rounds under secret round keys; the blocks' results
-// are xored and go through one more round. This is the construction Go's
-// runtime uses for its maps' hash-flooding defence (aeshash): without the
-// 128-bit secrets, which bucket a key lands in is not predictable. It costs
-// about a sixth of SipHash-1-3 for the short keys of the request path.
-// Keys of 1-16 bytes are one block (zero-padded), 17-32 two (the first and
-// the last 16 bytes, overlapping), 33-64 four; longer keys use SipHash-1-3.
+// of the key, xored with a secret seed of its own, goes through three AES
+// rounds under secret round keys, the first of them xored with the length;
+// the blocks' results are xored and go through one more round. This is the
+// construction Go's runtime uses for its maps' hash-flooding defence
+// (aeshash): without the 128-bit secrets, which bucket a key lands in is not
+// predictable. It costs about a sixth of SipHash-1-3 for the short keys of
+// the request path. Keys of 1-16 bytes are one block (zero-padded), 17-32
+// two (the first and the last 16 bytes, overlapping), 33-64 four; longer
+// keys use SipHash-1-3.
+//
+// The length goes into the first round key, not into the blocks' seeds as
+// Go's does only after scrambling it with a round of its own: xored
+// straight into the seed, a difference in length is cancelled by the same
+// difference in the key's first byte, so keys of other lengths collide
+// whatever the secrets (Hash.KeysOfOtherLengthsCannotBeMadeToCollide: five
+// keys of 17-32 bytes, six of 33-64). After the first round's S-boxes, two
+// lanes' states differ by a one-byte length difference only if four S-boxes,
+// their inputs masked by the secret seed, produce prescribed differences
+// (MixColumns spreads one byte over four): at most 2^-24 a guess, and no
+// guess can be checked.
 #if defined(__x86_64__)
 namespace {
 
@@ -475,28 +490,27 @@ __attribute__((target("sse2"))) inline __m128i secret(const AesHashKey &key, int
 __attribute__((target("aes,sse2"))) PIDLOCK_NO_ASAN uint64_t aes_hash(const AesHashKey &key, const void *data,
                                                                      size_t len) {
     const auto *in = static_cast<const unsigned char *>(data);
-    // The length, in the low word of every lane's seed: keys of different
-    // lengths start from different states.
+    // The length, in the low word of the first round key of every lane (see
+    // above why not in the seeds): keys of different lengths go through
+    // different permutations.
     const __m128i l = _mm_cvtsi64_si128(static_cast<long long>(len));
-    const __m128i r0 = secret(key, 4), r1 = secret(key, 5), r2 = secret(key, 6);
+    const __m128i r0 = _mm_xor_si128(secret(key, 4), l), r1 = secret(key, 5), r2 = secret(key, 6);
     __m128i h;
     if (len <= 16) {
         if (len == 0) return 0;
-        h = aes_lane(load_partial(in, len), _mm_xor_si128(secret(key, 0), l), r0, r1, r2);
+        h = aes_lane(load_partial(in, len), secret(key, 0), r0, r1, r2);
     } else if (len <= 32) {
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + len - 16));
-        h = _mm_xor_si128(aes_lane(a, _mm_xor_si128(secret(key, 0), l), r0, r1, r2),
-                          aes_lane(b, _mm_xor_si128(secret(key, 1), l), r0, r1, r2));
+        h = _mm_xor_si128(aes_lane(a, secret(key, 0), r0, r1, r2), aes_lane(b, secret(key, 1), r0, r1, r2));
     } else if (len <= 64) {
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + 16));
         const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + len - 32));
         const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + len - 16));
-        h = _mm_xor_si128(_mm_xor_si128(aes_lane(a, _mm_xor_si128(secret(key, 0), l), r0, r1, r2),
-                                        aes_lane(b, _mm_xor_si128(secret(key, 1), l), r0, r1, r2)),
-                          _mm_xor_si128(aes_lane(c, _mm_xor_si128(secret(key, 2), l), r0, r1, r2),
-                                        aes_lane(d, _mm_xor_si128(secret(key, 3), l), r0, r1, r2)));
+        h = _mm_xor_si128(
+            _mm_xor_si128(aes_lane(a, secret(key, 0), r0, r1, r2), aes_lane(b, secret(key, 1), r0, r1, r2)),
+            _mm_xor_si128(aes_lane(c, secret(key, 2), r0, r1, r2), aes_lane(d, secret(key, 3), r0, r1, r2)));
     } else {
         return siphash13(key.sip[0], key.sip[1], data, len);
     }

@@ -116,6 +116,73 @@ TEST(Hash, KeysThatDifferAnywhereHashApart) {
     LONGS_EQUAL(count, seen.size());
 }
 
+// Keys built so that, lane by lane, one key's bytes xored with its length
+// equal the other's xored with its own (printable, no NUL: any client can
+// send them). With the length xored into the lanes' seeds these had one
+// hash under every secret (five of 17-32 bytes, six of 33-64: as many in
+// one bucket, on demand); with the length in the first round key, a
+// collision needs four S-boxes to hit prescribed differences under secret
+// inputs.
+TEST(Hash, KeysOfOtherLengthsCannotBeMadeToCollide) {
+    const std::vector<std::vector<std::string>> families = {
+        {"@@N!ONGN!ONGN!ON!", "G@N!ONGN!ONGN!ONGN!ON!", "O@N!ONGN!ONGN!ON!ONGN!ONGN!ON!",
+         "N@N!ONGN!ONGN!ONN!ONGN!ONGN!ON!", "q@N!ONGN!ONGN!ONqN!ONGN!ONGN!ON!"},
+        {"!!?>?!1?>?!!,?>?,1?>?!!,?>?,<?>?!", ",!?>?!1?>?!!,?>?!1?>?!!,?>?,<?>?!!,?>?,<?>?!",
+         "<!?>?!1?>?!!,?>?11?>?!!,?>?,<?>?!1?>?!!,?>?,,?>?!!,?>?,<?>?!",
+         ">!?>?!1?>?!!,?>?31?>?!!,?>?,<?>?>?!1?>?!!,?>?,.?>?!!,?>?,<?>?!",
+         "?!?>?!1?>?!!,?>?21?>?!!,?>?,<?>?\?>?!1?>?!!,?>?,/?>?!!,?>?,<?>?!",
+         "@!?>?!1?>?!!,?>?M1?>?!!,?>?,<?>?@?>?!1?>?!!,?>?,P?>?!!,?>?,<?>?!"},
+        {"!!\"\"\"\"\"\"\"\"\"\"\"\"\"\"!", "\"!\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"!"},
+    };
+    for (uint64_t i = 0; i < 16; ++i) {
+        const AesHashKey k = key_of(0x243f6a8885a308d3ull * (i + 1), 0x13198a2e03707344ull ^ i);
+        for (const auto &family : families) {
+            std::set<uint64_t> seen;
+            for (const std::string &s : family) seen.insert(reference(k, s));
+            LONGS_EQUAL(family.size(), seen.size());
+        }
+    }
+}
+
+// Each lane has a seed of its own: keys whose lanes repeat (a key periodic
+// with the distance between two lanes) or swap (the halves of 32 bytes, the
+// quarters of 64) hash apart. With one seed for two lanes, repeated lanes
+// cancel in the xor and swapped ones give the same hash, whatever the secret.
+TEST(Hash, LanesAreSeededApart) {
+    const AesHashKey k = key_of(0x452821e638d01377ull, 0xbe5466cf34e90c6cull);
+    std::mt19937 rng(24);
+    for (size_t n = 17; n <= 64; ++n) {
+        // The lanes start at 0 and n-16 (17-32 bytes), at 0, 16, n-32 and
+        // n-16 (33-64): a period of n-16 repeats the first lane in the
+        // last, one of n-32 the first two in the last two.
+        for (size_t period : {n - 16, n > 32 ? n - 32 : n - 16}) {
+            std::set<std::string> keys;
+            std::set<uint64_t> seen;
+            for (int j = 0; j < 64; ++j) {
+                const std::string unit = random_bytes(rng, period);
+                std::string s;
+                while (s.size() < n) s += unit;
+                s.resize(n);
+                keys.insert(s);
+                seen.insert(reference(k, s));
+            }
+            LONGS_EQUAL(keys.size(), seen.size());
+        }
+    }
+    for (int j = 0; j < 64; ++j) {
+        const std::string x = random_bytes(rng, 16), y = random_bytes(rng, 16);
+        CHECK(reference(k, x + y) != reference(k, y + x));
+        const std::string q[4] = {x, y, random_bytes(rng, 16), random_bytes(rng, 16)};
+        const uint64_t h = reference(k, q[0] + q[1] + q[2] + q[3]);
+        for (int a = 0; a < 4; ++a)
+            for (int b = a + 1; b < 4; ++b) {
+                std::string p[4] = {q[0], q[1], q[2], q[3]};
+                std::swap(p[a], p[b]);
+                CHECK(reference(k, p[0] + p[1] + p[2] + p[3]) != h);
+            }
+    }
+}
+
 TEST(Hash, TheSecretMatters) {
     const std::string s = "urn:uuid:6e0d3a5c-1f3e-4f4a-9a52-3d2b1c0e9f11";
     std::set<uint64_t> seen;
@@ -124,6 +191,13 @@ TEST(Hash, TheSecretMatters) {
         for (size_t n : {size_t{7}, size_t{20}, s.size()}) seen.insert(reference(k, s.substr(0, n)));
     }
     LONGS_EQUAL(600, seen.size());
+    // Both halves of the table's 128 bits: either alone changes the hash.
+    seen.clear();
+    for (uint64_t i = 0; i < 100; ++i) {
+        seen.insert(reference(key_of(i, 7), s.substr(0, 7)));
+        seen.insert(reference(key_of(7, i + 1000), s.substr(0, 7)));
+    }
+    LONGS_EQUAL(200, seen.size());
     // Beyond 64 bytes the table's SipHash-1-3 key decides.
     const std::string longer(100, 'q');
     const AesHashKey k = key_of(5, 6);
@@ -204,4 +278,99 @@ TEST(Hash, ATableObjectAlignedToEightBytesOnly) {
         t->release(h);
     }
     t->~LockTable();
+}
+
+// The header's record of the hash: a table formatted twice under one key,
+// once with each hash, differs in that one word; a value this build cannot
+// compute makes the region no table (an attacher would put keys in other
+// buckets than the table's other processes).
+TEST(Hash, AnUnknownHashKindIsRefused) {
+    if (!aes_hash_available()) return;  // the two formats would not differ
+    TableParams p;
+    p.capacity = 16;
+    p.key_cap = 64;
+    p.stripes = 4;
+    const size_t size = LockTable::region_size(p);
+    // Both 64-byte aligned: the table starts at the same offset in each.
+    alignas(64) static unsigned char aes_mem[1 << 16], sip_mem[1 << 16];
+    CHECK(size <= sizeof aes_mem);
+    unsigned char *aes = aes_mem, *sip = sip_mem;
+    const unsigned char hash_key[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    CHECK(LockTable::format(aes, size, p, hash_key));
+    LockTable::prefer_siphash(true);
+    CHECK(LockTable::format(sip, size, p, hash_key));
+    LockTable::prefer_siphash(false);
+    std::vector<size_t> differ;
+    for (size_t i = 0; i + 4 <= size; i += 4)
+        if (std::memcmp(aes + i, sip + i, 4) != 0) differ.push_back(i);
+    LONGS_EQUAL(1, differ.size());
+    StripeLocksInShm stripes(p.stripes);
+    {
+        LockTable t(aes, size, p, stripes.locks);
+        CHECK(t.valid() && t.uses_aes_hash());
+        LockTable u(sip, size, p, stripes.locks);
+        CHECK(u.valid() && !u.uses_aes_hash());
+    }
+    uint32_t kind;
+    std::memcpy(&kind, aes + differ[0], 4);
+    for (uint32_t bad : {kind + 1, kind + 2, 0xffffffffu}) {
+        std::memcpy(aes + differ[0], &bad, 4);
+        CHECK_FALSE(LockTable::check_region(aes, size, p));
+        LockTable t(aes, size, p, stripes.locks);
+        CHECK_FALSE(t.valid());
+    }
+}
+
+// Every process derives the table's secrets itself (attach): a process
+// forked before the table is attached, attaching it on its own, holds keys
+// of every length class that this process then finds busy, and finds free
+// once it let them go. Secrets that depended on the process (its pid, an
+// address) would put its keys in other buckets: acquired here, twice.
+TEST(Hash, EveryProcessPutsAKeyInTheSameBucket) {
+    TableInShm s(256, 4, 128);
+    std::mt19937 rng(25);
+    std::vector<std::string> keys;
+    for (size_t n = 1; n <= 100; n += 3) keys.push_back(random_bytes(rng, n));
+    auto *flags = static_cast<std::atomic<int> *>(map_shared(2 * sizeof(std::atomic<int>)));
+    CHECK(flags != nullptr);
+    std::atomic<int> &held = flags[0], &go = flags[1];
+    const pid_t pid = fork();
+    if (pid == 0) {
+        int rc = 0;
+        {
+            LockTable mine(s.mem, s.size, s.p, s.stripes.locks);
+            HolderInfo info;
+            std::vector<LockHandle> hs(keys.size());
+            for (size_t i = 0; i < keys.size(); ++i)
+                if (mine.acquire(keys[i].data(), keys[i].size(), Mode::Write, 0, info, hs[i]) != AcquireResult::Acquired)
+                    rc = 1;
+            held = 1;
+            const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+            while (!go.load() && std::chrono::steady_clock::now() < give_up) sched_yield();
+            for (LockHandle &h : hs) mine.release(h);
+        }
+        _exit(rc);
+    }
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!held.load() && std::chrono::steady_clock::now() < give_up) sched_yield();
+    HolderInfo info;
+    int busy = 0;
+    for (const std::string &k : keys) {
+        LockHandle h;
+        const AcquireResult r = s.table->acquire(k.data(), k.size(), Mode::Read, 0, info, h);
+        if (r == AcquireResult::Busy) ++busy;
+        if (r == AcquireResult::Acquired) s.table->release(h);
+    }
+    go = 1;
+    int status = 0;
+    waitpid(pid, &status, 0);
+    munmap(flags, 2 * sizeof(std::atomic<int>));
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    LONGS_EQUAL(keys.size(), busy);
+    for (const std::string &k : keys) {
+        LockHandle h;
+        CHECK(s.table->acquire(k.data(), k.size(), Mode::Write, 0, info, h) == AcquireResult::Acquired);
+        s.table->release(h);
+    }
+    STRCMP_EQUAL("", s.table->check_consistency().c_str());
 }
