@@ -188,3 +188,33 @@ TEST(Bytes, SlotCacheReusesOneSlotAndGivesItBack) {
         CHECK_TEXT(why.empty(), why.c_str());
     }
 }
+
+// Every length of every holder field, around each block size the copy uses
+// (8 and 16 bytes) and its cap, against a PROT_NONE page: the field shows
+// the string cut to cap - 1 bytes, whichever way it was copied.
+TEST(Bytes, HolderFieldsOfEveryLengthAtPageEnd) {
+    TableInShm s(8, 2);
+    LockTable &t = *s.table;
+    GuardedPage a, b, c, d;
+    std::mt19937 rng(10);
+    for (size_t n = 0; n <= kUriCap + 20; ++n) {
+        const std::string text = random_text(rng, n);
+        HolderInfo info;
+        info.method = a.at_end(text.substr(0, std::min(n, kMethodCap + 20)), true);
+        info.uri = b.at_end(text, true);
+        info.client = c.at_end(text.substr(0, std::min(n, kClientCap + 20)), true);
+        info.user = d.at_end(text.substr(0, std::min(n, kUserCap + 20)), true);
+        LockHandle h;
+        CHECK(t.acquire("k", 1, Mode::Read, 0, info, h) == AcquireResult::Acquired);
+        TableSnapshot snap;
+        CHECK(t.snapshot(snap));
+        LONGS_EQUAL(1, snap.locks.size());
+        const HolderView &hv = snap.locks[0].holders.at(0);
+        const auto cut = [&](size_t limit, size_t cap) { return text.substr(0, std::min({n, limit, cap - 1})); };
+        CHECK(hv.method == cut(kMethodCap + 20, kMethodCap));
+        CHECK(hv.uri == cut(n, kUriCap));
+        CHECK(hv.client == cut(kClientCap + 20, kClientCap));
+        CHECK(hv.user == cut(kUserCap + 20, kUserCap));
+        t.release(h);
+    }
+}
