@@ -4,6 +4,7 @@ request paths and headers.
 """
 import os
 import random
+import re
 import shutil
 import socket
 import threading
@@ -145,6 +146,19 @@ def _swap_module(h, built):
     os.rename(tmp, dst)
 
 
+def _layouts():
+    """The table layout version of build/mod_pidlock.so and of
+    build/mod_pidlock_layout2.so, read from the sources (kLayoutVersion and
+    the Makefile's PIDLOCK_LAYOUT_BUMP), so that a layout bump does not
+    leave this test expecting the previous one."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    with open(os.path.join(root, "mod_pidlock", "pidlock_table.cc")) as f:
+        base = int(re.search(r"kLayoutVersion = (\d+) \+ PIDLOCK_LAYOUT_BUMP;", f.read()).group(1))
+    with open(os.path.join(root, "Makefile")) as f:
+        bump = int(re.search(r"-DPIDLOCK_LAYOUT_BUMP=(\d+)", f.read()).group(1))
+    return base, base + bump
+
+
 def _upgrade_during_write(h, built, pid, layout):
     """A 3 s write on `pid` runs while the server restarts gracefully onto
     build/<built> (table layout `layout`); a read of the same PID sent to the
@@ -154,11 +168,12 @@ def _upgrade_during_write(h, built, pid, layout):
     gen0 = status_json(h)["generation"]
     gates = h.read_log().count("PIDLOCK031")
     opened = h.read_log().count("PIDLOCK033")
+    logged = len(h.read_log())
     _swap_module(h, built)
     h.graceful()
     check(poll(lambda: h.read_log().count("PIDLOCK031") > gates, timeout=10, interval=0.1),
           "no PIDLOCK031 (new table, old processes) after graceful")
-    check("lock table of layout %d" % layout in h.read_log(), "layout %d is not what runs" % layout)
+    check("lock table of layout %d:" % layout in h.read_log()[logged:], "layout %d is not what runs" % layout)
     r = h.request("GET", url, headers={"X-Test-Pid": pid, "X-Test-Sleep-Ms": "1"}, timeout=30)
     read_done = time.monotonic()
     write.ended.wait(30)
@@ -184,9 +199,10 @@ def t_graceful_new_layout(mpm):
     try:
         _swap_module(h, "mod_pidlock.so")
         h.start()
-        # The table's layout is 4 (the fast path); the test build adds 100.
-        _upgrade_during_write(h, "mod_pidlock_layout2.so", "up", 104)
-        _upgrade_during_write(h, "mod_pidlock.so", "down", 4)
+        # The test build's table layout is the module's plus 100.
+        layout, layout2 = _layouts()
+        _upgrade_during_write(h, "mod_pidlock_layout2.so", "up", layout2)
+        _upgrade_during_write(h, "mod_pidlock.so", "down", layout)
         gen0 = status_json(h)["generation"]
         _swap_module(h, "mod_pidlock_layout2.so")
         h.graceful()
