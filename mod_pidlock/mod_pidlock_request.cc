@@ -467,8 +467,14 @@ HolderInfo holder_info(request_rec *r, uint64_t request, const ConnLocks *cl, Sl
 }
 
 // Answers a request whose locks were not had: busy, full or error.
+// `rep.key`: the key concerned (the caller sets the first if the backend
+// did not say which).
 int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, Mode mode,
                         const BusyReport &rep, double timeout_s, int err, uint32_t capacity) {
+    // The key as a JSON string (control bytes escaped), its first 64 bytes:
+    // which key it was, without a client's bytes raw in the log.
+    std::string key;
+    json_string(key, rep.key.substr(0, 64));
     switch (res) {
     case AcquireResult::Busy: {
         const int status = d->busy_status ? d->busy_status : HTTP_SERVICE_UNAVAILABLE;
@@ -480,10 +486,6 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
             return answer_busy(r, status, nullptr, 1.0,
                                "The server is switching to a new release; try again shortly.\n");
         }
-        // The key as a JSON string (control bytes escaped), its first 64
-        // bytes: which key is contended, without a client's bytes raw in the log.
-        std::string key;
-        json_string(key, rep.key.substr(0, 64));
         if (rep.too_many_waiting) {
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                           "PIDLOCK314: %s lock on key %s (%" APR_SIZE_T_FMT " bytes) refused at once: %u readers "
@@ -501,23 +503,23 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
     }
     case AcquireResult::Full:
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      "PIDLOCK103: lock table full (capacity %u); answering 503. Raise PidLockTableSize "
-                      "or use auto.", capacity);
+                      "PIDLOCK103: lock table full (capacity %u): %s lock on key %s not had; answering 503. "
+                      "Raise PidLockTableSize or use auto.", capacity, mode_name(mode), key.c_str());
         return answer_busy(r, HTTP_SERVICE_UNAVAILABLE, nullptr, 1.0,
                            "The lock table is full; try again shortly.\n");
     case AcquireResult::Unavailable:
         // PidLockClusterOnFailure closed: the backend logged why.
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      "PIDLOCK420: PostgreSQL (PidLockCluster) unavailable: %s lock not had; answering 503",
-                      mode_name(mode));
+                      "PIDLOCK420: PostgreSQL (PidLockCluster) unavailable: %s lock on key %s not had; "
+                      "answering 503", mode_name(mode), key.c_str());
         return answer_busy(r, HTTP_SERVICE_UNAVAILABLE, nullptr, 5.0,
                            "The cluster lock service is unavailable; try again shortly.\n");
     case AcquireResult::ClientGone:
         // Nobody will read the answer: the handler never runs, the
         // connection is dropped.
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      "PIDLOCK140: client went away while its %s lock waited; request ended, handler not run",
-                      mode_name(mode));
+                      "PIDLOCK140: client went away while its %s lock on key %s waited; request ended, "
+                      "handler not run", mode_name(mode), key.c_str());
         r->connection->aborted = 1;
         r->connection->keepalive = AP_CONN_CLOSE;
         r->status = HTTP_REQUEST_TIME_OUT;
@@ -526,7 +528,8 @@ int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, M
     case AcquireResult::Acquired:
         break;
     }
-    ap_log_rerror(APLOG_MARK, APLOG_ERR, err, r, "PIDLOCK104: the lock backend failed");
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, err, r, "PIDLOCK104: the lock backend failed: %s lock on key %s not had",
+                  mode_name(mode), key.c_str());
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
@@ -593,10 +596,13 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
     const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection), nullptr);
     const AcquireResult res =
         st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns, info, set, &rep, &err);
-    if (res != AcquireResult::Acquired)
+    if (res != AcquireResult::Acquired) {
+        if (rep.key.empty()) rep.key.assign(refs[0].data, refs[0].len);
         return answer_not_acquired(r, d, res, mode, rep, timeout_s, err, st->backend->capacity());
+    }
     if (!hold_add_set(rl)) {
         rl->backend->release_all(set);
+        rep.key.assign(refs[0].data, refs[0].len);
         return answer_not_acquired(r, d, AcquireResult::Busy, mode, rep, timeout_s, 0, 0);
     }
     note_held(rl, refs.data(), refs.size(), true);
@@ -624,9 +630,11 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     const AcquireResult res =
         deadline_ns ? st->backend->acquire_all(keys, n, mode, deadline_ns, info, rl->first, &rep, &err)
                     : acquire_within_on(st->backend, keys, n, mode, timeout_ns, info, rl->first, &rep, &err);
-    if (res != AcquireResult::Acquired)
+    if (res != AcquireResult::Acquired) {
+        if (rep.key.empty()) rep.key.assign(keys[0].data, keys[0].len);
         return answer_not_acquired(r, d, res, mode, rep, static_cast<double>(timeout_ns) / 1e9, err,
                                    st->backend->capacity());
+    }
     rl->nsets = 1;
     if (n == 1 && stable) {  // the common case, inline
         rl->held[0] = keys[0];

@@ -1,5 +1,5 @@
 // Word-at-a-time helpers for the request path's short strings (keys, holder
-// fields): a load of eight bytes that stays on the page its first byte is on
+// fields): a load of eight (or, with SSE2, sixteen) bytes that stays on the page its first byte is on
 // may read past a string's end, never into a page the string does not touch
 // (the reasoning of the C library's own string functions). Functions that do
 // so are marked PIDLOCK_NO_ASAN: AddressSanitizer would report the bytes
@@ -8,6 +8,10 @@
 #define PIDLOCK_BYTES_H
 
 #include <cstdint>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>  // sixteen bytes at a time where the CPU has SSE2 (every x86-64)
+#endif
 
 #define PIDLOCK_NO_ASAN __attribute__((no_sanitize("address")))
 

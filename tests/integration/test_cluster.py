@@ -317,7 +317,8 @@ def t_pg_down_at_start(pg):
     try:
         r = put(h, "down")
         check(r.status == 503 and "retry-after" in r.headers, "closed: %d %r" % (r.status, r.headers))
-        check(poll(lambda: "PIDLOCK420" in h.read_log(), timeout=3), "no PIDLOCK420 in the log")
+        check(poll(lambda: 'PIDLOCK420: PostgreSQL (PidLockCluster) unavailable: write lock on key "down" not had'
+                   in h.read_log(), timeout=3), "no PIDLOCK420 naming the key in the log")
         check("PIDLOCK409" in h.read_log(), "no PIDLOCK409 warning at start")
         doc = h.get_json("/pidlock-status?json")
         check(doc["cluster"]["errors"] >= 1, "cluster.errors %r" % doc["cluster"])

@@ -539,7 +539,8 @@ def t_client_gone(mpm):
         check(st["counters"].get("client_gone") == 1, "client_gone: %s" % st["counters"].get("client_gone"))
         check(stats["requests"] == 1, "the backend ran %d requests (the gone one must not run)" % stats["requests"])
         check(stats["violations"] == 0, "violations: %s" % stats["violations"])
-        check("PIDLOCK140" in log, "no PIDLOCK140 in the error log")
+        check('PIDLOCK140: client went away while its write lock on key "gone" waited' in log,
+              "no PIDLOCK140 naming the key in the error log")
     finally:
         h.stop()
         h.cleanup()

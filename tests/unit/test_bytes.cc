@@ -188,3 +188,68 @@ TEST(Bytes, SlotCacheReusesOneSlotAndGivesItBack) {
         CHECK_TEXT(why.empty(), why.c_str());
     }
 }
+
+// Every length of every holder field, around each block size the copy uses
+// (8 and 16 bytes) and its cap, against a PROT_NONE page: the field shows
+// the string cut to cap - 1 bytes, whichever way it was copied.
+TEST(Bytes, HolderFieldsOfEveryLengthAtPageEnd) {
+    TableInShm s(8, 2);
+    LockTable &t = *s.table;
+    GuardedPage a, b, c, d;
+    std::mt19937 rng(10);
+    for (size_t n = 0; n <= kUriCap + 20; ++n) {
+        const std::string text = random_text(rng, n);
+        HolderInfo info;
+        info.method = a.at_end(text.substr(0, std::min(n, kMethodCap + 20)), true);
+        info.uri = b.at_end(text, true);
+        info.client = c.at_end(text.substr(0, std::min(n, kClientCap + 20)), true);
+        info.user = d.at_end(text.substr(0, std::min(n, kUserCap + 20)), true);
+        LockHandle h;
+        CHECK(t.acquire("k", 1, Mode::Read, 0, info, h) == AcquireResult::Acquired);
+        TableSnapshot snap;
+        CHECK(t.snapshot(snap));
+        LONGS_EQUAL(1, snap.locks.size());
+        const HolderView &hv = snap.locks[0].holders.at(0);
+        const auto cut = [&](size_t limit, size_t cap) { return text.substr(0, std::min({n, limit, cap - 1})); };
+        CHECK(hv.method == cut(kMethodCap + 20, kMethodCap));
+        CHECK(hv.uri == cut(n, kUriCap));
+        CHECK(hv.client == cut(kClientCap + 20, kClientCap));
+        CHECK(hv.user == cut(kUserCap + 20, kUserCap));
+        t.release(h);
+    }
+}
+
+// The path key's prefix, compared sixteen bytes at once where the loads stay
+// on their pages and byte by byte elsewhere: for prefixes of 1-20 bytes, a
+// path that has it yields the key; one that differs in any byte of it, or
+// ends inside it, yields none; wherever the path and the prefix lie.
+TEST(Bytes, PathPrefixComparedAnywhere) {
+    GuardedPage pp, pa;
+    std::mt19937 rng(11);
+    std::string scratch;
+    for (size_t plen = 1; plen <= 20; ++plen) {
+        std::string prefix = "/" + random_text(rng, plen - 1);
+        for (size_t where = 0; where < 3; ++where) {
+            // The prefix at a page's start, its middle, or its end.
+            const char *pre = where == 0   ? pp.at_start(prefix)
+                              : where == 1 ? pp.at_start(std::string(2000, 'p') + prefix) + 2000
+                                           : pp.at_end(prefix);
+            const auto key_of_path = [&](const std::string &path, bool at_end, KeyView &out) {
+                bool regex = false;
+                const char *p = at_end ? pa.at_end(path, true) : pa.at_start(path + std::string(1, '\0'));
+                return simple_capture_key(pre, plen, false, p, 1024, scratch, out, &regex);
+            };
+            for (bool at_end : {false, true}) {
+                KeyView out;
+                CHECK(key_of_path(prefix + "k1", at_end, out) == KeyStatus::Ok);
+                CHECK(std::string(out.data, out.len) == "k1");
+                for (size_t i = 0; i < plen; ++i) {
+                    std::string other = prefix + "k1";
+                    other[i] = static_cast<char>(other[i] ^ 1);
+                    CHECK(key_of_path(other, at_end, out) == KeyStatus::Absent);
+                    CHECK(key_of_path(prefix.substr(0, i), at_end, out) == KeyStatus::Absent);
+                }
+            }
+        }
+    }
+}
