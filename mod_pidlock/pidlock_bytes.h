@@ -1,6 +1,7 @@
 // Word-at-a-time helpers for the request path's short strings (keys, holder
-// fields): a load of eight (or, with SSE2, sixteen) bytes that stays on the page its first byte is on
-// may read past a string's end, never into a page the string does not touch
+// fields): a load of eight (or, with SSE2, sixteen) bytes that stays on the
+// page its first byte is on may read past a string's end, never into a page
+// the string does not touch
 // (the reasoning of the C library's own string functions). Functions that do
 // so are marked PIDLOCK_NO_ASAN: AddressSanitizer would report the bytes
 // read past the end, which they never use.
@@ -23,9 +24,11 @@
 
 namespace pidlock {
 
-// Whether an 8-byte load at p stays on the page p is on (pages are 4 KiB or
-// a multiple of it).
-inline bool within_page(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 4095) <= 4096 - 8; }
+// Whether a load of `width` bytes (8, or 16 for SSE2) at p stays on the page
+// p is on (pages are 4 KiB or a multiple of it).
+inline bool within_page(const void *p, uintptr_t width = 8) {
+    return (reinterpret_cast<uintptr_t>(p) & 4095) <= 4096 - width;
+}
 
 // The lowest set bit of the result is the high bit of w's first zero byte
 // (little endian); higher bits may be set spuriously.

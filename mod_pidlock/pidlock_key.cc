@@ -305,7 +305,7 @@ PIDLOCK_NO_ASAN size_t plain_run(const char *s) {
     size_t n = 0;
 #if defined(__SSE2__) && PIDLOCK_WORDWISE
     // Sixteen at a time first (SSE2).
-    while ((reinterpret_cast<uintptr_t>(s + n) & 4095) <= 4096 - 16) {
+    while (within_page(s + n, 16)) {
         const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + n));
         const __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(w, _mm_setzero_si128()),
                                          _mm_or_si128(_mm_cmpeq_epi8(w, _mm_set1_epi8('\n')),
@@ -334,8 +334,7 @@ PIDLOCK_NO_ASAN size_t plain_run(const char *s) {
 // either string's end, as plain_run's).
 PIDLOCK_NO_ASAN inline bool has_prefix(const char *path, const char *prefix, size_t prefix_len) {
 #if defined(__SSE2__) && PIDLOCK_WORDWISE
-    if (prefix_len <= 16 && (reinterpret_cast<uintptr_t>(path) & 4095) <= 4096 - 16 &&
-        (reinterpret_cast<uintptr_t>(prefix) & 4095) <= 4096 - 16) {
+    if (prefix_len <= 16 && within_page(path, 16) && within_page(prefix, 16)) {
         const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i *>(path));
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(prefix));
         const unsigned same = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(a, b)));

@@ -14,8 +14,8 @@
 
 #include <pthread.h>
 
-#if defined(__x86_64__) || defined(__SSE2__)
-#include <immintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h>  // the AES hash
 #endif
 
 #include <csignal>
@@ -1090,7 +1090,7 @@ PIDLOCK_NO_ASAN PIDLOCK_COPY_INLINE void copy_short(char *dst, size_t cap, const
     if (src) {
 #if defined(__SSE2__) && PIDLOCK_WORDWISE
         // Sixteen bytes at a time while the field has room for them.
-        while (i + 16 <= cap && (reinterpret_cast<uintptr_t>(src + i) & 4095) <= 4096 - 16) {
+        while (i + 16 <= cap && within_page(src + i, 16)) {
             const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i));
             _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + i), w);
             if (const unsigned z = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(w, _mm_setzero_si128())))) {

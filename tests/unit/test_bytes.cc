@@ -68,6 +68,8 @@ TEST(Bytes, WordHelpersFindTheFirstMatch) {
     GuardedPage pe;
     CHECK(within_page(pe.base + 2 * pe.page - 8));
     CHECK(!within_page(pe.base + 2 * pe.page - 7));
+    CHECK(within_page(pe.base + 2 * pe.page - 16, 16));
+    CHECK(!within_page(pe.base + 2 * pe.page - 15, 16));
 }
 
 TEST(Bytes, SipHashTailAtGuardedPage) {
