@@ -466,11 +466,12 @@ HolderInfo holder_info(request_rec *r, uint64_t request, const ConnLocks *cl, Sl
     return info;
 }
 
-// Answers a request whose locks were not had: busy, full or error.
-// `rep.key`: the key concerned (the caller sets the first if the backend
-// did not say which).
-int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, Mode mode,
-                        const BusyReport &rep, double timeout_s, int err, uint32_t capacity) {
+// Answers a request whose locks were not had: busy, full or error. The
+// key named, in the log and the busy report, is the backend's (rep.key), or
+// else the request's `first` (backends fill the report only when they fail).
+int answer_not_acquired(request_rec *r, const DirConfig *d, AcquireResult res, Mode mode, BusyReport &rep,
+                        const KeyRef &first, double timeout_s, int err, uint32_t capacity) {
+    if (rep.key.empty()) rep.key.assign(first.data, first.len);
     // The key as a JSON string (control bytes escaped), its first 64 bytes:
     // which key it was, without a client's bytes raw in the log.
     std::string key;
@@ -596,14 +597,11 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
     const HolderInfo info = holder_info(r, rl->request, conn_locks(r->connection), nullptr);
     const AcquireResult res =
         st->backend->acquire_all(refs.data(), refs.size(), mode, rl->deadline_ns, info, set, &rep, &err);
-    if (res != AcquireResult::Acquired) {
-        if (rep.key.empty()) rep.key.assign(refs[0].data, refs[0].len);
-        return answer_not_acquired(r, d, res, mode, rep, timeout_s, err, st->backend->capacity());
-    }
+    if (res != AcquireResult::Acquired)
+        return answer_not_acquired(r, d, res, mode, rep, refs[0], timeout_s, err, st->backend->capacity());
     if (!hold_add_set(rl)) {
         rl->backend->release_all(set);
-        rep.key.assign(refs[0].data, refs[0].len);
-        return answer_not_acquired(r, d, AcquireResult::Busy, mode, rep, timeout_s, 0, 0);
+        return answer_not_acquired(r, d, AcquireResult::Busy, mode, rep, refs[0], timeout_s, 0, 0);
     }
     note_held(rl, refs.data(), refs.size(), true);
     return DECLINED;
@@ -630,11 +628,9 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     const AcquireResult res =
         deadline_ns ? st->backend->acquire_all(keys, n, mode, deadline_ns, info, rl->first, &rep, &err)
                     : acquire_within_on(st->backend, keys, n, mode, timeout_ns, info, rl->first, &rep, &err);
-    if (res != AcquireResult::Acquired) {
-        if (rep.key.empty()) rep.key.assign(keys[0].data, keys[0].len);
-        return answer_not_acquired(r, d, res, mode, rep, static_cast<double>(timeout_ns) / 1e9, err,
+    if (res != AcquireResult::Acquired)
+        return answer_not_acquired(r, d, res, mode, rep, keys[0], static_cast<double>(timeout_ns) / 1e9, err,
                                    st->backend->capacity());
-    }
     rl->nsets = 1;
     if (n == 1 && stable) {  // the common case, inline
         rl->held[0] = keys[0];
