@@ -874,10 +874,10 @@ void LockTable::attach(void *base, const TableParams &p, const HashSeed &seed) {
     records_ = reinterpret_cast<Record *>(base_ + l.records_off);
     keys_ = base_ + l.keys_off;
     slots_arr_ = reinterpret_cast<Slot *>(base_ + l.slots_off);
-    sip_[0] = seed.sip[0];
-    sip_[1] = seed.sip[1];
+    hash_key_.sip[0] = seed.sip[0];
+    hash_key_.sip[1] = seed.sip[1];
     aes_ = seed.kind == kHashAes;
-    if (aes_) derive_aes_hash_key(sip_[0], sip_[1], aes_key_);
+    if (aes_) derive_aes_hash_key(seed.sip[0], seed.sip[1], hash_key_);
 }
 
 void LockTable::prefer_siphash(bool on) { g_prefer_siphash = on; }
@@ -885,7 +885,7 @@ void LockTable::prefer_siphash(bool on) { g_prefer_siphash = on; }
 bool LockTable::uses_aes_hash() const { return aes_; }
 
 uint64_t LockTable::hash(const char *key, size_t len) const {
-    return aes_ ? aes_hash(aes_key_, key, len) : siphash13(sip_[0], sip_[1], key, len);
+    return aes_ ? aes_hash(hash_key_, key, len) : siphash13(hash_key_.sip[0], hash_key_.sip[1], key, len);
 }
 
 // ----------------------------------------------------------- holder slots

@@ -288,10 +288,10 @@ class LockTable {
     std::atomic<uint32_t> slot_hint_{0};  // where the last claim of a slot found one
     uint64_t serial_ = 0;
     char *keys_ = nullptr;
-    uint64_t sip_[2] = {0, 0};
-    // The bucket hash: AES (aes_key_) if the table says so, else SipHash-1-3.
+    // The bucket hash: AES if the table says so, else SipHash-1-3 under
+    // hash_key_.sip (the header's key; the AES secrets derived only for AES).
     bool aes_ = false;
-    AesHashKey aes_key_{};
+    AesHashKey hash_key_{};
     uint32_t max_wait_key_ = 0, max_wait_total_ = 0;
     int crash_at_ = 0;
 };
