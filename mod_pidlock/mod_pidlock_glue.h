@@ -216,6 +216,12 @@ struct ConnLocks {
     int fd;                    // connection_fd() of the connection
     bool filter;               // the release filter is in the connection's output filters
     SlotCache cache;           // the table's holder slot between this connection's requests
+    // The locks of the connection's request when taken at once (the common
+    // case: no allocation); `spare_busy` until that request's pool cleanup.
+    // A request that finds it busy (a pipelined request whose predecessor's
+    // pool is not gone yet) allocates its own.
+    bool spare_busy;
+    RequestLocks spare;
 };
 // Releases every lock of `rl` (idempotent); the watchdog's lock is taken
 // where it may race.

@@ -1,9 +1,10 @@
 // mod_pidlock glue: the request path. The last fixup finds the request's
 // key and takes its lock; a connection output filter releases it when the
 // response's EOS passes, and the request pool's cleanup on every other path.
-// The common case (one key from the first source that yields one, no
-// lease) takes no copy of the key and allocates nothing but its
-// RequestLocks.
+// The common case (one key from the first source, needing no decoding, no
+// lease, no PidLockMaxHold, the host's table alone, had at once) takes no
+// copy of the key and allocates nothing: its record is the connection's
+// (ConnLocks::spare). Everything else goes through fixups_general.
 #include <unistd.h>
 
 #include <algorithm>
@@ -39,12 +40,17 @@ const char *const kFenceHeader = "PidLock-Fence";
 // release filter at the end of its response or by its pool's cleanup.
 void release_locks_now(RequestLocks *rl) {
     if (rl->released) return;
-    for (int i = rl->nsets; i-- > 0;) {
-        const int rc = release_all_on(rl->backend, rl->set(i));
-        if (rc != 0) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, rc, rl->r, "PIDLOCK105: releasing a lock failed");
-            return;  // the pool cleanup tries again
-        }
+    State *st = g_state;
+    int rc = 0;
+    if (rl->nsets == 1 && st && rl->backend == st->direct) {
+        // The common case: one set, on the host's table alone.
+        rc = st->direct->release_set(rl->first);
+    } else {
+        for (int i = rl->nsets; i-- > 0 && rc == 0;) rc = release_all_on(rl->backend, rl->set(i));
+    }
+    if (rc != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rc, rl->r, "PIDLOCK105: releasing a lock failed");
+        return;  // the pool cleanup tries again
     }
     rl->released = true;
 }
@@ -62,6 +68,8 @@ apr_status_t release_cleanup(void *data) {
     // The connection outlives the request: it must not keep a pointer to it.
     if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
     release_locks(rl);
+    // Nothing refers to it any more: the connection's next request may use it.
+    if (rl->conn && rl == &rl->conn->spare) rl->conn->spare_busy = false;
     return APR_SUCCESS;
 }
 
@@ -178,7 +186,7 @@ apr_status_t conn_locks_cleanup(void *data) {
 ConnLocks *conn_locks(conn_rec *c) {
     auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
     if (!cl) {
-        cl = new (apr_palloc(c->pool, sizeof(ConnLocks))) ConnLocks{nullptr, connection_fd(c), false, SlotCache()};
+        cl = new (apr_palloc(c->pool, sizeof(ConnLocks))) ConnLocks{nullptr, connection_fd(c), false, SlotCache(), false, RequestLocks()};
         // Registered before any request's pool exists: it runs after them.
         apr_pool_cleanup_register(c->pool, cl, conn_locks_cleanup, apr_pool_cleanup_null);
         ap_set_module_config(c->conn_config, &pidlock_module, cl);
@@ -221,9 +229,9 @@ int header_count(request_rec *r, const char *name, const char **first) {
     return ctx.n;
 }
 
-}  // namespace
-
-Mode mode_for(const DirConfig *d, request_rec *r) {
+// The lock a request's method takes here: PidLockMethods first, else
+// reads for GET, HEAD, OPTIONS and PROPFIND and writes for the rest.
+inline __attribute__((always_inline)) Mode mode_for(const DirConfig *d, request_rec *r) {
     if (d->methods && !apr_is_empty_table(d->methods)) {
         if (const char *m = apr_table_get(d->methods, r->method)) {
             if (m[0] == 'r' || m[0] == 'R') return Mode::Read;
@@ -240,8 +248,6 @@ Mode mode_for(const DirConfig *d, request_rec *r) {
         return Mode::Write;
     }
 }
-
-namespace {
 
 // A path source's key from `path` (a routed path, like r->uri).
 KeyStatus key_from_path_spec(const KeySpec &k, const char *path, apr_size_t max_len, std::string &key) {
@@ -650,6 +656,41 @@ int lock_initial(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     return lease_keys ? lease_gate(r, d, mode, *lease_keys, rl) : DECLINED;
 }
 
+constexpr int kNotAtOnce = -2;
+
+// The common case, taken at once: one key whose bytes live as long as the
+// request, the host's table alone (State::direct), no PidLockMaxHold, and
+// the connection's RequestLocks free. kNotAtOnce: nothing was taken
+// (lock_initial decides: it may wait, or answer why not).
+int lock_at_once(request_rec *r, const DirConfig *d, State *st, Mode mode, const KeyRef &key) {
+    ConnLocks *cl = conn_locks(r->connection);
+    if (cl->spare_busy) return kNotAtOnce;
+    RequestLocks *rl = &cl->spare;
+    const uint64_t request = next_request_number();
+    if (!st->direct->acquire_at_once(key, mode, holder_info(r, request, cl, &cl->cache), rl->first))
+        return kNotAtOnce;
+    cl->spare_busy = true;
+    rl->backend = st->backend;
+    rl->r = r;
+    rl->conn = cl;
+    rl->deadline_ns = 0;
+    rl->request = request;
+    rl->nsets = 1;
+    rl->more = nullptr;
+    rl->nheld = 1;
+    rl->held[0] = key;
+    rl->held_more = nullptr;
+    rl->released = false;
+    rl->watched = false;
+    rl->watchdog = false;
+    ap_set_module_config(r->request_config, &pidlock_module, rl);
+    release_with(rl, r, d, cl);
+    if (mode == Mode::Write && rl->first.fence())
+        apr_table_setn(r->headers_in, kFenceHeader,
+                       apr_psprintf(r->pool, "%" APR_UINT64_T_FMT, rl->first.fence()));
+    return DECLINED;
+}
+
 int no_key(request_rec *r, const DirConfig *d, State *st) {
     if (d->key_required != 1) return DECLINED;
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
@@ -677,55 +718,97 @@ void reap_reported_exits(request_rec *r, State *st) {
                       "PIDLOCK313: released %d lock record(s) of child processes that exited", reaped);
 }
 
+namespace {
+
+// Everything but the common case of fixups(): redirects and sub-requests,
+// several keys, keys that needed decoding, leases, PidLockMaxHold, the
+// PostgreSQL tier, a key not had at once, every refusal.
+__attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d) {
+    const Mode mode = mode_for(d, r);
+    if (mode == Mode::None) return DECLINED;
+    State *st = g_state;
+    if (!st || !st->backend) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK107: lock table unavailable; refusing to run unlocked");
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    reap_reported_exits(r, st);
+    const apr_size_t max_len = max_key_len(server_config(r->server));
+    const bool initial = ap_is_initial_req(r);
+    if (initial && d->keys_all != 1 && d->lease != 1) {
+        // The common case: one key, as a view into the request.
+        std::string scratch;
+        KeyView key;
+        const int bad = first_key(d, r, max_len, scratch, key);
+        if (bad != kNeedsKeysFor) {
+            if (bad) {
+                st->backend->count(Counter::BadKeys);
+                return bad;
+            }
+            if (!key.data) return no_key(r, d, st);
+            const KeyRef ref{key.data, key.len};
+            const bool stable = key.data != scratch.data();
+            if (stable && st->direct && d->max_hold_ms <= 0) {
+                const int rc = lock_at_once(r, d, st, mode, ref);
+                if (rc != kNotAtOnce) return rc;
+            }
+            // A decoded key lives in `scratch`: note_held copies it.
+            return lock_initial(r, d, st, mode, &ref, 1, stable, 0, nullptr);
+        }
+    }
+    std::vector<std::string> keys;
+    const int bad = keys_for(d, r, max_len, keys);
+    if (bad) {
+        st->backend->count(Counter::BadKeys);
+        return bad;
+    }
+    if (keys.empty()) return no_key(r, d, st);
+    if (!initial) {
+        // A redirect into a leased scope is checked against the lease too.
+        const int rc = lock_follow_up(r, d, st, mode, keys);
+        return rc == DECLINED ? lease_gate(r, d, mode, keys, locks_of(initial_request(r))) : rc;
+    }
+
+    // A write that a lease refuses is refused at once, not queued.
+    if (const int refused = lease_precheck(r, d, mode, keys)) return refused;
+    // Form keys were read from the body before this: the wait starts now.
+    const std::vector<KeyRef> refs = key_refs(keys);
+    return lock_initial(r, d, st, mode, refs.data(), refs.size(), false, monotonic_ns() + timeout_ns_of(d),
+                        &keys);
+}
+
+}  // namespace
+
 int fixups(request_rec *r) {
     const DirConfig *d = dir_config(r);
     if (d->enabled != 1) return DECLINED;
     try {
-        const Mode mode = mode_for(d, r);
-        if (mode == Mode::None) return DECLINED;
+        // The common case in a few loads and one call into the table: an
+        // initial request, the first source a simple path pattern or a query
+        // argument whose key needs no decoding, the host's table alone, no lease and no
+        // PidLockMaxHold here, no exits to reap, the lock had at once.
         State *st = g_state;
-        if (!st || !st->backend) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK107: lock table unavailable; refusing to run unlocked");
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-        reap_reported_exits(r, st);
-        const apr_size_t max_len = max_key_len(server_config(r->server));
-        const bool initial = ap_is_initial_req(r);
-        if (initial && d->keys_all != 1 && d->lease != 1) {
-            // The common case: one key, as a view into the request.
-            std::string scratch;
+        if (st && st->direct && !r->main && !r->prev && r->uri && d->keys && d->keys->nelts > 0 &&
+            d->keys_all != 1 && d->lease != 1 && d->max_hold_ms <= 0 &&
+            (!st->exits_reader || !st->exits_reader->pending())) {
+            const KeySpec &k = *reinterpret_cast<const KeySpec *>(d->keys->elts);
+            const apr_size_t max_len = max_key_len(server_config(r->server));
             KeyView key;
-            const int bad = first_key(d, r, max_len, scratch, key);
-            if (bad != kNeedsKeysFor) {
-                if (bad) {
-                    st->backend->count(Counter::BadKeys);
-                    return bad;
-                }
-                if (!key.data) return no_key(r, d, st);
-                const KeyRef ref{key.data, key.len};
-                // A decoded key lives in `scratch`: note_held copies it.
-                return lock_initial(r, d, st, mode, &ref, 1, key.data != scratch.data(), 0, nullptr);
+            bool plain = false;
+            if (k.simple) {
+                plain = plain_path_key(k.prefix, k.prefix_len, r->uri, max_len, key);
+            } else if (k.source == KeySource::Query) {
+                std::string scratch;
+                plain = key_view_query(r->args, k.name, max_len, scratch, key) == KeyStatus::Ok &&
+                        key.data != scratch.data();
+            }
+            if (plain) {
+                const Mode mode = mode_for(d, r);
+                if (mode == Mode::None) return DECLINED;
+                const int rc = lock_at_once(r, d, st, mode, KeyRef{key.data, key.len});
+                if (rc != kNotAtOnce) return rc;
             }
         }
-        std::vector<std::string> keys;
-        const int bad = keys_for(d, r, max_len, keys);
-        if (bad) {
-            st->backend->count(Counter::BadKeys);
-            return bad;
-        }
-        if (keys.empty()) return no_key(r, d, st);
-        if (!initial) {
-            // A redirect into a leased scope is checked against the lease too.
-            const int rc = lock_follow_up(r, d, st, mode, keys);
-            return rc == DECLINED ? lease_gate(r, d, mode, keys, locks_of(initial_request(r))) : rc;
-        }
-
-        // A write that a lease refuses is refused at once, not queued.
-        if (const int refused = lease_precheck(r, d, mode, keys)) return refused;
-        // Form keys were read from the body before this: the wait starts now.
-        const std::vector<KeyRef> refs = key_refs(keys);
-        return lock_initial(r, d, st, mode, refs.data(), refs.size(), false, monotonic_ns() + timeout_ns_of(d),
-                            &keys);
+        return fixups_general(r, d);
     } catch (const std::bad_alloc &) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: out of memory while locking");
         return HTTP_INTERNAL_SERVER_ERROR;

@@ -158,8 +158,26 @@ class TableBackend final : public LockBackend {
         if (mode == Mode::Write) set.set_fence(table_->next_fence());
         return AcquireResult::Acquired;
     }
+    // The request path's common case (State::direct): one key, taken at
+    // once through the table's fast path with the upgrade gate open. False:
+    // nothing taken and `set` as it was (acquire_within then decides: it
+    // may wait, or answer why not).
+    bool acquire_at_once(const KeyRef &key, Mode mode, const HolderInfo &info, LockSet &set) {
+        if (!gate_.is_open()) return false;
+        LockHandle h;
+        if (!table_->acquire_at_once(key.data, key.len, mode, info, h)) return false;
+        set.clear();
+        set.slot(0) = pack(h);
+        set.set(1, mode);
+        set.set_slot_cache(info.slot_cache);
+        if (mode == Mode::Write) set.set_fence(table_->next_fence());
+        return true;
+    }
     // One key held (the common case) inline, else release_several().
-    int release_all(LockSet &set) override {
+    int release_all(LockSet &set) override { return release_set(set); }
+    // release_all, inline where the caller names this class (the request
+    // path's State::direct).
+    int release_set(LockSet &set) {
         if (set.size() != 1) return release_several(set);
         LockHandle h = unpack(set.slot(0), set.mode());
         const int rc = table_->release(h, set.slot_cache());

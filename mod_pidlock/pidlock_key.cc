@@ -348,6 +348,15 @@ PIDLOCK_NO_ASAN inline bool has_prefix(const char *path, const char *prefix, siz
 
 }  // namespace
 
+bool plain_path_key(const char *prefix, size_t prefix_len, const char *path, size_t max_len, KeyView &out) {
+    if (!has_prefix(path, prefix, prefix_len)) return false;
+    const char *rest = path + prefix_len;
+    const size_t n = plain_run(rest);
+    if (rest[n] != '\0' || n == 0 || n > max_len) return false;
+    out = KeyView{rest, n};
+    return true;
+}
+
 KeyStatus simple_capture_key(const char *prefix, size_t prefix_len, bool allow_empty, const char *path,
                              size_t max_len, std::string &scratch, KeyView &out, bool *use_regex) {
     out = KeyView{};

@@ -93,6 +93,11 @@ FastMatch simple_capture_match(const char *prefix, size_t prefix_len, bool allow
 // engine must decide (a newline in the path).
 KeyStatus simple_capture_key(const char *prefix, size_t prefix_len, bool allow_empty, const char *path,
                              size_t max_len, std::string &scratch, KeyView &out, bool *use_regex);
+// The request path's common case of simple_capture_key: true, with `out`
+// viewing the rest of `path` after `prefix`, where that rest is a key as it
+// stands (not empty, at most max_len bytes, no '%' and no newline). False
+// in every other case, where simple_capture_key must decide.
+bool plain_path_key(const char *prefix, size_t prefix_len, const char *path, size_t max_len, KeyView &out);
 
 }  // namespace pidlock
 

@@ -1044,31 +1044,6 @@ void LockTable::pool_push(uint32_t s1) {
 }
 
 namespace {
-// memcmp() == 0 for the short keys of the fast path, without a library
-// call: eight bytes at a time, the last word too where its load stays on
-// the page (see copy_short), its bytes past the end masked off.
-PIDLOCK_NO_ASAN bool same_bytes(const char *a, const char *b, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x, y;
-        std::memcpy(&x, a + i, 8);
-        std::memcpy(&y, b + i, 8);
-        if (x != y) return false;
-    }
-    if (i == n) return true;
-#if PIDLOCK_WORDWISE
-    if (within_page(a + i) && within_page(b + i)) {
-        uint64_t x, y;
-        std::memcpy(&x, a + i, 8);
-        std::memcpy(&y, b + i, 8);
-        return ((x ^ y) & ((1ull << (8 * (n - i))) - 1)) == 0;
-    }
-#endif
-    for (; i < n; ++i)
-        if (a[i] != b[i]) return false;
-    return true;
-}
-
 // A holder's field: `src` (null: empty) cut to cap - 1 bytes and
 // NUL-terminated, in one pass, without library calls: the fields are short,
 // and strnlen + memcpy on each cost more than this. Sixteen bytes at a time
@@ -1132,7 +1107,7 @@ namespace {
 // uncontended benchmark ran at 45 or 60 ns by where the caller's stack
 // lay; with the fields read first, 40 ns wherever it lies).
 template <typename Holder>
-void fill_holder(Holder *h, const HolderInfo &info) {
+inline __attribute__((always_inline)) void fill_holder(Holder *h, const HolderInfo &info) {
     const char *const method = info.method, *const uri = info.uri, *const client = info.client,
                       *const user = info.user;
     const uint64_t thread = info.thread, request = info.request;
@@ -2070,6 +2045,22 @@ bool LockTable::client_gone(const HolderInfo &info) const {
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+bool LockTable::acquire_at_once(const char *key, size_t len, Mode mode, const HolderInfo &info, LockHandle &h) {
+    if (!hdr_ || len == 0 || len > params_.key_cap || mode == Mode::None) return false;
+    const uint64_t hash = this->hash(key, len);
+    const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
+    // A key without an entry is inserted under the mutex: no slot taken.
+    const uint32_t e1 = lookup(bucket, hash, len);
+    if (e1 == 0) return false;
+    const int32_t pid = cached_pid();
+    const uint32_t s1 = take_slot(pid, info.slot_cache);
+    if (s1 == 0) return false;
+    fill_slot(slot(s1), info);
+    if (try_fast(e1, s1, mode, h, bucket & (params_.stripes - 1), key, len, hash) == 1) return true;
+    give_slot(s1, pid, info.slot_cache);
+    return false;
+}
+
 AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
                                  int64_t timeout_ns, const HolderInfo &info,
                                  LockHandle &h, BusyReport *report, int *err) {
@@ -2078,17 +2069,18 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         if (err) *err = EINVAL;
         return AcquireResult::Error;
     }
-    const uint64_t hash = this->hash(key, len);
-    const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
-    const uint32_t si = bucket & (params_.stripes - 1);
-    const int32_t pid = cached_pid();
     // The fast path: no mutex, one CAS on the entry's word.
+    if (acquire_at_once(key, len, mode, info, h)) return AcquireResult::Acquired;
+    return acquire_slow(key, len, mode, timeout_ns, info, h, report, err);
+}
+
+AcquireResult LockTable::acquire_slow(const char *key, size_t len, Mode mode, int64_t timeout_ns,
+                                      const HolderInfo &info, LockHandle &h, BusyReport *report, int *err) {
+    const uint64_t hash = this->hash(key, len);
+    const int32_t pid = cached_pid();
+    // The slow path may still grant through a slot (a key it inserts).
     const uint32_t s1 = take_slot(pid, info.slot_cache);
-    if (s1) {
-        fill_slot(slot(s1), info);
-        const uint32_t e1 = lookup(bucket, hash, len);
-        if (e1 && try_fast(e1, s1, mode, h, si, key, len, hash) == 1) return AcquireResult::Acquired;
-    }
+    if (s1) fill_slot(slot(s1), info);
     // <0: for ever; 0: no wait; else the absolute deadline on mono_ns().
     int64_t deadline = timeout_ns < 0 ? -1 : 0;
     if (timeout_ns > 0) deadline = mono_ns() + timeout_ns;
@@ -2362,30 +2354,54 @@ AcquireResult LockTable::acquire_once(const char *key, size_t len, uint64_t hash
 // CAS, without the mutex unless the entry is being repaired (then under it,
 // once the repair is done) or has records (then waiters are dispatched).
 inline __attribute__((always_inline)) int LockTable::release_fast(LockHandle &h, SlotCache *cache) {
-    const LockHandle mine = h;
+    const uint32_t s1 = h.record & ~LockHandle::kSlotBit, si = h.stripe;
+    const uint64_t token = h.token;
     h = LockHandle();
-    const uint32_t s1 = mine.record & ~LockHandle::kSlotBit;
-    if (s1 == 0 || s1 > slots_ || mine.stripe >= params_.stripes) return 0;
+    if (s1 == 0 || s1 > slots_ || si >= params_.stripes) return 0;
     Slot *sl = slot(s1);
     const int32_t pid = cached_pid();
-    if (sl->owner.load(std::memory_order_relaxed) != pid || sl->token != mine.token ||
-        slot_kind(sl->state.load(std::memory_order_relaxed)) != kSlotHeld)
+    const uint32_t state = sl->state.load(std::memory_order_relaxed);
+    if (sl->owner.load(std::memory_order_relaxed) != pid || sl->token != token || slot_kind(state) != kSlotHeld)
         return 0;  // released already
     const uint64_t what = sl->what.load(std::memory_order_relaxed);
     const uint32_t e1 = static_cast<uint32_t>(what), tag = tag_of(what);
-    const Mode mode = slot_mode(sl->state.load(std::memory_order_relaxed));
+    const Mode mode = slot_mode(state);
     if (e1 == 0 || e1 > slots_ || (mode != Mode::Read && mode != Mode::Write)) return 0;
     Entry *e = entry(e1);
-    bool locked = false;
     sl->state.store(slot_state(kSlotReleasing, mode), std::memory_order_release);
     PIDLOCK_CRASH_POINT(25);
+    uint64_t w = e->word.load(std::memory_order_acquire);
+    const bool counted = mode == Mode::Write ? (w & kWriterBit) != 0 : (w & kReadersMask) != 0;
+    // The common case, straight through: our count on the word as the slot
+    // says, no repair, and one CAS takes it off.
+    if (tag_of(w) != tag || (w & (kDeadBit | kRepairBit)) || !counted ||
+        !e->word.compare_exchange_strong(w, mode == Mode::Write ? w & ~kWriterBit : w - 1,
+                                         std::memory_order_seq_cst, std::memory_order_acquire))
+        return release_fast_rest(h, s1, si, token, e1, tag, mode, cache);
+    PIDLOCK_CRASH_POINT(26);
+    sl->state.store(kSlotIdle, std::memory_order_release);
+    give_slot(s1, pid, cache);
+    // Someone waits: whoever this release lets in is granted now.
+    if (w & kQueuedBit) dispatch_after_release(si, e1, mode, false);
+    return 0;
+}
+
+// The rest of a fast release whose one CAS did not do (the slot says
+// "releasing"): the word changed under it, the lock was broken, or the
+// entry is being repaired.
+int LockTable::release_fast_rest(LockHandle &h, uint32_t s1, uint32_t si, uint64_t token, uint32_t e1, uint32_t tag,
+                                 Mode mode, SlotCache *cache) {
+    Slot *sl = slot(s1);
+    const int32_t pid = cached_pid();
+    Entry *e = entry(e1);
+    bool locked = false;
     uint64_t w = e->word.load(std::memory_order_acquire);
     for (;;) {
         const bool mine_counted = mode == Mode::Write ? (w & kWriterBit) != 0 : (w & kReadersMask) != 0;
         if (tag_of(w) != tag || (w & kDeadBit) || !mine_counted) {
             // Broken (the tag moved on): nothing of ours to take off.
             sl->state.store(kSlotIdle, std::memory_order_release);
-            if (locked) leave(mine.stripe);
+            if (locked) leave(si);
             give_slot(s1, pid, cache);
             return 0;
         }
@@ -2397,9 +2413,13 @@ inline __attribute__((always_inline)) int LockTable::release_fast(LockHandle &h,
             if (locked) {  // a repair that gave up left the bit: should not happen under the mutex
                 sched_yield();
             } else {
-                const int rc = enter(mine.stripe);
+                const int rc = enter(si);
                 if (rc != 0) {
-                    h = mine;  // still held: a later call tries again
+                    // Still held: a later call tries again.
+                    h.record = s1 | LockHandle::kSlotBit;
+                    h.stripe = si;
+                    h.token = token;
+                    h.mode = mode;
                     return rc;
                 }
                 locked = true;
@@ -2415,11 +2435,10 @@ inline __attribute__((always_inline)) int LockTable::release_fast(LockHandle &h,
     sl->state.store(kSlotIdle, std::memory_order_release);
     give_slot(s1, pid, cache);
     if (w & kQueuedBit) {
-        // Someone waits: whoever this release lets in is granted now.
-        dispatch_after_release(mine.stripe, e1, mode, locked);
+        dispatch_after_release(si, e1, mode, locked);
         return 0;
     }
-    if (locked) leave(mine.stripe);
+    if (locked) leave(si);
     return 0;
 }
 

@@ -125,6 +125,11 @@ class LockTable {
                           int64_t timeout_ns, const HolderInfo &info,
                           LockHandle &h, BusyReport *report = nullptr,
                           int *err = nullptr);
+    // The request path's common case: takes `key` if the fast path can, at
+    // once (its entry exists and the word lets it in: no mutex, no wait, no
+    // counter touched), filling `h`. False otherwise, with nothing held and
+    // `h` as it was: acquire() then decides (it begins with this call).
+    bool acquire_at_once(const char *key, size_t len, Mode mode, const HolderInfo &info, LockHandle &h);
     // Releases what `h` holds and clears it. Idempotent; a no-op for a handle
     // whose lock was broken. Returns 0 or the mutex error code. `cache`: the
     // slot cache the acquire was given (HolderInfo::slot_cache), if any.
@@ -210,6 +215,8 @@ class LockTable {
     static bool read_header(void *base, size_t size, TableParams &p, HashSeed &seed);
     void attach(void *base, const TableParams &p, const HashSeed &seed);
     uint64_t hash(const char *key, size_t len) const;
+    AcquireResult acquire_slow(const char *key, size_t len, Mode mode, int64_t timeout_ns, const HolderInfo &info,
+                               LockHandle &h, BusyReport *report, int *err);
     AcquireResult acquire_once(const char *key, size_t len, uint64_t hash, Mode mode, int64_t deadline,
                                const HolderInfo &info, uint32_t s1, LockHandle &h, BusyReport *report,
                                int *err, bool &vanished, int &reclaims);
@@ -255,6 +262,8 @@ class LockTable {
     int try_fast(uint32_t e1, uint32_t s1, Mode mode, LockHandle &h, uint32_t si, const char *key,
                  size_t len, uint64_t hash);
     int release_fast(LockHandle &h, SlotCache *cache);
+    __attribute__((noinline)) int release_fast_rest(LockHandle &h, uint32_t s1, uint32_t si, uint64_t token,
+                                                    uint32_t e1, uint32_t tag, Mode mode, SlotCache *cache);
     __attribute__((noinline)) void dispatch_after_release(uint32_t si, uint32_t e1, Mode mode, bool locked);
     void free_entry(Stripe *st, uint32_t bucket, uint32_t e1);
     bool check_parts(bool quiescent, std::string &why);

@@ -292,3 +292,34 @@ TEST(Bytes, PathKeySlashEscapeAtEveryDistanceFromPageEnd) {
         }
     }
 }
+
+// The key compare of the table's fast path: equal bytes of every length
+// 1-40 compare equal, a difference in any one of them does not, and bytes
+// past the end never matter; with either string at a page's start, in its
+// middle or against a PROT_NONE page at its end (a load that crossed would
+// fault). Fails with a mask that drops a key's last byte or keeps one past
+// its end.
+TEST(Bytes, SameBytesOfEveryLengthAnywhere) {
+    GuardedPage pa, pb;
+    std::mt19937 rng(13);
+    for (size_t n = 1; n <= 40; ++n) {
+        const std::string key = random_text(rng, n);
+        for (int wa = 0; wa < 3; ++wa) {
+            for (int wb = 0; wb < 3; ++wb) {
+                const auto place = [](GuardedPage &g, int where, const std::string &s) {
+                    return where == 0   ? g.at_start(s + "#")
+                           : where == 1 ? g.at_start(std::string(1000, 'm') + s + "$") + 1000
+                                        : g.at_end(s);
+                };
+                const char *a = place(pa, wa, key);
+                // The byte after b's end (where there is one) differs from a's.
+                CHECK(same_bytes(a, place(pb, wb, key), n));
+                for (size_t i = 0; i < n; ++i) {
+                    std::string other = key;
+                    other[i] = static_cast<char>(other[i] ^ 0x20);
+                    CHECK(!same_bytes(a, place(pb, wb, other), n));
+                }
+            }
+        }
+    }
+}

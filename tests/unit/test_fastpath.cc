@@ -361,3 +361,55 @@ TEST(FastPath, QueuedWriterTurnsReadersToTheQueue) {
     CHECK_EQUAL(0, s.table->release(r2));
     STRCMP_EQUAL("", s.table->check_consistency().c_str());
 }
+
+// LockTable::acquire_at_once: true only where the fast path takes the key
+// at once; false, with nothing held, no waiter queued and no counter
+// moved, for a key without an entry, a key held against the mode, and a
+// key with a queued waiter. acquire() then decides as before.
+TEST(FastPath, AcquireAtOnceTakesOnlyWhatTheFastPathCan) {
+    TableInShm s(64);
+    HolderInfo info;
+    LockHandle h, w, r;
+    const auto counters = [&] {
+        TableSnapshot snap;
+        CHECK(s.table->snapshot(snap));
+        return snap.counters;
+    };
+    CHECK(!s.table->acquire_at_once("k", 1, Mode::Read, info, h));  // no entry yet
+    CHECK(!h.held());
+    CHECK(s.table->acquire("k", 1, Mode::Read, 0, info, h) == AcquireResult::Acquired);  // inserts it
+    CHECK_EQUAL(0, s.table->release(h));
+    CHECK(s.table->acquire_at_once("k", 1, Mode::Read, info, h));
+    CHECK(h.record & LockHandle::kSlotBit);
+    CHECK(s.table->acquire_at_once("k", 1, Mode::Read, info, r));  // readers share
+    const Counters before = counters();
+    CHECK(!s.table->acquire_at_once("k", 1, Mode::Write, info, w));  // held by readers
+    CHECK(!w.held());
+    const Counters after = counters();
+    CHECK_EQUAL(before.waited, after.waited);
+    CHECK_EQUAL(before.timeouts, after.timeouts);
+    CHECK_EQUAL(before.acquired_write, after.acquired_write);
+    CHECK_EQUAL(0, s.table->release(r));
+    // A writer queued behind the reader: later readers go to the queue.
+    std::thread t([&] {
+        LockHandle x;
+        if (s.table->acquire("k", 1, Mode::Write, 5 * 1000000000LL, info, x) == AcquireResult::Acquired)
+            s.table->release(x);
+    });
+    for (int n = 0; n < 5000; ++n) {
+        TableSnapshot snap;
+        s.table->snapshot(snap);
+        if (!snap.locks.empty() && snap.locks[0].waiting_write == 1) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    CHECK(!s.table->acquire_at_once("k", 1, Mode::Read, info, r));
+    CHECK(!r.held());
+    CHECK_EQUAL(0, s.table->release(h));
+    t.join();
+    CHECK(s.table->acquire_at_once("k", 1, Mode::Write, info, w));
+    CHECK_EQUAL(0, s.table->release(w));
+    // Keys the table refuses are refused here too, without a fault.
+    CHECK(!s.table->acquire_at_once("", 0, Mode::Read, info, h));
+    CHECK(!s.table->acquire_at_once("k", 1, Mode::None, info, h));
+    STRCMP_EQUAL("", s.table->check_consistency().c_str());
+}

@@ -180,3 +180,24 @@ TEST(Gate, OldProcessesFollowProc) {
     // A pruning aimed at one pid leaves the others alone.
     CHECK_EQUAL(1u, old_prune(procs, n, child));
 }
+
+// acquire_at_once (the request path's common case) never passes a closed
+// gate: it answers false and takes nothing; once the gate opens it takes
+// the key of an existing entry at once.
+TEST(Gate, AcquireAtOnceNeverPassesAClosedGate) {
+    GateTable g(false);
+    const KeyRef k{"pid-4", 5};
+    HolderInfo info;
+    LockHandle h;
+    CHECK(g.table->acquire("pid-4", 5, Mode::Read, 0, info, h) == AcquireResult::Acquired);  // an entry exists
+    CHECK_EQUAL(0, g.table->release(h));
+    LockSet set;
+    CHECK(!g.backend->acquire_at_once(k, Mode::Write, info, set));
+    CHECK(set.empty());
+    UpgradeGate::open(g.gate());
+    CHECK(g.backend->acquire_at_once(k, Mode::Write, info, set));
+    CHECK_EQUAL(1u, set.size());
+    CHECK(set.fence() != 0);  // a write's fence, as acquire_all gives
+    CHECK_EQUAL(0, g.backend->release_all(set));
+    STRCMP_EQUAL("", g.table->check_consistency().c_str());
+}
