@@ -720,6 +720,18 @@ void reap_reported_exits(request_rec *r, State *st) {
 
 namespace {
 
+// Locks already noted on an initial request when its own fixup begins:
+// sub-requests that a module made in an earlier hook to look a URI up took
+// them (mod_dir's DirectoryIndex, MultiViews), in their own mode, and the
+// module then made the request that URI (a fast redirect). The lookups are
+// over: their locks go now, and the request takes its own without waiting
+// for them (a POST to a directory would wait for its index's read lock).
+__attribute__((noinline)) void release_lookups(request_rec *r, RequestLocks *rl) {
+    ap_set_module_config(r->request_config, &pidlock_module, nullptr);
+    if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
+    release_locks(rl);
+}
+
 // Everything but the common case of fixups(): redirects and sub-requests,
 // several keys, keys that needed decoding, leases, PidLockMaxHold, the
 // PostgreSQL tier, a key not had at once, every refusal.
@@ -782,6 +794,9 @@ int fixups(request_rec *r) {
     const DirConfig *d = dir_config(r);
     if (d->enabled != 1) return DECLINED;
     try {
+        if (!r->main && !r->prev) {
+            if (RequestLocks *early = locks_of(r)) release_lookups(r, early);
+        }
         // The common case in a few loads and one call into the table: an
         // initial request, the first source a simple path pattern or a query
         // argument whose key needs no decoding, the host's table alone, no lease and no

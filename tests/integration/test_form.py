@@ -755,6 +755,37 @@ def _pipelined(h):
         check(r.status != 503, "%s: a writer was refused after the pipelined reads (%d)" % (prefix, r.status))
 
 
+def t_directory_index(mpm):
+    """mod_dir's DirectoryIndex looks the index up in a sub-request before
+    this module's fixup runs on the request (the sub-request's own fixup
+    takes its lock, in the sub-request's GET mode), then makes the request
+    that index (a fast redirect). The request's own lock on the same key
+    must not wait for its lookup's: before, a POST or PUT to the directory
+    waited out PidLockTimeout on its own read lock and was answered 503
+    (PIDLOCK102). The core's handler answers a PUT to a static file with
+    405 and a POST as a GET; none is answered 503, and no lock outlives its
+    request."""
+    h = server(mpm, "dirindex", extra="LoadModule dir_module %s/mod_dir.so\n" % MODDIR)
+    try:
+        d = os.path.join(h.root, "static", "d")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        with open(os.path.join(d, "index.html"), "wb") as f:
+            f.write(b"index\n")
+        os.chmod(os.path.join(d, "index.html"), 0o644)
+        for prefix in ("/static/", "/static-sent/"):
+            for method in ("GET", "POST", "PUT", "GET"):
+                r = h.request(method, prefix + "d/", body=None if method == "GET" else b"x")
+                want = 405 if method == "PUT" else 200  # the core's handler serves a POST as a GET
+                check(r.status == want, "%s %sd/: %d (want %d) %r" % (method, prefix, r.status, want, r.body[:120]))
+                if want == 200:
+                    check(r.body == b"index\n", "%s %sd/: %r" % (method, prefix, r.body[:120]))
+            wait_empty(h)
+        check("PIDLOCK102" not in h.read_log(), "a request waited for a lock (PIDLOCK102)")
+    finally:
+        h.stop()
+
+
 def h2_frame(ftype, flags, stream, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
 
@@ -990,7 +1021,7 @@ def run_form_suite(mpm, record, only=None):
     run_on_server(h, FORM_TESTS, "form/%s" % mpm, record, only)
     # Suites with servers of their own.
     for name, fn in (("wsgi", t_wsgi), ("dataone_example", t_dataone_example),
-                     ("pipelined_keepalive", t_pipelined_keepalive)):
+                     ("pipelined_keepalive", t_pipelined_keepalive), ("directory_index", t_directory_index)):
         if only and name not in only:
             continue
         try:
