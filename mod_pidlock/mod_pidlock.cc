@@ -26,6 +26,9 @@ void register_hooks(apr_pool_t *) {
     // Last of the fixups: after authentication and authorization, so a client
     // that is refused never holds or waits on a lock.
     ap_hook_fixups(fixups, nullptr, nullptr, APR_HOOK_REALLY_LAST);
+    // A sub-request locks when it runs, before any handler: lookups that are
+    // never run (mod_autoindex's, one per file listed) take no lock.
+    ap_hook_handler(subrequest_locks, nullptr, nullptr, APR_HOOK_REALLY_FIRST);
     ap_hook_handler(status_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     // Every request, locked or not: a client's own fence header goes.
     ap_hook_post_read_request(strip_fence, nullptr, nullptr, APR_HOOK_REALLY_FIRST);

@@ -244,6 +244,7 @@ int connection_fd(conn_rec *c);
 bool client_aborted(void *conn);
 
 int fixups(request_rec *r);
+int subrequest_locks(request_rec *r);
 int strip_fence(request_rec *r);
 // Releases what the child processes the parent reported gone still held
 // (one atomic load when there is nothing new); logged against `r`.

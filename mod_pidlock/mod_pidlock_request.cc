@@ -1,5 +1,5 @@
 // mod_pidlock glue: the request path. The last fixup finds the request's
-// key and takes its lock; a connection output filter releases it when the
+// key and takes its lock (a sub-request's, the first handler, as it runs); a connection output filter releases it when the
 // response's EOS passes, and the request pool's cleanup on every other path.
 // The common case (one key from the first source, needing no decoding, no
 // lease, no PidLockMaxHold, the host's table alone, had at once) takes no
@@ -430,9 +430,12 @@ bool accepts_json(request_rec *r) {
 }
 
 // Answers the request here and now: the fixup then returns DONE, so no
-// handler (mod_proxy included) runs for it.
+// handler (mod_proxy included) runs for it. A sub-request's answer is the
+// status alone, which ap_run_sub_req returns to the module running it (a
+// body would go into the middle of its initial request's response).
 int answer_busy(request_rec *r, int status, const BusyReport *rep, double timeout_s, const char *text) {
     r->status = status;
+    if (r->main) return status;
     if (status == HTTP_SERVICE_UNAVAILABLE || status == HTTP_TOO_MANY_REQUESTS) {
         const long secs = std::max(1L, static_cast<long>(std::ceil(timeout_s)));
         apr_table_setn(r->headers_out, "Retry-After", apr_ltoa(r->pool, secs));
@@ -721,15 +724,28 @@ void reap_reported_exits(request_rec *r, State *st) {
 namespace {
 
 // Locks already noted on an initial request when its own fixup begins:
-// sub-requests that a module made in an earlier hook to look a URI up took
-// them (mod_dir's DirectoryIndex, MultiViews), in their own mode, and the
-// module then made the request that URI (a fast redirect). The lookups are
-// over: their locks go now, and the request takes its own without waiting
-// for them (a POST to a directory would wait for its index's read lock).
+// sub-requests that a module ran in an earlier hook took them, in their own
+// mode. They are over: their locks go now, and the request takes its own
+// without waiting for them. (Lookups that are never run, such as mod_dir's
+// DirectoryIndex and MultiViews before their fast redirect, take none: a
+// sub-request locks in subrequest_locks, when it runs.)
 __attribute__((noinline)) void release_lookups(request_rec *r, RequestLocks *rl) {
     ap_set_module_config(r->request_config, &pidlock_module, nullptr);
     if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
     release_locks(rl);
+}
+
+// What escaped the locking of `r`, from within its catch block: logged,
+// and answered 500.
+__attribute__((noinline, cold)) int locking_failed(request_rec *r) {
+    try {
+        throw;
+    } catch (const std::bad_alloc &) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: out of memory while locking");
+    } catch (...) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK112: unexpected error while locking");
+    }
+    return HTTP_INTERNAL_SERVER_ERROR;
 }
 
 // Everything but the common case of fixups(): redirects and sub-requests,
@@ -823,13 +839,29 @@ int fixups(request_rec *r) {
                 if (rc != kNotAtOnce) return rc;
             }
         }
+        // A sub-request locks when it runs (subrequest_locks), not when it
+        // is looked up: mod_autoindex looks every file of a listing up and
+        // runs none.
+        if (r->main) return DECLINED;
         return fixups_general(r, d);
-    } catch (const std::bad_alloc &) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK106: out of memory while locking");
-        return HTTP_INTERNAL_SERVER_ERROR;
     } catch (...) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "PIDLOCK112: unexpected error while locking");
-        return HTTP_INTERNAL_SERVER_ERROR;
+        return locking_failed(r);
+    }
+}
+
+// First of the handlers: a sub-request takes its locks now that it runs
+// (ap_run_sub_req invokes the handler, a lookup alone never does), and
+// declines, or answers why not; ap_run_sub_req passes that status back to
+// the module that ran it. Internal redirects of the initial request lock in
+// their fixup (they always run).
+int subrequest_locks(request_rec *r) {
+    if (!r->main) return DECLINED;
+    const DirConfig *d = dir_config(r);
+    if (d->enabled != 1) return DECLINED;
+    try {
+        return fixups_general(r, d);
+    } catch (...) {
+        return locking_failed(r);
     }
 }
 

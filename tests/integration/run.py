@@ -321,6 +321,46 @@ def t_subrequest_redirect(h, opts):
                 check("subreq 200" in r.text, "%s %s: %r" % (method, url, r.body[:200]))
             check(r.elapsed < 5, "%s %s took %.1fs" % (method, url, r.elapsed))
     wait_table_empty(h)
+    # A sub-request that runs, to a key its request does not hold, takes
+    # that key's lock (in its own method's mode) while it runs: it locks in
+    # the handler phase, where ap_run_sub_req runs it.
+    for method in ("GET", "PUT"):
+        mode = "read" if method == "GET" else "write"
+        out = []
+
+        def run(method=method, out=out):
+            try:
+                out.append(h.request(method, "/sub/sk?uri=/mn/v2/object/sb", timeout=15,
+                                     headers={"X-Test-Pid": "sb", "X-Test-Sleep-Ms": "1500"},
+                                     body=b"x" if method == "PUT" else None))
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        held = poll(lambda: [l for l in status_json(h)["locks"] if l["key"] == "sb"], timeout=5)
+        t.join(15)
+        check(held and held[0]["mode"] == mode,
+              "%s: the running sub-request held no %s lock on its key: %r" % (method, mode, held))
+        check(out and not isinstance(out[0], Exception) and out[0].status == 200,
+              "%s /sub/sk?uri=/mn/v2/object/sb: %r" % (method, out[:1]))
+        check(("ok sb %s" % mode) in out[0].text and "subreq 200" in out[0].text,
+              "%s /sub/sk?uri=/mn/v2/object/sb: %r" % (method, out[0].body[:200]))
+    wait_table_empty(h)
+    # One refused (its key busy past PidLockTimeout) answers the module that
+    # ran it with the status, and writes nothing into the response.
+    out = []
+    t = threading.Thread(target=lambda: out.append(h.request(
+        "PUT", "/busy/sbusy", body=b"x", timeout=15, headers={"X-Test-Pid": "sbusy", "X-Test-Sleep-Ms": "2000"})),
+        daemon=True)
+    t.start()
+    check(poll(lambda: [l for l in status_json(h)["locks"] if l["key"] == "sbusy"], timeout=5),
+          "the writer on sbusy never held its lock")
+    r = h.request("GET", "/sub/sk?uri=/busy/sbusy", headers={"X-Test-Pid": "sbusy"}, timeout=15)
+    t.join(15)
+    check(r.status == 200 and r.text == "subreq 503\n",
+          "a refused sub-request: %d %r (want 200 'subreq 503')" % (r.status, r.body[:300]))
+    check(out and out[0].status == 200, "the writer on sbusy: %r" % out[:1])
+    wait_table_empty(h)
 
 
 def t_released_after_all(h, opts):

@@ -786,6 +786,63 @@ def t_directory_index(mpm):
         h.stop()
 
 
+LISTING = r"""
+LoadModule autoindex_module {moddir}/mod_autoindex.so
+LoadModule dir_module {moddir}/mod_dir.so
+<Directory {root}/static/ls>
+    Options +Indexes
+    HeaderName HEADER.html
+    <Files HEADER.html>
+        ForceType text/html
+    </Files>
+</Directory>
+"""
+
+
+def t_directory_listing(mpm):
+    """mod_autoindex looks every file of a listing up in a sub-request and
+    runs none of them; it runs one, its HeaderName file. A sub-request takes
+    its lock when it runs, not when it is looked up: before, every lookup's
+    fixup took a new lock set on the listing request, the fifth and later
+    were refused (PIDLOCK110, 500) and autoindex left those files out of
+    the listing (3 of 8 files shown). Every file is listed, the header's
+    sub-request (which runs) takes its read lock, the lookups take none,
+    and no lock outlives its request."""
+    h = server(mpm, "listing", extra=LISTING.replace("{moddir}", MODDIR))
+    try:
+        d = os.path.join(h.root, "static", "ls")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        names = ["file%02d.txt" % i for i in range(10)]
+        for name, data in [(n, n.encode()) for n in names] + [("HEADER.html", b"<p>listing-header</p>\n")]:
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+            os.chmod(os.path.join(d, name), 0o644)
+        for prefix in ("/static/", "/static-sent/"):
+            for _ in range(2):
+                before = status(h)["counters"]["acquired_read"]
+                r = h.request("GET", prefix + "ls/")
+                check(r.status == 200, "GET %sls/: %d %r" % (prefix, r.status, r.body[:200]))
+                missing = [n for n in names if ('href="%s"' % n) not in r.text]
+                check(not missing, "GET %sls/: %d of %d files missing from the listing: %s"
+                      % (prefix, len(missing), len(names), ", ".join(missing)))
+                check("listing-header" in r.text, "GET %sls/: the HeaderName file was not included" % prefix)
+                wait_empty(h)
+                # The listing's own lock and the header's, which ran; no lookup's.
+                got = status(h)["counters"]["acquired_read"] - before
+                check(got == 2, "GET %sls/: %d read locks taken (want 2: the listing and its header)"
+                      % (prefix, got))
+        # A file of the directory is still served, under its own lock.
+        r = h.request("GET", "/static/ls/file07.txt")
+        check(r.status == 200 and r.body == b"file07.txt",
+              "GET /static/ls/file07.txt: %d %r" % (r.status, r.body[:80]))
+        wait_empty(h)
+        log = h.read_log()
+        check("PIDLOCK110" not in log, "a sub-request was refused (PIDLOCK110)")
+    finally:
+        h.stop()
+
+
 def h2_frame(ftype, flags, stream, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
 
@@ -1021,7 +1078,8 @@ def run_form_suite(mpm, record, only=None):
     run_on_server(h, FORM_TESTS, "form/%s" % mpm, record, only)
     # Suites with servers of their own.
     for name, fn in (("wsgi", t_wsgi), ("dataone_example", t_dataone_example),
-                     ("pipelined_keepalive", t_pipelined_keepalive), ("directory_index", t_directory_index)):
+                     ("pipelined_keepalive", t_pipelined_keepalive), ("directory_index", t_directory_index),
+                     ("directory_listing", t_directory_listing)):
         if only and name not in only:
             continue
         try:
