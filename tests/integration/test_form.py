@@ -757,10 +757,11 @@ def _pipelined(h):
 
 def t_directory_index(mpm):
     """mod_dir's DirectoryIndex looks the index up in a sub-request before
-    this module's fixup runs on the request (the sub-request's own fixup
-    takes its lock, in the sub-request's GET mode), then makes the request
-    that index (a fast redirect). The request's own lock on the same key
-    must not wait for its lookup's: before, a POST or PUT to the directory
+    this module's fixup runs on the request, then makes the request that
+    index (a fast redirect). The lookup is never run and takes no lock (it
+    once took one in its fixup, in the sub-request's GET mode). The
+    request's own lock on the same key must not wait for its lookup's:
+    before ace1a5b, a POST or PUT to the directory
     waited out PidLockTimeout on its own read lock and was answered 503
     (PIDLOCK102). The core's handler answers a PUT to a static file with
     405 and a POST as a GET; none is answered 503, and no lock outlives its
