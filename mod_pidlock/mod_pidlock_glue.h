@@ -7,6 +7,7 @@
 #ifndef MOD_PIDLOCK_GLUE_H
 #define MOD_PIDLOCK_GLUE_H
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -222,6 +223,11 @@ struct ConnLocks {
     // pool is not gone yet) allocates its own.
     bool spare_busy;
     RequestLocks spare;
+    // This connection's RequestLocks that hold locks still (the watchdog's
+    // thread may release one): under PidLockRelease sent an earlier
+    // request's locks last until httpd has written its response, which it
+    // may keep buffered while it reads the next, pipelined one.
+    std::atomic<int> unreleased;
 };
 // Releases every lock of `rl` (idempotent); the watchdog's lock is taken
 // where it may race.

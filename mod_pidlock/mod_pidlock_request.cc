@@ -53,6 +53,7 @@ void release_locks_now(RequestLocks *rl) {
         return;  // the pool cleanup tries again
     }
     rl->released = true;
+    if (rl->conn) rl->conn->unreleased.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void release_locks(RequestLocks *rl) {
@@ -186,7 +187,7 @@ apr_status_t conn_locks_cleanup(void *data) {
 ConnLocks *conn_locks(conn_rec *c) {
     auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
     if (!cl) {
-        cl = new (apr_palloc(c->pool, sizeof(ConnLocks))) ConnLocks{nullptr, connection_fd(c), false, SlotCache(), false, RequestLocks()};
+        cl = new (apr_palloc(c->pool, sizeof(ConnLocks))) ConnLocks{nullptr, connection_fd(c), false, SlotCache(), false, RequestLocks(), 0};
         // Registered before any request's pool exists: it runs after them.
         apr_pool_cleanup_register(c->pool, cl, conn_locks_cleanup, apr_pool_cleanup_null);
         ap_set_module_config(c->conn_config, &pidlock_module, cl);
@@ -196,7 +197,8 @@ ConnLocks *conn_locks(conn_rec *c) {
 
 // PidLockRelease eos: `rl`'s locks end when the EOS of the response of `r`
 // (its initial request) passes the connection's release filter, added to
-// the connection now if this is its first such request.
+// the connection now if this is its first such request (release_with has
+// set rl->conn).
 void release_at_eos(RequestLocks *rl, request_rec *r, ConnLocks *cl) {
     if (!cl->filter) {
         // With `r`, httpd links the filter into this request's chain too.
@@ -204,7 +206,6 @@ void release_at_eos(RequestLocks *rl, request_rec *r, ConnLocks *cl) {
         cl->filter = true;
     }
     cl->current = rl;
-    rl->conn = cl;
 }
 
 // Every request header named `name`, counted: a repeated key header is
@@ -557,6 +558,8 @@ int64_t timeout_ns_of(const DirConfig *d) {
 // Ends `rl`'s locks with the request: at its pool's cleanup, and (eos) at
 // its response's EOS.
 void release_with(RequestLocks *rl, request_rec *init, const DirConfig *d, ConnLocks *cl) {
+    rl->conn = cl;
+    cl->unreleased.fetch_add(1, std::memory_order_relaxed);
     apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
     if (d->release_sent != 1) release_at_eos(rl, init, cl);
 }
@@ -675,7 +678,6 @@ int lock_at_once(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     cl->spare_busy = true;
     rl->backend = st->backend;
     rl->r = r;
-    rl->conn = cl;
     rl->deadline_ns = 0;
     rl->request = request;
     rl->nsets = 1;
@@ -748,6 +750,24 @@ __attribute__((noinline, cold)) int locking_failed(request_rec *r) {
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
+// An initial request about to wait for its locks while an earlier request
+// of its own connection still holds some (PidLockRelease sent: httpd keeps
+// a response's tail buffered while it reads the next, pipelined request,
+// and the earlier request ends only once it is written): the connection's
+// output is written now, which ends that request, rather than this one
+// waiting on its own connection until its PidLockTimeout.
+void finish_earlier_requests(request_rec *r) {
+    conn_rec *c = r->connection;
+    auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
+    if (!cl || cl->unreleased.load(std::memory_order_relaxed) == 0) return;
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, c->bucket_alloc);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(c->bucket_alloc));
+    const apr_status_t rv = ap_pass_brigade(c->output_filters, bb);
+    apr_brigade_destroy(bb);
+    if (rv != APR_SUCCESS)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, rv, r, "writing the earlier responses of the connection failed");
+}
+
 // Everything but the common case of fixups(): redirects and sub-requests,
 // several keys, keys that needed decoding, leases, PidLockMaxHold, the
 // PostgreSQL tier, a key not had at once, every refusal.
@@ -779,6 +799,7 @@ __attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d)
                 const int rc = lock_at_once(r, d, st, mode, ref);
                 if (rc != kNotAtOnce) return rc;
             }
+            finish_earlier_requests(r);
             // A decoded key lives in `scratch`: note_held copies it.
             return lock_initial(r, d, st, mode, &ref, 1, stable, 0, nullptr);
         }
@@ -798,6 +819,7 @@ __attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d)
 
     // A write that a lease refuses is refused at once, not queued.
     if (const int refused = lease_precheck(r, d, mode, keys)) return refused;
+    finish_earlier_requests(r);
     // Form keys were read from the body before this: the wait starts now.
     const std::vector<KeyRef> refs = key_refs(keys);
     return lock_initial(r, d, st, mode, refs.data(), refs.size(), false, monotonic_ns() + timeout_ns_of(d),

@@ -720,7 +720,10 @@ def t_pipelined_keepalive(mpm):
     one, which cannot use the connection's own lock record and takes one
     of its own (prefork and worker; event finishes the write first: shown
     by a build that answers 500 there, which fails this test under those
-    two MPMs). Every request is answered, every lock is counted once and
+    two MPMs); and a write pipelined behind a read of the same key gets its
+    lock once httpd has written the read's response, rather than waiting on
+    its own connection (503 under prefork and worker before that was
+    fixed). Every request is answered, every lock is counted once and
     none outlives its request."""
     h = server(mpm, "pipelined", extra="SendBufferSize 4096\n")
     try:
@@ -753,6 +756,25 @@ def _pipelined(h):
         check(got == locked, "%s: %d read locks counted for %d locked requests" % (prefix, got, locked))
         r = h.request("PUT", prefix + "small.txt", body=b"x")
         check(r.status != 503, "%s: a writer was refused after the pipelined reads (%d)" % (prefix, r.status))
+        # A write pipelined behind a read of the same key whose response's
+        # tail httpd still holds: under sent the read's lock lasts until that
+        # tail is written, which httpd does first, rather than the write
+        # waiting on its own connection until its PidLockTimeout (503).
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(10)
+            s.connect((HOST, h.port))
+            s.sendall(("GET %smid.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "PUT %smid.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx" % (prefix, prefix)).encode())
+            time.sleep(0.8)  # longer than the scope's PidLockTimeout
+            (st1, body1), (st2, _) = read_pipelined(s, 2)
+            check(st1 == 200 and body1 == MID, "%s: the read behind which a write was pipelined: %d" % (prefix, st1))
+            check(st2 not in (503, 200), "%s: the pipelined write on the key its connection's read held: %d (want the "
+                  "static handler's refusal of a PUT, after its lock)" % (prefix, st2))
+        finally:
+            s.close()
+        wait_empty(h)
 
 
 def t_directory_index(mpm):
