@@ -1,6 +1,7 @@
 // mod_pidlock glue: the request path. The last fixup finds the request's
-// key and takes its lock (a sub-request's, the first handler, as it runs); a connection output filter releases it when the
-// response's EOS passes, and the request pool's cleanup on every other path.
+// key and takes its lock (a sub-request's: the first handler, as it runs);
+// a connection output filter releases it when the response's EOS passes,
+// and the request pool's cleanup on every other path.
 // The common case (one key from the first source, needing no decoding, no
 // lease, no PidLockMaxHold, the host's table alone, had at once) takes no
 // copy of the key and allocates nothing: its record is the connection's
