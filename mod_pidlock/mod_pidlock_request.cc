@@ -558,7 +558,8 @@ int64_t timeout_ns_of(const DirConfig *d) {
 
 // Ends `rl`'s locks with the request: at its pool's cleanup, and (eos) at
 // its response's EOS.
-void release_with(RequestLocks *rl, request_rec *init, const DirConfig *d, ConnLocks *cl) {
+inline __attribute__((always_inline)) void release_with(RequestLocks *rl, request_rec *init, const DirConfig *d,
+                                                      ConnLocks *cl) {
     rl->conn = cl;
     cl->unreleased.fetch_add(1, std::memory_order_relaxed);
     apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
