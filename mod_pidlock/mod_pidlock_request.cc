@@ -65,11 +65,20 @@ void release_locks(RequestLocks *rl) {
 
 // The request's end (PidLockRelease sent, and the backstop of eos): its
 // pool goes once httpd has sent the response and ends the request.
-apr_status_t release_cleanup(void *data) {
-    auto *rl = static_cast<RequestLocks *>(data);
-    // The connection outlives the request: it must not keep a pointer to it.
+namespace {
+
+// Releases `rl`'s locks, and the connection forgets it as the request whose
+// EOS it awaits (the connection outlives the request).
+void release_and_forget(RequestLocks *rl) {
     if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
     release_locks(rl);
+}
+
+}  // namespace
+
+apr_status_t release_cleanup(void *data) {
+    auto *rl = static_cast<RequestLocks *>(data);
+    release_and_forget(rl);
     // Nothing refers to it any more: the connection's next request may use it.
     if (rl->conn && rl == &rl->conn->spare) rl->conn->spare_busy = false;
     return APR_SUCCESS;
@@ -735,8 +744,7 @@ namespace {
 // sub-request locks in subrequest_locks, when it runs.)
 __attribute__((noinline)) void release_lookups(request_rec *r, RequestLocks *rl) {
     ap_set_module_config(r->request_config, &pidlock_module, nullptr);
-    if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
-    release_locks(rl);
+    release_and_forget(rl);
 }
 
 // What escaped the locking of `r`, from within its catch block: logged,
@@ -772,8 +780,9 @@ void finish_earlier_requests(request_rec *r) {
 
 // Everything but the common case of fixups(): redirects and sub-requests,
 // several keys, keys that needed decoding, leases, PidLockMaxHold, the
-// PostgreSQL tier, a key not had at once, every refusal.
-__attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d) {
+// PostgreSQL tier, a key not had at once, every refusal. `tried_at_once`:
+// fixups() already asked lock_at_once for this request's key.
+__attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d, bool tried_at_once) {
     const Mode mode = mode_for(d, r);
     if (mode == Mode::None) return DECLINED;
     State *st = g_state;
@@ -797,7 +806,7 @@ __attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d)
             if (!key.data) return no_key(r, d, st);
             const KeyRef ref{key.data, key.len};
             const bool stable = key.data != scratch.data();
-            if (stable && st->direct && d->max_hold_ms <= 0) {
+            if (stable && st->direct && d->max_hold_ms <= 0 && !tried_at_once) {
                 const int rc = lock_at_once(r, d, st, mode, ref);
                 if (rc != kNotAtOnce) return rc;
             }
@@ -833,8 +842,13 @@ __attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d)
 int fixups(request_rec *r) {
     const DirConfig *d = dir_config(r);
     if (d->enabled != 1) return DECLINED;
+    // A sub-request locks when it runs (subrequest_locks), not when it is
+    // looked up: mod_autoindex looks every file of a listing up and runs
+    // none.
+    if (r->main) return DECLINED;
     try {
-        if (!r->main && !r->prev) {
+        const bool initial = !r->prev;
+        if (initial) {
             if (RequestLocks *early = locks_of(r)) release_lookups(r, early);
         }
         // The common case in a few loads and one call into the table: an
@@ -842,7 +856,8 @@ int fixups(request_rec *r) {
         // argument whose key needs no decoding, the host's table alone, no lease and no
         // PidLockMaxHold here, no exits to reap, the lock had at once.
         State *st = g_state;
-        if (st && st->direct && !r->main && !r->prev && r->uri && d->keys && d->keys->nelts > 0 &&
+        bool tried_at_once = false;
+        if (st && st->direct && initial && r->uri && d->keys && d->keys->nelts > 0 &&
             d->keys_all != 1 && d->lease != 1 && d->max_hold_ms <= 0 &&
             (!st->exits_reader || !st->exits_reader->pending())) {
             const KeySpec &k = *reinterpret_cast<const KeySpec *>(d->keys->elts);
@@ -861,13 +876,10 @@ int fixups(request_rec *r) {
                 if (mode == Mode::None) return DECLINED;
                 const int rc = lock_at_once(r, d, st, mode, KeyRef{key.data, key.len});
                 if (rc != kNotAtOnce) return rc;
+                tried_at_once = true;
             }
         }
-        // A sub-request locks when it runs (subrequest_locks), not when it
-        // is looked up: mod_autoindex looks every file of a listing up and
-        // runs none.
-        if (r->main) return DECLINED;
-        return fixups_general(r, d);
+        return fixups_general(r, d, tried_at_once);
     } catch (...) {
         return locking_failed(r);
     }
@@ -883,7 +895,7 @@ int subrequest_locks(request_rec *r) {
     const DirConfig *d = dir_config(r);
     if (d->enabled != 1) return DECLINED;
     try {
-        return fixups_general(r, d);
+        return fixups_general(r, d, false);
     } catch (...) {
         return locking_failed(r);
     }

@@ -152,10 +152,7 @@ class TableBackend final : public LockBackend {
         LockHandle h;
         const AcquireResult res = table_->acquire(keys[0].data, keys[0].len, mode, timeout_ns, info, h, report, err);
         if (res != AcquireResult::Acquired) return res;
-        set.slot(0) = pack(h);
-        set.set(1, mode);
-        set.set_slot_cache(info.slot_cache);
-        if (mode == Mode::Write) set.set_fence(table_->next_fence());
+        hold_one(set, h, mode, info);
         return AcquireResult::Acquired;
     }
     // The request path's common case (State::direct): one key, taken at
@@ -167,10 +164,7 @@ class TableBackend final : public LockBackend {
         LockHandle h;
         if (!table_->acquire_at_once(key.data, key.len, mode, info, h)) return false;
         set.clear();
-        set.slot(0) = pack(h);
-        set.set(1, mode);
-        set.set_slot_cache(info.slot_cache);
-        if (mode == Mode::Write) set.set_fence(table_->next_fence());
+        hold_one(set, h, mode, info);
         return true;
     }
     // One key held (the common case) inline, else release_several().
@@ -208,6 +202,13 @@ class TableBackend final : public LockBackend {
     void set_generation(uint32_t g) { generation_ = g; }
 
   private:
+    // `set` (cleared) holds the one key the table just gave as `h`.
+    void hold_one(LockSet &set, const LockHandle &h, Mode mode, const HolderInfo &info) {
+        set.slot(0) = pack(h);
+        set.set(1, mode);
+        set.set_slot_cache(info.slot_cache);
+        if (mode == Mode::Write) set.set_fence(table_->next_fence());
+    }
     // A table handle in a LockSet slot: record and stripe in one word, the
     // allocation token in the other, the mode in the set.
     static LockSet::Slot pack(const LockHandle &h) {

@@ -2047,6 +2047,12 @@ bool LockTable::client_gone(const HolderInfo &info) const {
 
 bool LockTable::acquire_at_once(const char *key, size_t len, Mode mode, const HolderInfo &info, LockHandle &h) {
     if (!hdr_ || len == 0 || len > params_.key_cap || mode == Mode::None) return false;
+    return take_at_once(key, len, mode, info, h);
+}
+
+// acquire_at_once past its checks of the arguments (acquire() has made them).
+inline __attribute__((always_inline)) bool LockTable::take_at_once(const char *key, size_t len, Mode mode,
+                                                                  const HolderInfo &info, LockHandle &h) {
     const uint64_t hash = this->hash(key, len);
     const uint32_t bucket = static_cast<uint32_t>(hash) & (nbuckets_ - 1);
     // A key without an entry is inserted under the mutex: no slot taken.
@@ -2070,7 +2076,7 @@ AcquireResult LockTable::acquire(const char *key, size_t len, Mode mode,
         return AcquireResult::Error;
     }
     // The fast path: no mutex, one CAS on the entry's word.
-    if (acquire_at_once(key, len, mode, info, h)) return AcquireResult::Acquired;
+    if (take_at_once(key, len, mode, info, h)) return AcquireResult::Acquired;
     return acquire_slow(key, len, mode, timeout_ns, info, h, report, err);
 }
 

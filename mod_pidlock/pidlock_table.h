@@ -215,6 +215,7 @@ class LockTable {
     static bool read_header(void *base, size_t size, TableParams &p, HashSeed &seed);
     void attach(void *base, const TableParams &p, const HashSeed &seed);
     uint64_t hash(const char *key, size_t len) const;
+    bool take_at_once(const char *key, size_t len, Mode mode, const HolderInfo &info, LockHandle &h);
     AcquireResult acquire_slow(const char *key, size_t len, Mode mode, int64_t timeout_ns, const HolderInfo &info,
                                LockHandle &h, BusyReport *report, int *err);
     AcquireResult acquire_once(const char *key, size_t len, uint64_t hash, Mode mode, int64_t deadline,

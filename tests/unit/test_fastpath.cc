@@ -49,6 +49,16 @@ std::string bounded(Fn fn, int ms) {
     return WEXITSTATUS(status) == 0 ? "ok" : "failed " + std::to_string(WEXITSTATUS(status));
 }
 
+// Until the table's first lock has a writer waiting (at most 5 s).
+void wait_for_queued_writer(LockTable &t) {
+    for (int n = 0; n < 5000; ++n) {
+        TableSnapshot snap;
+        t.snapshot(snap);
+        if (!snap.locks.empty() && snap.locks[0].waiting_write == 1) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
 }  // namespace
 
 TEST_GROUP(FastPath) {};
@@ -343,12 +353,7 @@ TEST(FastPath, QueuedWriterTurnsReadersToTheQueue) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
         s.table->release(h);
     });
-    for (int n = 0; n < 5000; ++n) {
-        TableSnapshot snap;
-        s.table->snapshot(snap);
-        if (!snap.locks.empty() && snap.locks[0].waiting_write == 1) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    wait_for_queued_writer(*s.table);
     CHECK(s.table->acquire("q", 1, Mode::Read, 0, info, r2) == AcquireResult::Busy);  // behind the writer
     CHECK_EQUAL(0, w_state.load());
     CHECK_EQUAL(0, s.table->release(r1));
@@ -396,12 +401,7 @@ TEST(FastPath, AcquireAtOnceTakesOnlyWhatTheFastPathCan) {
         if (s.table->acquire("k", 1, Mode::Write, 5 * 1000000000LL, info, x) == AcquireResult::Acquired)
             s.table->release(x);
     });
-    for (int n = 0; n < 5000; ++n) {
-        TableSnapshot snap;
-        s.table->snapshot(snap);
-        if (!snap.locks.empty() && snap.locks[0].waiting_write == 1) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    wait_for_queued_writer(*s.table);
     CHECK(!s.table->acquire_at_once("k", 1, Mode::Read, info, r));
     CHECK(!r.held());
     CHECK_EQUAL(0, s.table->release(h));
