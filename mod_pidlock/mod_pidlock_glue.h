@@ -200,6 +200,11 @@ struct RequestLocks {
     KeyRef held[LockSet::kMaxKeys];
     apr_array_header_t *held_more = nullptr;  // of KeyRef: redirects' keys beyond `held`; null: none
     bool released = false;
+    // The connection's `spare`, taken at once under PidLockRelease eos: no
+    // pool cleanup of its own; the release filter ends it at the response's
+    // EOS, else at the request's EOR (every request that httpd ends passes
+    // one there), else the connection's next initial request or its end.
+    bool at_conn = false;
     bool watched = false;      // in the watchdog's list (under its mutex)
     bool watchdog = false;     // PidLockMaxHold applies: releases go through it
     int64_t hold_deadline_ns = 0;
@@ -210,16 +215,17 @@ struct RequestLocks {
 // One client connection's part (an HTTP/2 stream's own connection), made
 // in its pool by its first locking request: the release filter is added to
 // the connection once (not per request) and releases `current` when the
-// EOS of that request's response passes it; the request pool's cleanup
-// clears `current` if the request ended without one.
+// EOS of that request's response passes it, or its EOR; the request pool's
+// cleanup clears `current` if the request ended without either.
 struct ConnLocks {
     RequestLocks *current;     // PidLockRelease eos: whose locks the next EOS ends; null: none
     int fd;                    // connection_fd() of the connection
     bool filter;               // the release filter is in the connection's output filters
     SlotCache cache;           // the table's holder slot between this connection's requests
     // The locks of the connection's request when taken at once (the common
-    // case: no allocation); `spare_busy` until that request's pool cleanup.
-    // A request that finds it busy (a pipelined request whose predecessor's
+    // case: no allocation); `spare_busy` until that request's pool cleanup
+    // (PidLockRelease sent) or its release (eos, RequestLocks::at_conn). A
+    // request that finds it busy (a pipelined request whose predecessor's
     // pool is not gone yet) allocates its own.
     bool spare_busy;
     RequestLocks spare;

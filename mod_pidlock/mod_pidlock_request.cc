@@ -1,7 +1,8 @@
 // mod_pidlock glue: the request path. The last fixup finds the request's
 // key and takes its lock (a sub-request's: the first handler, as it runs);
-// a connection output filter releases it when the response's EOS passes,
-// and the request pool's cleanup on every other path.
+// a connection output filter releases it when the response's EOS passes
+// (or the request's EOR), and the request pool's cleanup on every other
+// path.
 // The common case (one key from the first source, needing no decoding, no
 // lease, no PidLockMaxHold, the host's table alone, had at once) takes no
 // copy of the key and allocates nothing: its record is the connection's
@@ -21,6 +22,7 @@
 
 #include "http_core.h"
 #include "http_log.h"
+#include "http_main.h"
 #include "http_protocol.h"
 #include "http_request.h"
 
@@ -50,11 +52,13 @@ void release_locks_now(RequestLocks *rl) {
         for (int i = rl->nsets; i-- > 0 && rc == 0;) rc = release_all_on(rl->backend, rl->set(i));
     }
     if (rc != 0) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, rc, rl->r, "PIDLOCK105: releasing a lock failed");
-        return;  // the pool cleanup tries again
+        // rl->r null: its request is gone (a left-over at_conn record).
+        ap_log_error(APLOG_MARK, APLOG_ERR, rc, rl->r ? rl->r->server : ap_server_conf,
+                     "PIDLOCK105: releasing a lock failed");
+        return;  // the EOR, the pool cleanup or the connection's next request tries again
     }
     rl->released = true;
-    if (rl->conn) rl->conn->unreleased.fetch_sub(1, std::memory_order_relaxed);
+    if (rl->conn && !rl->at_conn) rl->conn->unreleased.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void release_locks(RequestLocks *rl) {
@@ -95,27 +99,33 @@ ap_filter_rec_t *g_release_filter = nullptr;
 namespace {
 
 // Out of the filter's way: most brigades pass with nothing to release.
-__attribute__((noinline)) apr_status_t release_at_eos_bucket(ap_filter_t *f, apr_bucket_brigade *bb) {
+__attribute__((noinline)) apr_status_t release_at_end(ap_filter_t *f, apr_bucket_brigade *bb) {
     auto *cl = static_cast<ConnLocks *>(f->ctx);
-    // The EOS ends a brigade: look from its end.
-    for (apr_bucket *b = APR_BRIGADE_LAST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_PREV(b)) {
-        if (APR_BUCKET_IS_EOS(b)) {
-            RequestLocks *rl = cl->current;
-            cl->current = nullptr;
-            release_locks(rl);
-            break;
-        }
+    RequestLocks *rl = cl->current;
+    release_locks(rl);
+    // Not released (PIDLOCK105): the EOR tries again, or what comes after.
+    if (rl->released) {
+        cl->current = nullptr;
+        if (rl->at_conn) cl->spare_busy = false;
     }
     return ap_pass_brigade(f->next, bb);
 }
 
 }  // namespace
 
-// Both ways end in a tail call: a brigade with nothing to release costs a
-// load and a test (a connection's brigades all pass here).
+// The response's end is the last bucket of its brigade, as httpd itself
+// takes it (ap_pass_brigade's eos_sent, mod_reqtimeout's EOR): the EOS, or
+// the EOR that httpd passes through the connection's filters at the end of
+// every request it ends (ap_process_request_after_handler; mod_http2's for
+// a stream refused early), after its EOS. A request whose EOS never came
+// this way ends at its EOR. Both ways end in a tail call: a brigade with
+// nothing to release costs a load and a test (a connection's brigades all
+// pass here).
 apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb) {
-    if (__builtin_expect(static_cast<ConnLocks *>(f->ctx)->current != nullptr, 0))
-        return release_at_eos_bucket(f, bb);
+    if (__builtin_expect(static_cast<ConnLocks *>(f->ctx)->current != nullptr, 0) && !APR_BRIGADE_EMPTY(bb)) {
+        const apr_bucket *b = APR_BRIGADE_LAST(bb);
+        if (APR_BUCKET_IS_EOS(b) || AP_BUCKET_IS_EOR(b)) return release_at_end(f, bb);
+    }
     return ap_pass_brigade(f->next, bb);
 }
 
@@ -188,8 +198,34 @@ uint64_t next_request_number() {
     return (static_cast<uint64_t>(pid) << 30) | n;
 }
 
+// An at_conn record still held when its connection's next initial request
+// reaches its fixup (`next`), or the connection ends (`next` null): its
+// request is over (a connection runs one at a time) without its EOS or EOR
+// passing the release filter, which no path of httpd 2.4 does (a module
+// might), or its release failed there. Released now.
+__attribute__((noinline, cold)) void end_left_over(ConnLocks *cl, request_rec *next) {
+    RequestLocks *rl = &cl->spare;
+    if (cl->current == rl) cl->current = nullptr;
+    rl->r = nullptr;  // its request and pool may be gone
+    release_locks_now(rl);
+    if (!rl->released) return;
+    cl->spare_busy = false;
+    if (next)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, next,
+                      "PIDLOCK113: released the locks of the previous request on this connection, which ended "
+                      "without its response's end passing the release filter");
+    else
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, ap_server_conf,
+                     "PIDLOCK114: released the locks of a connection's last request, which ended without its "
+                     "response's end passing the release filter");
+}
+
+// After the pools of the connection's requests (they are its pool's
+// children, destroyed before its cleanups run).
 apr_status_t conn_locks_cleanup(void *data) {
-    drop_slot_cache(static_cast<ConnLocks *>(data)->cache);
+    auto *cl = static_cast<ConnLocks *>(data);
+    if (cl->spare_busy && cl->spare.at_conn) end_left_over(cl, nullptr);
+    drop_slot_cache(cl->cache);
     return APR_SUCCESS;
 }
 
@@ -607,6 +643,13 @@ int lock_follow_up(request_rec *r, const DirConfig *d, State *st, Mode mode, std
                       "PIDLOCK110: too many internal redirects or sub-requests taking new locks; refusing");
         return HTTP_INTERNAL_SERVER_ERROR;
     }
+    if (rl->at_conn) {
+        // Its new set and keys live in the request's pool: the pool's
+        // cleanup now ends the record, as for a record taken any other way.
+        rl->at_conn = false;
+        rl->conn->unreleased.fetch_add(1, std::memory_order_relaxed);
+        apr_pool_cleanup_register(init->pool, rl, release_cleanup, apr_pool_cleanup_null);
+    }
     if (rl->nsets > 0 && !rl->more) {
         rl->more = static_cast<LockSet *>(apr_palloc(init->pool, sizeof(LockSet) * (RequestLocks::kMaxSets - 1)));
         for (int i = 0; i < RequestLocks::kMaxSets - 1; ++i) new (&rl->more[i]) LockSet();
@@ -681,7 +724,11 @@ constexpr int kNotAtOnce = -2;
 // (lock_initial decides: it may wait, or answer why not).
 int lock_at_once(request_rec *r, const DirConfig *d, State *st, Mode mode, const KeyRef &key) {
     ConnLocks *cl = conn_locks(r->connection);
-    if (cl->spare_busy) return kNotAtOnce;
+    if (cl->spare_busy) {
+        if (!cl->spare.at_conn) return kNotAtOnce;
+        end_left_over(cl, r);
+        if (cl->spare_busy) return kNotAtOnce;
+    }
     RequestLocks *rl = &cl->spare;
     const uint64_t request = next_request_number();
     if (!st->direct->acquire_at_once(key, mode, holder_info(r, request, cl, &cl->cache), rl->first))
@@ -700,7 +747,17 @@ int lock_at_once(request_rec *r, const DirConfig *d, State *st, Mode mode, const
     rl->watched = false;
     rl->watchdog = false;
     ap_set_module_config(r->request_config, &pidlock_module, rl);
-    release_with(rl, r, d, cl);
+    if (d->release_sent != 1) {
+        // PidLockRelease eos: the release filter ends it, without a pool
+        // cleanup (see RequestLocks::at_conn). Not counted in `unreleased`
+        // (what finish_earlier_requests writes out is for `sent`).
+        rl->at_conn = true;
+        rl->conn = cl;
+        release_at_eos(rl, r, cl);
+    } else {
+        rl->at_conn = false;
+        release_with(rl, r, d, cl);
+    }
     if (mode == Mode::Write && rl->first.fence())
         apr_table_setn(r->headers_in, kFenceHeader,
                        apr_psprintf(r->pool, "%" APR_UINT64_T_FMT, rl->first.fence()));
@@ -793,6 +850,10 @@ __attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d,
     reap_reported_exits(r, st);
     const apr_size_t max_len = max_key_len(server_config(r->server));
     const bool initial = ap_is_initial_req(r);
+    if (initial) {
+        auto *cl = static_cast<ConnLocks *>(ap_get_module_config(r->connection->conn_config, &pidlock_module));
+        if (cl && cl->spare_busy && cl->spare.at_conn) end_left_over(cl, r);
+    }
     if (initial && d->keys_all != 1 && d->lease != 1) {
         // The common case: one key, as a view into the request.
         std::string scratch;

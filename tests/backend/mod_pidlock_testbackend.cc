@@ -19,6 +19,9 @@
 //                                It knows nothing of locks: LOCK and UNLOCK
 //                                reaching it get 405, and PROPFIND answers
 //                                lockdiscovery 404 (not its property).
+//   pidlock-testbackend-bypass   ?what=eos|filter: a response whose end does
+//                                not reach mod_pidlock's release filter (see
+//                                bypass_handler).
 //   pidlock-testbackend-scribble ?what=random|selflink: plays a hostile child
 //                                and writes over mod_pidlock's lock table and
 //                                exit list (see scribble_handler).
@@ -786,6 +789,50 @@ int store_handler(request_rec *r) {
     }
 }
 
+// mod_pidlock's release filter on this request's connection, or null.
+ap_filter_t *release_filter_of(request_rec *r) {
+    for (ap_filter_t *f = r->connection->output_filters; f; f = f->next)
+        if (f->frec && f->frec->name && !strcasecmp(f->frec->name, "PIDLOCK_RELEASE")) return f;
+    return nullptr;
+}
+
+// Responses whose end does not pass mod_pidlock's release filter, as a
+// module of some other kind might make them:
+//   what=eos     the response's EOS goes to the filter after it, so only the
+//                request's EOR (which httpd passes at the end of every
+//                request) passes it;
+//   what=filter  the filter forgets the request (the first field of its
+//                context, ConnLocks::current, is cleared), so neither its EOS
+//                nor its EOR ends its locks there.
+// The body is "bypass\n", with a Content-Length (no chunked ending, which the
+// EOS would write).
+int bypass_handler(request_rec *r) {
+    if (!r->handler || std::strcmp(r->handler, "pidlock-testbackend-bypass") != 0) return DECLINED;
+    int rv = ap_discard_request_body(r);
+    if (rv != OK) return rv;
+    const char *what = query_arg(r, "what");
+    ap_filter_t *f = release_filter_of(r);
+    if (!what || !f || !f->ctx) return HTTP_INTERNAL_SERVER_ERROR;
+    static const char kBody[] = "bypass\n";
+    ap_set_content_type(r, "text/plain");
+    ap_set_content_length(r, sizeof kBody - 1);
+    if (!std::strcmp(what, "filter")) {
+        *static_cast<void **>(f->ctx) = nullptr;
+        ap_rwrite(kBody, sizeof kBody - 1, r);
+        return OK;
+    }
+    if (std::strcmp(what, "eos") != 0) return HTTP_BAD_REQUEST;
+    // Headers and body through every filter, then the EOS past the release
+    // filter; ap_finalize_request_protocol sends no second one.
+    ap_rwrite(kBody, sizeof kBody - 1, r);
+    ap_rflush(r);
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(r->connection->bucket_alloc));
+    ap_pass_brigade(f->next, bb);
+    r->eos_sent = 1;
+    return OK;
+}
+
 void register_hooks(apr_pool_t *) {
     ap_hook_handler(store_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_post_config(post_config, nullptr, nullptr, APR_HOOK_MIDDLE);
@@ -795,6 +842,7 @@ void register_hooks(apr_pool_t *) {
     ap_hook_handler(subreq_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(redirect_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
     ap_hook_handler(scribble_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+    ap_hook_handler(bypass_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
 }
 
 }  // namespace

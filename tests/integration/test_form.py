@@ -1092,6 +1092,92 @@ def t_wsgi(mpm):
         h.cleanup()
 
 
+BACKSTOPS = r"""
+<Location /bye/>
+    SetHandler pidlock-testbackend-bypass
+    PidLock On
+    PidLockKey path ^/bye/(.+)$
+</Location>
+<Location /byf/>
+    SetHandler pidlock-testbackend-bypass
+    PidLock On
+    PidLockKey path ^/byf/(.+)$
+</Location>
+<Location /byw/>
+    SetHandler pidlock-testbackend
+    PidLock On
+    PidLockKey path ^/byw/(.+)$
+    PidLockTimeout 0.3
+</Location>
+"""
+
+
+def t_release_backstops(mpm):
+    """A request taken on the common path under PidLockRelease eos has no
+    pool cleanup: its connection's release filter ends its locks at its
+    response's EOS, else at its EOR (httpd passes one at the end of every
+    request), else the connection's next request or its end does
+    (PIDLOCK113, PIDLOCK114). The test backend's bypass handler makes the
+    responses whose end misses the filter: `eos` sends its EOS past the
+    filter, `filter` has the filter forget the request. The client keeps
+    its connection open meanwhile, so nothing else ends those locks."""
+    h = server(mpm, "backstops", extra=BACKSTOPS)
+    try:
+        def held(key):
+            return key in held_keys(h)
+
+        def writer(key):
+            r = h.request("PUT", "/byw/" + key, body=b"x")
+            check(r.status in (200, 201, 204), "PUT /byw/%s after the reader: %d (want its lock)" % (key, r.status))
+
+        # A key met for the first time takes the general path (its entry is
+        # made under the stripe's mutex), which has a pool cleanup: each key
+        # is used once before, so that the tests below take the common path.
+        for key in ("eor0", "eor1", "eor2", "left1", "left2", "last"):
+            writer(key)
+
+        c = h.connect(10)
+        try:
+            # The EOS goes past the filter: the EOR ends the lock, while the
+            # connection stays open.
+            for i in range(3):
+                key = "eor%d" % i
+                r = h.request("GET", "/bye/%s?what=eos" % key, conn=c)
+                check(r.status == 200 and r.body == b"bypass\n", "GET /bye/%s: %d %r" % (key, r.status, r.body[:80]))
+                check(poll(lambda: not held(key), timeout=1), "%s still held after its request's EOR: %r" %
+                      (key, held_keys(h).get(key)))
+                writer(key)
+            # The filter forgets the request: held until the connection's
+            # next request, on the common path and on the general one
+            # (PidLockMaxHold), or until the connection ends.
+            for key, nxt in (("left1", "/static/small.txt"), ("left2", "/mh/next")):
+                r = h.request("GET", "/byf/%s?what=filter" % key, conn=c)
+                check(r.status == 200 and r.body == b"bypass\n", "GET /byf/%s: %d" % (key, r.status))
+                time.sleep(0.2)
+                check(held(key), "%s not held after a request whose end missed the filter (the test cannot "
+                      "tell the backstop)" % key)
+                r = h.request("GET", nxt, conn=c)
+                check(r.status == 200, "GET %s: %d" % (nxt, r.status))
+                check(not held(key), "%s still held after the connection's next request: %r" %
+                      (key, held_keys(h).get(key)))
+                writer(key)
+            r = h.request("GET", "/byf/last?what=filter", conn=c)
+            check(r.status == 200, "GET /byf/last: %d" % r.status)
+            time.sleep(0.2)
+            check(held("last"), "last not held before its connection ended")
+        finally:
+            c.close()
+        check(poll(lambda: not held("last"), timeout=3), "last still held after its connection ended: %r" %
+              held_keys(h).get("last"))
+        writer("last")
+        log = h.read_log()
+        check(log.count("PIDLOCK113") == 2, "PIDLOCK113 logged %d times (want 2)" % log.count("PIDLOCK113"))
+        check(log.count("PIDLOCK114") == 1, "PIDLOCK114 logged %d times (want 1)" % log.count("PIDLOCK114"))
+        wait_empty(h)
+    finally:
+        h.stop()
+
+
 def run_form_suite(mpm, record, only=None):
     try:
         h = server(mpm, "all")
@@ -1102,7 +1188,8 @@ def run_form_suite(mpm, record, only=None):
     # Suites with servers of their own.
     for name, fn in (("wsgi", t_wsgi), ("dataone_example", t_dataone_example),
                      ("pipelined_keepalive", t_pipelined_keepalive), ("directory_index", t_directory_index),
-                     ("directory_listing", t_directory_listing)):
+                     ("directory_listing", t_directory_listing),
+                     ("release_backstops", t_release_backstops)):
         if only and name not in only:
             continue
         try:
