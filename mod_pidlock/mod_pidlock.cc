@@ -30,6 +30,8 @@ void register_hooks(apr_pool_t *) {
     // never run (mod_autoindex's, one per file listed) take no lock.
     ap_hook_handler(subrequest_locks, nullptr, nullptr, APR_HOOK_REALLY_FIRST);
     ap_hook_handler(status_handler, nullptr, nullptr, APR_HOOK_MIDDLE);
+    // Before mod_http2 runs an upgraded request's HTTP/2 session in it.
+    ap_hook_protocol_switch(protocol_switch, nullptr, nullptr, APR_HOOK_REALLY_FIRST);
     // Every request, locked or not: a client's own fence header goes.
     ap_hook_post_read_request(strip_fence, nullptr, nullptr, APR_HOOK_REALLY_FIRST);
     register_body_filters();

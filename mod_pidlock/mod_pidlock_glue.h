@@ -257,6 +257,9 @@ bool client_aborted(void *conn);
 
 int fixups(request_rec *r);
 int subrequest_locks(request_rec *r);
+// A request switching its connection's protocol (Upgrade: h2c): its locks
+// end; the new protocol's request takes its own.
+int protocol_switch(conn_rec *c, request_rec *r, server_rec *s, const char *protocol);
 int strip_fence(request_rec *r);
 // Releases what the child processes the parent reported gone still held
 // (one atomic load when there is nothing new); logged against `r`.

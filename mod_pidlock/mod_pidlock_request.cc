@@ -962,5 +962,25 @@ int subrequest_locks(request_rec *r) {
     }
 }
 
+// First of the protocol switches: a request that switches its connection
+// to another protocol (an HTTP/1.1 `Upgrade: h2c`, which httpd honours in
+// its first handler, after the fixups) is answered by that protocol, as
+// stream 1 of the HTTP/2 session on a connection of its own, which takes
+// its own locks. The switched request's locks end now: mod_http2 runs the
+// session inside this request's handler, so they would last as long as the
+// session (the stream, a write, waited for them until its PidLockTimeout).
+int protocol_switch(conn_rec *c, request_rec *r, server_rec *, const char *) {
+    if (!r) return DECLINED;
+    RequestLocks *rl = locks_of(initial_request(r));
+    if (!rl) return DECLINED;
+    release_and_forget(rl);
+    // Failed (PIDLOCK105): the request's end tries again.
+    if (rl->released && rl->at_conn) {
+        auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
+        if (cl && rl == &cl->spare) cl->spare_busy = false;
+    }
+    return DECLINED;
+}
+
 }  // namespace glue
 }  // namespace pidlock

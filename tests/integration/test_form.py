@@ -880,22 +880,28 @@ def h2_slow_get(h, path):
              lit(b":authority", ("%s:%d" % (HOST, h.port)).encode()))
     s = socket.create_connection((HOST, h.port), timeout=10)
     s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 0x5, 1, block))
-    buf = b""
+    return h2_read_until(s, b"", lambda ftype, flags, stream: ftype == 0, "any DATA")
+
+
+def h2_read_until(s, buf, done, what):
+    """Reads HTTP/2 frames from `s` (`buf`: bytes already read), acknowledging
+    the server's SETTINGS, until done(type, flags, stream) is true of one;
+    returns `s`. A reset or GOAWAY fails, as do 10 s without `what`."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
             n = int.from_bytes(buf[:3], "big")
-            ftype, flags = buf[3], buf[4]
+            ftype, flags, stream = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
             buf = buf[9 + n:]
             if ftype == 4 and not flags & 1:
                 s.sendall(h2_frame(4, 1, 0))  # SETTINGS ack
             check(ftype not in (3, 7), "HTTP/2 stream reset or connection closed (frame type %d)" % ftype)
-            if ftype == 0:
+            if done(ftype, flags, stream):
                 return s
         chunk = s.recv(65536)
-        check(chunk, "HTTP/2 connection closed before any DATA")
+        check(chunk, "HTTP/2 connection closed before %s" % what)
         buf += chunk
-    raise AssertionError("no HTTP/2 DATA within 10 s")
+    raise AssertionError("no HTTP/2 %s within 10 s" % what)
 
 
 def t_release_eos_vs_sent_http2(h):
@@ -914,6 +920,66 @@ def t_release_eos_vs_sent_http2(h):
                       % (prefix, r.status))
             else:
                 check(r.status != 503, "%s over HTTP/2: the writer waited for a slow reader (eos)" % prefix)
+        finally:
+            s.close()
+    wait_empty(h)
+
+
+def h2c_upgraded_get(h, path):
+    """An HTTP/1.1 GET with `Upgrade: h2c` that httpd answers by switching the
+    connection to HTTP/2: the request is answered as stream 1, on a secondary
+    connection of its own. Reads until stream 1's END_STREAM and returns the
+    socket, open: the HTTP/2 session goes on."""
+    s = socket.create_connection((HOST, h.port), timeout=10)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+               "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n" % (path, HOST, h.port)).encode())
+    buf = b""
+    deadline = time.monotonic() + 10
+    while b"\r\n\r\n" not in buf and time.monotonic() < deadline:
+        chunk = s.recv(65536)
+        check(chunk, "connection closed before the answer to the upgrade")
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 101"), "h2c upgrade not taken: %r" % head[:100])
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0))
+    # Stream 1's end: END_STREAM on its HEADERS or DATA.
+    return h2_read_until(s, buf, lambda ftype, flags, stream: stream == 1 and ftype in (0, 1) and flags & 1,
+                         "the end of stream 1")
+
+
+def t_h2c_upgrade(h):
+    """A request that httpd upgrades to HTTP/2 (Upgrade: h2c) is answered as
+    stream 1 of the new session, on a connection of its own that takes its
+    own locks; the HTTP/1.1 request's locks end at the switch. They used to
+    last as long as the whole HTTP/2 session (httpd runs it inside that
+    request's handler): an upgraded write (a DELETE, no body) waited its whole
+    PidLockTimeout on its own request's lock and was answered 503, and an
+    upgraded read kept writers out for as long as its client stayed
+    connected."""
+    if h.mpm == "prefork":
+        return  # mod_http2 does not run under prefork
+    curl = shutil.which("curl")
+    check(curl, "curl missing")
+    for key in ("h2c-a.txt", "h2c-b.txt"):
+        # Twice: the first use of a key takes the general path, the second
+        # the common one (its record in the connection).
+        for i in range(2):
+            p = subprocess.run([curl, "-sS", "--http2", "-X", "DELETE", "-o", "/dev/null", "-w",
+                                "%{http_code} %{http_version}", "http://%s:%d/static/%s" % (HOST, h.port, key)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+            out = p.stdout.decode().split()
+            check(p.returncode == 0 and len(out) == 2, "curl: %r %r" % (p.stdout, p.stderr[:200]))
+            check(out[1] == "2", "DELETE /static/%s not upgraded to HTTP/2: %r" % (key, out))
+            check(out[0] != "503", "upgraded DELETE /static/%s (%d) waited on its own request's lock: %s"
+                  % (key, i, out[0]))
+    for i in range(2):
+        s = h2c_upgraded_get(h, "/static/small.txt")
+        try:
+            check(poll(lambda: "small.txt" not in held_keys(h), timeout=2),
+                  "the read lock of an upgraded GET (%d) outlived its stream: %r"
+                  % (i, held_keys(h).get("small.txt")))
+            r = h.request("PUT", "/static/small.txt", body=b"x")
+            check(r.status != 503, "a writer waited on the HTTP/2 session of an upgraded GET (%d)" % i)
         finally:
             s.close()
     wait_empty(h)
@@ -938,6 +1004,7 @@ FORM_TESTS = [
     ("release_eos_vs_sent", t_release_eos_vs_sent),
     ("release_eos_vs_sent_keepalive", t_release_eos_vs_sent_keepalive),
     ("release_eos_vs_sent_http2", t_release_eos_vs_sent_http2),
+    ("h2c_upgrade", t_h2c_upgrade),
 ]
 
 
