@@ -73,13 +73,22 @@ def run(path, n, body=BODY, load_backend=False, method="GET", headers=None, data
     finally:
         # httpd itself, by its pid file: runuser would pass the SIGTERM on
         # and SIGKILL it 2 s later, before a loaded machine's callgrind has
-        # written its output.
-        try:
-            with open(h.pid_path) as f:
-                os.kill(int(f.read().strip()), signal.SIGTERM)
-        except (OSError, ValueError):
-            p.terminate()
-        p.wait(120)
+        # written its output. Again every 5 s: httpd -X tests for a SIGTERM
+        # at the top of its accept loop and then blocks in accept(), so one
+        # that arrives in between (while the connection that just closed is
+        # cleaned up) is never acted on; the next one interrupts the accept.
+        for attempt in range(24):
+            try:
+                with open(h.pid_path) as f:
+                    os.kill(int(f.read().strip()), signal.SIGTERM)
+            except (OSError, ValueError):
+                p.terminate()
+            try:
+                p.wait(5)
+                break
+            except subprocess.TimeoutExpired:
+                if attempt == 23:
+                    raise
     text = open(out).read()
     total = int(re.search(r"^summary:\s+(\d+)", text, re.M).group(1)) if "summary:" in text else \
         int(re.search(r"^totals:\s+(\d+)", text, re.M).group(1))
