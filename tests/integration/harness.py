@@ -79,6 +79,18 @@ def pid_alive(pid):
         return False
 
 
+def catches_sigterm(pid):
+    """True once process pid has a handler of its own for SIGTERM."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def children_of(pid):
     kids = []
     for d in os.listdir("/proc"):
@@ -223,18 +235,26 @@ class Httpd:
                 rc = self.proc.returncode
                 self.proc = None
                 raise HttpdError("httpd exited at startup (rc=%s): %s" % (rc, self.startup_output()))
-            try:
-                with socket.create_connection((HOST, self.port), timeout=1):
-                    pass
-                # accepted: wait until the parent wrote its pid file too
-                if os.path.exists(self.pid_path):
-                    return self
-            except OSError:
-                pass
+            if self.ready():
+                return self
             time.sleep(0.05)
         self.stop()
         raise HttpdError("httpd did not answer on port %d within %ss: %s"
                          % (self.port, timeout, self.startup_output()))
+
+    def ready(self):
+        """The port accepts, the parent wrote its pid file and it handles
+        SIGTERM. The listener is open, and the pid file written, before the
+        parent installs its signal handlers (the MPM's run: ap_log_pid, the
+        pre_mpm hooks, then the handlers): a SIGTERM in between ends the
+        parent at once, without its cleanup, and mod_cgid's daemon, forked
+        earlier, lives on (its parent then init)."""
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1):
+                pass
+        except OSError:
+            return False
+        return os.path.exists(self.pid_path) and catches_sigterm(self.pid)
 
     def startup_output(self):
         out = []

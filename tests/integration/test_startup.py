@@ -4,9 +4,12 @@ configurations (refused: non-zero exit, the directive named; accepted: exit
 server serving, and the thread backend serving a single-process server.
 """
 import os
+import shutil
+import signal
 import subprocess
+import time
 
-from harness import APACHE, Httpd, check, poll
+from harness import APACHE, MODDIR, Httpd, catches_sigterm, check, children_of, pid_alive, poll
 
 WORKER_ONE = """
 StartServers 1
@@ -200,7 +203,69 @@ def t_ifmodule_names(opts):
         h.cleanup()
 
 
+def t_ready_after_signal_handlers(opts):
+    """The harness calls a server ready only once its parent handles SIGTERM.
+    httpd opens its listener and writes its pid file before its parent
+    installs its signal handlers (every MPM's run: ap_log_pid, the pre_mpm
+    hooks, then the handlers): a test that stopped a server there killed the
+    parent at once, without its cleanup, and mod_cgid's daemon lived on (it
+    did once: a form/event/clean_shutdown failure). gdb holds the parent at
+    ap_run_pre_mpm, in between."""
+    gdb = shutil.which("gdb")
+    check(gdb, "gdb missing")
+    for mpm in opts.mpm or ("prefork", "worker", "event"):
+        ready_after_signal_handlers(gdb, mpm)
+
+
+def ready_after_signal_handlers(gdb, mpm):
+    h = Httpd(mpm=mpm, body=BASE + "LoadModule cgid_module %s/mod_cgid.so\n" % MODDIR, name="ready-" + mpm)
+    h.write_config()
+    go = os.path.join(h.root, "go")
+    p = subprocess.Popen([gdb, "-batch", "-nx", APACHE, "-ex", "set breakpoint pending on",
+                          "-ex", "set detach-on-fork on", "-ex", "set follow-fork-mode parent",
+                          "-ex", "break ap_run_pre_mpm",
+                          "-ex", "run -f %s -DFOREGROUND </dev/null >/dev/null 2>&1" % h.conf_path,
+                          "-ex", "shell i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done" % go,
+                          "-ex", "delete", "-ex", "detach", "-ex", "quit"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids = []
+    try:
+        check(poll(lambda: os.path.exists(h.pid_path), timeout=30), "httpd under gdb wrote no pid file")
+        with open(h.pid_path) as f:
+            h.pid = int(f.read().strip())
+        check(poll(lambda: children_of(h.pid), timeout=10), "mod_cgid's daemon not started")
+        kids = children_of(h.pid)
+        # Held between its pid file and its signal handlers.
+        time.sleep(0.5)
+        check(not h.ready(), "%s: ready while the parent does not yet handle SIGTERM" % mpm)
+        open(go, "w").close()
+        check(poll(h.ready, timeout=20), "%s: not ready once the parent runs on" % mpm)
+        kids = children_of(h.pid)
+        p.wait(timeout=20)
+        os.kill(h.pid, signal.SIGTERM)
+        check(poll(lambda: not pid_alive(h.pid), timeout=20), "%s: httpd did not stop on SIGTERM" % mpm)
+        check(poll(lambda: not any(pid_alive(k) for k in kids), timeout=15),
+              "%s: children alive after their parent stopped: %s" % (mpm, [k for k in kids if pid_alive(k)]))
+    finally:
+        open(go, "w").close()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        if h.pid and pid_alive(h.pid):
+            # Detached now: stopped the ordinary way, children and all.
+            kids += children_of(h.pid)
+            poll(lambda: catches_sigterm(h.pid), timeout=10)
+            os.kill(h.pid, signal.SIGTERM)
+            poll(lambda: not pid_alive(h.pid), timeout=20)
+        for pid in [h.pid] + kids:
+            if pid and pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        h.cleanup()
+
+
 STARTUP_TESTS = [
+    ("ready_after_signal_handlers", t_ready_after_signal_handlers),
     ("ifmodule_names", t_ifmodule_names),
     ("thread_backend_refusals", t_thread_backend),
     ("table_size", t_table_size),
