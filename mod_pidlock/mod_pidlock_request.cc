@@ -99,7 +99,7 @@ ap_filter_rec_t *g_release_filter = nullptr;
 namespace {
 
 // Out of the filter's way: most brigades pass with nothing to release.
-__attribute__((noinline)) apr_status_t release_at_end(ap_filter_t *f, apr_bucket_brigade *bb) {
+__attribute__((noinline)) apr_status_t release_at_end(ap_filter_t *f, apr_bucket_brigade *bb, bool eor) {
     auto *cl = static_cast<ConnLocks *>(f->ctx);
     RequestLocks *rl = cl->current;
     release_locks(rl);
@@ -107,6 +107,8 @@ __attribute__((noinline)) apr_status_t release_at_end(ap_filter_t *f, apr_bucket
     if (rl->released) {
         cl->current = nullptr;
         if (rl->at_conn) cl->spare_busy = false;
+    } else if (eor && rl->at_conn) {
+        rl->r = nullptr;  // its request ends with this EOR: later tries log without it
     }
     return ap_pass_brigade(f->next, bb);
 }
@@ -124,7 +126,8 @@ __attribute__((noinline)) apr_status_t release_at_end(ap_filter_t *f, apr_bucket
 apr_status_t release_filter(ap_filter_t *f, apr_bucket_brigade *bb) {
     if (__builtin_expect(static_cast<ConnLocks *>(f->ctx)->current != nullptr, 0) && !APR_BRIGADE_EMPTY(bb)) {
         const apr_bucket *b = APR_BRIGADE_LAST(bb);
-        if (APR_BUCKET_IS_EOS(b) || AP_BUCKET_IS_EOR(b)) return release_at_end(f, bb);
+        if (APR_BUCKET_IS_EOS(b)) return release_at_end(f, bb, false);
+        if (AP_BUCKET_IS_EOR(b)) return release_at_end(f, bb, true);
     }
     return ap_pass_brigade(f->next, bb);
 }
