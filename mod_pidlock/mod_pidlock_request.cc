@@ -72,10 +72,12 @@ void release_locks(RequestLocks *rl) {
 namespace {
 
 // Releases `rl`'s locks, and the connection forgets it as the request whose
-// EOS it awaits (the connection outlives the request).
+// EOS it awaits (the connection outlives the request); a common-path
+// record (at_conn) so released frees the connection's spare.
 void release_and_forget(RequestLocks *rl) {
     if (rl->conn && rl->conn->current == rl) rl->conn->current = nullptr;
     release_locks(rl);
+    if (rl->released && rl->at_conn) rl->conn->spare_busy = false;
 }
 
 }  // namespace
@@ -102,13 +104,11 @@ namespace {
 __attribute__((noinline)) apr_status_t release_at_end(ap_filter_t *f, apr_bucket_brigade *bb, bool eor) {
     auto *cl = static_cast<ConnLocks *>(f->ctx);
     RequestLocks *rl = cl->current;
-    release_locks(rl);
-    // Not released (PIDLOCK105): the EOR tries again, or what comes after.
-    if (rl->released) {
-        cl->current = nullptr;
-        if (rl->at_conn) cl->spare_busy = false;
-    } else if (eor && rl->at_conn) {
-        rl->r = nullptr;  // its request ends with this EOR: later tries log without it
+    release_and_forget(rl);
+    if (!rl->released) {
+        // PIDLOCK105: the EOR tries again, or what comes after.
+        cl->current = rl;
+        if (eor && rl->at_conn) rl->r = nullptr;  // its request ends with this EOR: later tries log without it
     }
     return ap_pass_brigade(f->next, bb);
 }
@@ -205,14 +205,14 @@ uint64_t next_request_number() {
 // reaches its fixup (`next`), or the connection ends (`next` null): its
 // request is over (a connection runs one at a time) without its EOS or EOR
 // passing the release filter, which no path of httpd 2.4 does (a module
-// might), or its release failed there. Released now.
+// might), or its release failed there. Released now; nothing to do if the
+// spare is free or is not such a record.
 __attribute__((noinline, cold)) void end_left_over(ConnLocks *cl, request_rec *next) {
     RequestLocks *rl = &cl->spare;
-    if (cl->current == rl) cl->current = nullptr;
+    if (!cl->spare_busy || !rl->at_conn) return;
     rl->r = nullptr;  // its request and pool may be gone
-    release_locks_now(rl);
+    release_and_forget(rl);
     if (!rl->released) return;
-    cl->spare_busy = false;
     if (next)
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, next,
                       "PIDLOCK113: released the locks of the previous request on this connection, which ended "
@@ -227,7 +227,7 @@ __attribute__((noinline, cold)) void end_left_over(ConnLocks *cl, request_rec *n
 // children, destroyed before its cleanups run).
 apr_status_t conn_locks_cleanup(void *data) {
     auto *cl = static_cast<ConnLocks *>(data);
-    if (cl->spare_busy && cl->spare.at_conn) end_left_over(cl, nullptr);
+    end_left_over(cl, nullptr);
     drop_slot_cache(cl->cache);
     return APR_SUCCESS;
 }
@@ -728,7 +728,6 @@ constexpr int kNotAtOnce = -2;
 int lock_at_once(request_rec *r, const DirConfig *d, State *st, Mode mode, const KeyRef &key) {
     ConnLocks *cl = conn_locks(r->connection);
     if (cl->spare_busy) {
-        if (!cl->spare.at_conn) return kNotAtOnce;
         end_left_over(cl, r);
         if (cl->spare_busy) return kNotAtOnce;
     }
@@ -855,7 +854,7 @@ __attribute__((noinline)) int fixups_general(request_rec *r, const DirConfig *d,
     const bool initial = ap_is_initial_req(r);
     if (initial) {
         auto *cl = static_cast<ConnLocks *>(ap_get_module_config(r->connection->conn_config, &pidlock_module));
-        if (cl && cl->spare_busy && cl->spare.at_conn) end_left_over(cl, r);
+        if (cl) end_left_over(cl, r);
     }
     if (initial && d->keys_all != 1 && d->lease != 1) {
         // The common case: one key, as a view into the request.
@@ -972,16 +971,10 @@ int subrequest_locks(request_rec *r) {
 // its own locks. The switched request's locks end now: mod_http2 runs the
 // session inside this request's handler, so they would last as long as the
 // session (the stream, a write, waited for them until its PidLockTimeout).
-int protocol_switch(conn_rec *c, request_rec *r, server_rec *, const char *) {
+int protocol_switch(conn_rec *, request_rec *r, server_rec *, const char *) {
     if (!r) return DECLINED;
-    RequestLocks *rl = locks_of(initial_request(r));
-    if (!rl) return DECLINED;
-    release_and_forget(rl);
     // Failed (PIDLOCK105): the request's end tries again.
-    if (rl->released && rl->at_conn) {
-        auto *cl = static_cast<ConnLocks *>(ap_get_module_config(c->conn_config, &pidlock_module));
-        if (cl && rl == &cl->spare) cl->spare_busy = false;
-    }
+    if (RequestLocks *rl = locks_of(initial_request(r))) release_and_forget(rl);
     return DECLINED;
 }
 
